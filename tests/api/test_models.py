@@ -1,0 +1,175 @@
+"""Parsing report rows: exact money, nested cache counters, unknown fields kept."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from worker.api import CostRow, ProtocolViolation, UsageRow, cents_to_dollars
+from worker.api.models import parse_bucket, parse_cost_row, parse_organization, parse_usage_row
+
+DAY = date(2026, 3, 2)
+
+
+class TestCentsToDollars:
+    @pytest.mark.parametrize(
+        ("amount", "dollars"),
+        [
+            ("1843.2075", Decimal("18.432075")),
+            ("0.0001", Decimal("0.000001")),
+            ("100", Decimal("1")),
+            ("0", Decimal("0")),
+            ("-250.5", Decimal("-2.505")),
+            ("12345678901234567890123456789.123456789", Decimal("123456789012345678901234567.89123456789")),
+            (1843, Decimal("18.43")),
+            (Decimal("1843.2075"), Decimal("18.432075")),
+            ("1e3", Decimal("10")),
+        ],
+    )
+    def test_exact(self, amount: object, dollars: Decimal) -> None:
+        """Cents become dollars exactly, with every digit kept (no float, no context rounding)."""
+        result = cents_to_dollars(amount)
+        assert result == dollars
+        assert isinstance(result, Decimal)
+
+    @pytest.mark.parametrize(
+        "amount",
+        [None, True, False, "NaN", "nan", "Infinity", "-inf", Decimal("NaN"), Decimal("Infinity"), "", "  ",
+         "12,50", "$1.00", "1_000", "0x10", 1.5, [], {"v": 1}],
+    )  # fmt: skip
+    def test_rejects(self, amount: object) -> None:
+        """Anything that is not a finite decimal amount is a protocol violation, never a silent zero."""
+        with pytest.raises(ProtocolViolation):
+            cents_to_dollars(amount)
+
+
+def _cost(**over: Any) -> dict[str, Any]:
+    row = {"amount": "1843.2075", "currency": "USD", "workspace_id": "wrkspc_1", "description": "d",
+           "cost_type": "tokens", "model": "claude-sonnet-4-6", "token_type": "uncached_input_tokens",
+           "service_tier": "standard", "context_window": "0-200k", "inference_geo": "global"}  # fmt: skip
+    row.update(over)
+    return row
+
+
+class TestCostRow:
+    def test_fields(self) -> None:
+        """Every documented field lands in its column; amount is dollars."""
+        row = parse_cost_row(_cost(), DAY)
+        assert row == CostRow(DAY, "wrkspc_1", "d", "tokens", "claude-sonnet-4-6", "uncached_input_tokens",
+                              "standard", "0-200k", "global", Decimal("18.432075"), "USD", {})  # fmt: skip
+
+    def test_default_workspace_and_non_token_cost(self) -> None:
+        """A null workspace stays None (the default workspace); web search has no model."""
+        row = parse_cost_row(_cost(workspace_id=None, cost_type="web_search", model=None, token_type=None), DAY)
+        assert (row.workspace_id, row.model, row.token_type, row.cost_type) == (None, None, None, "web_search")
+
+    def test_unknown_values_and_fields_kept(self) -> None:
+        """New cost types, token types and fields are kept verbatim, not rejected."""
+        row = parse_cost_row(_cost(cost_type="session_usage_v2", token_type="brand_new", billing={"x": [1]}), DAY)
+        assert row.cost_type == "session_usage_v2"
+        assert row.token_type == "brand_new"
+        assert dict(row.extra) == {"billing": {"x": [1]}}
+
+    @pytest.mark.parametrize("over", [{"currency": None}, {"model": 5}, {"amount": "NaN"}, {"workspace_id": []}])
+    def test_malformed(self, over: dict[str, Any]) -> None:
+        """Wrong types on fields the sync relies on are protocol violations."""
+        with pytest.raises(ProtocolViolation):
+            parse_cost_row(_cost(**over), DAY)
+
+    def test_rows_are_hashable(self) -> None:
+        """Rows can go in sets even with extra fields."""
+        assert len({parse_cost_row(_cost(z=1), DAY), parse_cost_row(_cost(z=1), DAY)}) == 1
+
+
+def _usage(**over: Any) -> dict[str, Any]:
+    row = {"uncached_input_tokens": 100, "cache_read_input_tokens": 20,
+           "cache_creation": {"ephemeral_5m_input_tokens": 7, "ephemeral_1h_input_tokens": 3},
+           "output_tokens": 50, "server_tool_use": {"web_search_requests": 2}, "workspace_id": None,
+           "model": "claude-opus-4-6", "service_tier": "batch", "context_window": "200k-1M",
+           "api_key_id": "apikey_1", "inference_geo": None}  # fmt: skip
+    row.update(over)
+    return row
+
+
+class TestUsageRow:
+    def test_nested_cache_creation(self) -> None:
+        """Cache writes come from the nested cache_creation pair, not a flat field."""
+        row = parse_usage_row(_usage(), DAY)
+        assert (row.cache_creation_5m_input_tokens, row.cache_creation_1h_input_tokens) == (7, 3)
+        assert row.web_search_requests == 2
+        assert row.input_tokens == 100 + 20 + 7 + 3
+        assert row == UsageRow(DAY, None, "claude-opus-4-6", "batch", "200k-1M", "apikey_1", None,
+                               100, 20, 7, 3, 50, 2, {})  # fmt: skip
+
+    def test_flat_field_is_not_mistaken_for_cache_writes(self) -> None:
+        """A flat cache_creation_input_tokens is unknown: kept in extra, never counted."""
+        row = parse_usage_row(_usage(cache_creation=None, cache_creation_input_tokens=99), DAY)
+        assert row.cache_creation_5m_input_tokens == row.cache_creation_1h_input_tokens == 0
+        assert row.extra["cache_creation_input_tokens"] == 99
+
+    def test_null_counts_are_zero(self) -> None:
+        """Null counters and null nested objects count as zero."""
+        row = parse_usage_row(_usage(output_tokens=None, server_tool_use=None,
+                                     cache_creation={"ephemeral_5m_input_tokens": None}), DAY)  # fmt: skip
+        assert (row.output_tokens, row.web_search_requests, row.cache_creation_5m_input_tokens) == (0, 0, 0)
+
+    def test_unknown_nested_counters_kept(self) -> None:
+        """New nested counters and top-level fields go to extra under dotted names."""
+        row = parse_usage_row(
+            _usage(cache_creation={"ephemeral_5m_input_tokens": 1, "ephemeral_30m_input_tokens": 9},
+                   server_tool_use={"web_search_requests": 1, "code_execution_requests": 4}, speed="fast"),
+            DAY,
+        )  # fmt: skip
+        assert dict(row.extra) == {
+            "cache_creation.ephemeral_30m_input_tokens": 9,
+            "server_tool_use.code_execution_requests": 4,
+            "speed": "fast",
+        }
+
+    @pytest.mark.parametrize(
+        "over",
+        [{"output_tokens": 1.5}, {"output_tokens": Decimal("1.5")}, {"output_tokens": "12"}, {"output_tokens": True},
+         {"output_tokens": -1}, {"cache_creation": {"ephemeral_1h_input_tokens": "3"}}, {"cache_creation": 5}],
+    )  # fmt: skip
+    def test_non_integer_counts(self, over: dict[str, Any]) -> None:
+        """Counts that are not non-negative integers are protocol violations."""
+        with pytest.raises(ProtocolViolation):
+            parse_usage_row(_usage(**over), DAY)
+
+    def test_integral_decimal_count_accepted(self) -> None:
+        """A count written as 12.0 or 1e3 (parsed as Decimal) is still an integer."""
+        assert parse_usage_row(_usage(output_tokens=Decimal("1E+3")), DAY).output_tokens == 1000
+
+
+class TestBucket:
+    @pytest.mark.parametrize(
+        ("start", "day"),
+        [("2026-03-02T00:00:00Z", date(2026, 3, 2)), ("2026-03-02T00:00:00+00:00", date(2026, 3, 2)),
+         ("2026-03-02T01:00:00+01:00", date(2026, 3, 2))],
+    )  # fmt: skip
+    def test_day_from_utc_midnight(self, start: str, day: date) -> None:
+        """The bucket's day is the date of its UTC-midnight start."""
+        assert parse_bucket({"starting_at": start, "results": []}, parse_cost_row).day == day
+
+    @pytest.mark.parametrize(
+        "bucket",
+        [{"starting_at": "2026-03-02T05:00:00Z", "results": []}, {"starting_at": "2026-03-02T00:00:00", "results": []},
+         {"starting_at": "yesterday", "results": []}, {"results": []},
+         {"starting_at": "2026-03-02T00:00:00Z", "ending_at": "2026-03-04T00:00:00Z", "results": []},
+         {"starting_at": "2026-03-02T00:00:00Z", "results": {}}],
+    )  # fmt: skip
+    def test_malformed(self, bucket: dict[str, Any]) -> None:
+        """Non-midnight, naive, unparsable, multi-day buckets and non-list results are violations."""
+        with pytest.raises(ProtocolViolation):
+            parse_bucket(bucket, parse_cost_row)
+
+
+def test_organization() -> None:
+    """/me parses into an Organization; a missing id is a violation."""
+    org = parse_organization({"id": "org-uuid", "type": "organization", "name": "Acme", "new": 1})
+    assert (org.id, org.name, org.type) == ("org-uuid", "Acme", "organization")
+    with pytest.raises(ProtocolViolation):
+        parse_organization({"name": "Acme"})

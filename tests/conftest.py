@@ -1,0 +1,73 @@
+"""Shared fixtures: a migrated database per test (SQLite always, PostgreSQL when
+COST_WORKER_TEST_DATABASE_URL is set), an App with a fake clock, and a master key."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from worker.app import App
+from worker.clock import FakeClock
+from worker.settings import Settings
+from worker.vault import MasterKey
+
+PG_URL = os.environ.get("COST_WORKER_TEST_DATABASE_URL")
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+
+# Never let a developer's own environment leak into tests.
+for _name in list(os.environ):
+    if _name.startswith("COST_WORKER_") and _name != "COST_WORKER_TEST_DATABASE_URL":
+        del os.environ[_name]
+os.environ.pop("ANTHROPIC_ADMIN_KEY", None)
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database URL: an SQLite file, or a private schema on the test PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'cw.db'}"
+        return
+    assert PG_URL
+    schema = f"cw_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def master_key() -> MasterKey:
+    return MasterKey.generate()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
+
+
+def make_settings(db_url: str, tmp_path: Path, master_key: MasterKey, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": tmp_path / "data", "database_url": db_url, "master_key": master_key.to_text(),
+        "api_base_url": "https://api.test", "requests_per_minute": 1.0, "burst": 1,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def app(db_url: str, tmp_path: Path, master_key: MasterKey, clock: FakeClock) -> Iterator[App]:
+    application = App(make_settings(db_url, tmp_path, master_key), clock=clock)
+    yield application
+    application.close()

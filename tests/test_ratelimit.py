@@ -1,0 +1,91 @@
+"""The per-organization request budget, state in the database, driven by a fake clock (no real sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from worker.clock import FakeClock
+from worker.ratelimit import OrgGate, RateBudget, reserve
+from worker.storage.db import make_engine, upgrade
+
+
+@pytest.fixture
+def engine(db_url: str):  # type: ignore[no-untyped-def]
+    eng = make_engine(db_url)
+    upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+def _acquire_many(gate: OrgGate, n: int) -> list[float]:
+    async def go() -> list[float]:
+        return [await gate.acquire() for _ in range(n)]
+    return asyncio.run(go())
+
+
+class TestGate:
+    @pytest.mark.parametrize(("rpm", "burst", "expected"), [
+        (1.0, 1, [0, 60, 60, 60, 60]),
+        (1.0, 3, [0, 0, 0, 60, 60]),
+        (60.0, 1, [0, 1, 1, 1, 1]),
+        (0.5, 2, [0, 0, 120, 120, 120]),
+    ])
+    def test_spacing(self, engine, rpm: float, burst: int, expected: list[float]) -> None:  # type: ignore[no-untyped-def]
+        """Waits follow the budget exactly: `burst` back to back, then one every 60/rpm seconds."""
+        clock = FakeClock(1_000_000.0)
+        waits = _acquire_many(OrgGate(engine, "org:a", RateBudget(rpm, burst), clock), 5)
+        assert waits == pytest.approx(expected)
+        assert clock.time() == pytest.approx(1_000_000.0 + sum(expected))
+
+    def test_refills_when_idle(self, engine) -> None:  # type: ignore[no-untyped-def]
+        """After a quiet period the next request goes at once."""
+        clock = FakeClock(1_000_000.0)
+        gate = OrgGate(engine, "org:a", RateBudget(1.0, 1), clock)
+        _acquire_many(gate, 1)
+        clock.advance(61)
+        assert _acquire_many(gate, 1) == [0]
+
+    def test_buckets_are_per_organization(self, engine) -> None:  # type: ignore[no-untyped-def]
+        """Two organizations never wait for each other."""
+        clock = FakeClock(1_000_000.0)
+        a = OrgGate(engine, "org:a", RateBudget(1.0, 1), clock)
+        b = OrgGate(engine, "org:b", RateBudget(1.0, 1), clock)
+        assert _acquire_many(a, 1) == [0]
+        assert _acquire_many(b, 1) == [0]
+
+    def test_shared_across_processes_and_restarts(self, db_url: str, engine) -> None:  # type: ignore[no-untyped-def]
+        """A second engine on the same database (another process, or a restart) sees the first one's request."""
+        clock = FakeClock(1_000_000.0)
+        budget = RateBudget(1.0, 1)
+        assert _acquire_many(OrgGate(engine, "org:a", budget, clock), 1) == [0]
+        other = make_engine(db_url)
+        try:
+            assert _acquire_many(OrgGate(other, "org:a", budget, clock), 1) == [pytest.approx(60)]
+            # and the first one now queues behind the second's reservation
+            assert reserve(engine, "org:a", budget, clock.time()) == pytest.approx(60)
+        finally:
+            other.dispose()
+
+    def test_concurrent_waiters_queue(self, engine) -> None:  # type: ignore[no-untyped-def]
+        """Concurrent requests to one organization are spaced, never sent together."""
+        clock = FakeClock(1_000_000.0)
+        budget = RateBudget(1.0, 1)
+        offsets = sorted(reserve(engine, "org:a", budget, clock.time()) for _ in range(4))
+        assert offsets == pytest.approx([0, 60, 120, 180])
+
+    def test_charge_counts_a_request_made_elsewhere(self, engine) -> None:  # type: ignore[no-untyped-def]
+        """charge() books a request already sent, so the next one waits its turn."""
+        clock = FakeClock(1_000_000.0)
+        gate = OrgGate(engine, "org:a", RateBudget(1.0, 1), clock)
+        gate.charge()
+        assert _acquire_many(gate, 1) == [pytest.approx(60)]
+
+
+def test_budget_rejects_nonsense() -> None:
+    """A non-positive rate or zero burst is refused."""
+    with pytest.raises(ValueError):
+        RateBudget(0, 1)
+    with pytest.raises(ValueError):
+        RateBudget(1, 0)

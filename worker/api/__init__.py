@@ -1,0 +1,41 @@
+"""The Anthropic Admin API: organization, daily cost and message usage reports.
+
+Errors are typed by what the caller must do next::
+
+    ApiError                  .status, .error_type, .request_id; str() is one safe line
+     ├─ IntegrationBlocked    401/402/403: stop this integration; .action tells the user what to do
+     ├─ RequestRejected       any other 4xx: not retried
+     │   └─ ResponseTooLarge  400 "too large" even at limit=1
+     ├─ RetriesExhausted      429/5xx/529/timeouts/dropped connections past the attempt or time budget
+     └─ ProtocolViolation     malformed body, broken pagination, missing days
+"""
+
+from worker.api.client import AdminApiClient, AdminKeyAuth, RequestGate, RequestStats
+from worker.api.errors import (
+    ApiError,
+    IntegrationBlocked,
+    ProtocolViolation,
+    RequestRejected,
+    ResponseTooLarge,
+    RetriesExhausted,
+)
+from worker.api.models import CostRow, DayBucket, Organization, Page, UsageRow, cents_to_dollars
+
+__all__ = [
+    "AdminApiClient",
+    "AdminKeyAuth",
+    "ApiError",
+    "CostRow",
+    "DayBucket",
+    "IntegrationBlocked",
+    "Organization",
+    "Page",
+    "ProtocolViolation",
+    "RequestGate",
+    "RequestRejected",
+    "RequestStats",
+    "ResponseTooLarge",
+    "RetriesExhausted",
+    "UsageRow",
+    "cents_to_dollars",
+]

@@ -1,0 +1,309 @@
+"""The Admin API client: one long-lived httpx.AsyncClient, the request gate, retries and the page loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+
+import httpx
+
+from worker import USER_AGENT
+from worker.api.errors import (
+    ApiError,
+    ProtocolViolation,
+    ResponseTooLarge,
+    RetriesExhausted,
+    Retryable,
+    classify_response,
+    safe_text,
+)
+from worker.api.models import (
+    CostRow,
+    Organization,
+    Page,
+    UsageRow,
+    parse_bucket,
+    parse_cost_row,
+    parse_organization,
+    parse_usage_row,
+)
+from worker.api.pagination import CursorPaginator, DayCoverage, Params
+from worker.api.retry import RetryPolicy
+from worker.clock import Clock, utc_today
+from worker.secret import AdminKey
+
+log = logging.getLogger("worker.api")
+
+ANTHROPIC_VERSION = "2023-06-01"
+ME_PATH = "/v1/organizations/me"
+COST_PATH = "/v1/organizations/cost_report"
+USAGE_PATH = "/v1/organizations/usage_report/messages"
+COST_GROUP_BY = ("workspace_id", "description")
+USAGE_GROUP_BY = ("model", "workspace_id", "service_tier", "context_window", "api_key_id")  # 5: the maximum
+MAX_DAILY_LIMIT = 31
+_MAX_IDLE_PAGES = 3  # has_more pages that bring no bucket: tolerated a few times, never forever
+
+RowT = TypeVar("RowT")
+
+
+class RequestGate(Protocol):
+    async def acquire(self) -> float:
+        """Block until one request may be sent; return the seconds spent waiting."""
+
+
+@dataclass
+class RequestStats:
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0  # 429s received
+    waited_seconds: float = 0.0  # gate waits + retry/backoff waits
+    failures: list[tuple[int | None, str | None]] = field(default_factory=list)  # (status, request-id)
+
+
+class AdminKeyAuth(httpx.Auth):
+    """Adds `x-api-key` per request, so the key is never in the client's default headers or its repr."""
+
+    def __init__(self, key: AdminKey) -> None:
+        self._key = key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["x-api-key"] = self._key.reveal()
+        yield request
+
+    def __repr__(self) -> str:
+        return f"AdminKeyAuth({self._key!r})"
+
+
+def _timestamp(day: date) -> str:
+    return f"{day.isoformat()}T00:00:00Z"
+
+
+def _decode(content: bytes) -> Any:
+    return json.loads(content, parse_float=Decimal)
+
+
+class AdminApiClient:
+    """Reads the organization, cost and usage reports. Use as `async with AdminApiClient(...) as api:`."""
+
+    def __init__(
+        self,
+        admin_key: AdminKey,
+        *,
+        base_url: str,
+        gate: RequestGate,
+        clock: Clock,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_attempts: int = 8,
+        max_retry_seconds: float = 900.0,
+        stats: RequestStats | None = None,
+        on_wait: Callable[[float], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not isinstance(admin_key, AdminKey):
+            raise TypeError("admin_key must be an AdminKey")
+        self.gate = gate
+        self.stats = stats if stats is not None else RequestStats()
+        self._auth = AdminKeyAuth(admin_key)
+        self._key_hint = admin_key.hint
+        self._base_url = base_url.rstrip("/")
+        self._clock = clock
+        self._timeout = timeout
+        self._transport = transport
+        self._policy = RetryPolicy(max_attempts=max_attempts, max_seconds=max_retry_seconds)
+        self._on_wait = on_wait
+        self._rng = rng if rng is not None else random.Random()
+        self._http: httpx.AsyncClient | None = None
+
+    def __repr__(self) -> str:
+        return f"AdminApiClient(base_url={self._base_url!r}, key={self._key_hint!r})"
+
+    @property
+    def headers(self) -> httpx.Headers:
+        """The default headers sent with every request (the key is added per request by the auth)."""
+        return httpx.Headers(
+            {"anthropic-version": ANTHROPIC_VERSION, "user-agent": USER_AGENT, "accept": "application/json"}
+        )
+
+    async def __aenter__(self) -> AdminApiClient:
+        self._http = httpx.AsyncClient(
+            base_url=self._base_url,
+            auth=self._auth,
+            headers=self.headers,
+            timeout=httpx.Timeout(self._timeout, connect=min(10.0, self._timeout)),
+            limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
+            transport=self._transport,
+            follow_redirects=False,
+        )
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    # --- public API --------------------------------------------------------------------------------------
+
+    async def organization(self) -> Organization:
+        """The organization the key belongs to (the cheapest validity check)."""
+        body, request_id = await self._get_json(ME_PATH, [])
+        try:
+            return parse_organization(body)
+        except ProtocolViolation as exc:
+            raise _violation(exc, ME_PATH, request_id) from None
+
+    def cost_pages(self, start: date, end: date, *, limit: int = MAX_DAILY_LIMIT) -> AsyncIterator[Page[CostRow]]:
+        """Daily cost pages for days `[start, end)`, grouped by workspace and description."""
+        _check_window(start, end, limit)
+        base: Params = [("bucket_width", "1d"), *(("group_by[]", g) for g in COST_GROUP_BY)]
+        return self._report_pages(COST_PATH, base, start, end, limit, parse_cost_row)
+
+    def usage_pages(self, start: date, end: date, *, limit: int = MAX_DAILY_LIMIT) -> AsyncIterator[Page[UsageRow]]:
+        """Daily message usage pages for days `[start, end)`, grouped by the five documented dimensions."""
+        _check_window(start, end, limit)
+        base: Params = [("bucket_width", "1d"), *(("group_by[]", g) for g in USAGE_GROUP_BY)]
+        return self._report_pages(USAGE_PATH, base, start, end, limit, parse_usage_row)
+
+    # --- the page loop -----------------------------------------------------------------------------------
+
+    async def _report_pages(
+        self,
+        path: str,
+        base: Params,
+        start: date,
+        end: date,
+        limit: int,
+        parse_row: Callable[[object, date], RowT],
+    ) -> AsyncIterator[Page[RowT]]:
+        coverage = DayCoverage(start, end, utc_today(self._clock))
+        while coverage.resume_day < end:
+            # (Re)start from the first day not yet yielded; a restart never reuses a cursor.
+            params: Params = [*base, ("starting_at", _timestamp(coverage.resume_day)),
+                              ("ending_at", _timestamp(end)), ("limit", limit)]  # fmt: skip
+            paginator = CursorPaginator()
+            idle_pages = 0
+            try:
+                while paginator.has_next_page:
+                    body, request_id = await self._get_json(path, paginator.update_request(params))
+                    try:
+                        page = _parse_page(body, parse_row, request_id, limit)
+                        coverage.accept([b.day for b in page.buckets])
+                        paginator.update_state(body)
+                        idle_pages = 0 if page.buckets else idle_pages + 1
+                        if idle_pages > _MAX_IDLE_PAGES:
+                            raise ProtocolViolation(f"{idle_pages} pages in a row without a bucket")
+                    except ProtocolViolation as exc:
+                        raise _violation(exc, path, request_id) from None
+                    yield page
+            except ResponseTooLarge:
+                if limit <= 1:
+                    raise
+                limit = max(1, limit // 2)
+                log.info("%s: response too large, retrying from %s with limit=%d", path, coverage.resume_day, limit)
+                continue
+            break
+        try:
+            coverage.finish()
+        except ProtocolViolation as exc:
+            raise _violation(exc, path, None) from None
+
+    # --- one request, with the gate and the retry budget -------------------------------------------------
+
+    async def _get_json(self, path: str, params: Sequence[tuple[str, str | int]]) -> tuple[Any, str | None]:
+        if self._http is None:
+            raise RuntimeError("AdminApiClient is not open: use `async with AdminApiClient(...) as api:`")
+        started = self._clock.time()
+        attempt = 0
+        while True:
+            attempt += 1
+            self._waited(await self.gate.acquire())
+            self.stats.requests += 1
+            outcome: ApiError | Retryable
+            try:
+                response = await self._http.get(path, params=list(params))
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                outcome = Retryable(None, type(exc).__name__, None, safe_text(str(exc) or type(exc).__name__, 200))
+            else:
+                request_id = response.headers.get("request-id")
+                if response.is_success:
+                    try:
+                        return _decode(response.content), request_id
+                    except ValueError:
+                        outcome = Retryable(response.status_code, "invalid_json", request_id, "body is not valid JSON")
+                else:
+                    outcome = classify_response(response, path=path, now=self._clock.now())
+            self._record_failure(path, attempt, outcome)
+            if isinstance(outcome, ApiError):
+                raise outcome
+            if outcome.rate_limited:
+                self.stats.rate_limited += 1
+            wait = self._policy.wait(attempt, outcome.retry_after, self._rng)
+            elapsed = self._clock.time() - started
+            if not self._policy.allows(attempt, elapsed, wait):
+                cause = outcome.describe()
+                log.error("GET %s: giving up after %d attempt(s), %.0fs: %s", path, attempt, elapsed, cause)
+                raise RetriesExhausted(
+                    f"GET {path}: gave up after {attempt} attempt(s) in {elapsed:.0f}s "
+                    f"(next wait {wait:.0f}s; budget {self._policy.max_attempts} attempts, "
+                    f"{self._policy.max_seconds:.0f}s); last error: {cause}",
+                    attempts=attempt,
+                    last_cause=cause,
+                    status=outcome.status,
+                    error_type=outcome.error_type,
+                    request_id=outcome.request_id,
+                )
+            self.stats.retries += 1
+            await self._clock.sleep(wait)
+            self._waited(wait)
+
+    def _waited(self, seconds: float) -> None:
+        if seconds > 0:
+            self.stats.waited_seconds += seconds
+            if self._on_wait is not None:
+                self._on_wait(seconds)
+
+    def _record_failure(self, path: str, attempt: int, outcome: ApiError | Retryable) -> None:
+        self.stats.failures.append((outcome.status, outcome.request_id))
+        log.warning(
+            "GET %s failed (attempt %d): status=%s error_type=%s request_id=%s%s",
+            path,
+            attempt,
+            outcome.status,
+            outcome.error_type,
+            outcome.request_id,
+            " (retrying)" if isinstance(outcome, Retryable) else "",
+        )
+
+
+def _check_window(start: date, end: date, limit: int) -> None:
+    if start > end:
+        raise ValueError(f"start {start} is after end {end}")
+    if not 1 <= limit <= MAX_DAILY_LIMIT:
+        raise ValueError(f"limit must be 1..{MAX_DAILY_LIMIT} daily buckets, got {limit}")
+
+
+def _violation(exc: ProtocolViolation, path: str, request_id: str | None) -> ProtocolViolation:
+    return ProtocolViolation(f"GET {path}: {exc} (request-id {request_id})", request_id=request_id)
+
+
+def _parse_page(
+    body: Any, parse_row: Callable[[object, date], RowT], request_id: str | None, limit: int
+) -> Page[RowT]:
+    if not isinstance(body, Mapping):
+        raise ProtocolViolation("report body must be a JSON object")
+    data = body.get("data")
+    if not isinstance(data, list):
+        raise ProtocolViolation("report body has no data list")
+    if len(data) > limit:
+        raise ProtocolViolation(f"page holds {len(data)} buckets, more than limit={limit}")
+    buckets = tuple(parse_bucket(item, parse_row) for item in data)
+    return Page(buckets=buckets, request_id=request_id, limit=limit)

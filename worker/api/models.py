@@ -1,0 +1,256 @@
+"""Parsed report rows: money as exact Decimal dollars, cache writes read from their nested fields.
+
+Parsing is strict about what the sync depends on (amounts, counts, days) and lenient about everything
+else: unknown fields and unknown enum values are kept verbatim, never fatal.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar
+
+from worker.api.errors import ProtocolViolation
+
+RowT = TypeVar("RowT")
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_DECIMAL_TEXT = re.compile(r"-?\d+(\.\d+)?([eE][+-]?\d+)?")
+
+
+def _no_extra() -> Mapping[str, Any]:
+    return _EMPTY
+
+
+@dataclass(frozen=True, slots=True)
+class Organization:
+    id: str
+    name: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class CostRow:
+    day: date
+    workspace_id: str | None  # None is the default workspace
+    description: str | None
+    cost_type: str | None
+    model: str | None
+    token_type: str | None
+    service_tier: str | None
+    context_window: str | None
+    inference_geo: str | None
+    amount_usd: Decimal
+    currency: str
+    extra: Mapping[str, Any] = field(default_factory=_no_extra, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    day: date
+    workspace_id: str | None
+    model: str | None
+    service_tier: str | None
+    context_window: str | None
+    api_key_id: str | None  # None for Console/Workbench usage
+    inference_geo: str | None
+    uncached_input_tokens: int
+    cache_read_input_tokens: int
+    cache_creation_5m_input_tokens: int
+    cache_creation_1h_input_tokens: int
+    output_tokens: int
+    web_search_requests: int
+    extra: Mapping[str, Any] = field(default_factory=_no_extra, hash=False)
+
+    @property
+    def input_tokens(self) -> int:
+        """Total input: uncached + cache reads + both cache writes."""
+        return (
+            self.uncached_input_tokens
+            + self.cache_read_input_tokens
+            + self.cache_creation_5m_input_tokens
+            + self.cache_creation_1h_input_tokens
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DayBucket(Generic[RowT]):
+    day: date
+    rows: tuple[RowT, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[RowT]):
+    buckets: tuple[DayBucket[RowT], ...]
+    request_id: str | None
+    limit: int
+
+
+# --- parsing ---------------------------------------------------------------------------------------------
+
+
+def cents_to_dollars(value: object) -> Decimal:
+    """An `amount` (a decimal string of cents, e.g. "1843.2075") as exact dollars ($18.432075)."""
+    if isinstance(value, bool) or value is None:
+        raise ProtocolViolation(f"amount must be a decimal string of cents, got {type(value).__name__}")
+    if isinstance(value, int):
+        cents = Decimal(value)
+    elif isinstance(value, Decimal):
+        cents = value
+    elif isinstance(value, str) and _DECIMAL_TEXT.fullmatch(value.strip()):
+        try:
+            cents = Decimal(value.strip())
+        except InvalidOperation:  # pragma: no cover - the pattern already excludes this
+            raise ProtocolViolation(f"amount is not a decimal: {value[:40]!r}") from None
+    else:
+        shown = value[:40] if isinstance(value, str) else type(value).__name__
+        raise ProtocolViolation(f"amount is not a decimal string of cents: {shown!r}")
+    if not cents.is_finite():
+        raise ProtocolViolation(f"amount is not finite: {cents}")
+    # Shift the exponent instead of dividing: exact at any precision, no context rounding.
+    sign, digits, exponent = cents.as_tuple()
+    assert isinstance(exponent, int)
+    return Decimal((sign, digits, exponent - 2))
+
+
+def _count(value: object, name: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        raise ProtocolViolation(f"{name} must be an integer count, got a boolean")
+    if isinstance(value, int):
+        count = value
+    elif isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        count = int(value)
+    else:
+        shown = str(value)[:40] if isinstance(value, (str, Decimal)) else type(value).__name__
+        raise ProtocolViolation(f"{name} must be an integer count, got {shown!r}")
+    if count < 0:
+        raise ProtocolViolation(f"{name} must not be negative, got {count}")
+    return count
+
+
+def _opt_str(obj: Mapping[str, Any], name: str) -> str | None:
+    value = obj.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise ProtocolViolation(f"{name} must be a string or null, got {type(value).__name__}")
+
+
+def _obj(value: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ProtocolViolation(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def utc_midnight(value: object, what: str) -> date:
+    """The date of an RFC 3339 timestamp that must be exactly a UTC day start."""
+    if not isinstance(value, str):
+        raise ProtocolViolation(f"{what} must be an RFC 3339 string, got {type(value).__name__}")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ProtocolViolation(f"{what} is not an RFC 3339 timestamp: {value[:40]!r}") from None
+    offset = moment.utcoffset()
+    if offset is None:
+        raise ProtocolViolation(f"{what} has no timezone: {value[:40]!r}")
+    moment = moment.astimezone(UTC)
+    if (moment.hour, moment.minute, moment.second, moment.microsecond) != (0, 0, 0, 0):
+        raise ProtocolViolation(f"{what} is not a UTC midnight: {value[:40]!r}")
+    return moment.date()
+
+
+_COST_FIELDS = frozenset(
+    {"amount", "currency", "workspace_id", "description", "cost_type", "model", "token_type",
+     "service_tier", "context_window", "inference_geo"}
+)  # fmt: skip
+
+
+def parse_cost_row(raw: object, day: date) -> CostRow:
+    obj = _obj(raw, "cost result")
+    currency = obj.get("currency")
+    if not isinstance(currency, str) or not currency:
+        raise ProtocolViolation(f"cost result on {day} has no currency")
+    return CostRow(
+        day=day,
+        workspace_id=_opt_str(obj, "workspace_id"),
+        description=_opt_str(obj, "description"),
+        cost_type=_opt_str(obj, "cost_type"),
+        model=_opt_str(obj, "model"),
+        token_type=_opt_str(obj, "token_type"),
+        service_tier=_opt_str(obj, "service_tier"),
+        context_window=_opt_str(obj, "context_window"),
+        inference_geo=_opt_str(obj, "inference_geo"),
+        amount_usd=cents_to_dollars(obj.get("amount")),
+        currency=currency,
+        extra=MappingProxyType({k: v for k, v in obj.items() if k not in _COST_FIELDS}),
+    )
+
+
+_USAGE_FIELDS = frozenset(
+    {"workspace_id", "model", "service_tier", "context_window", "api_key_id", "inference_geo",
+     "uncached_input_tokens", "cache_read_input_tokens", "cache_creation", "output_tokens", "server_tool_use"}
+)  # fmt: skip
+_CACHE_CREATION = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
+_SERVER_TOOL_USE = ("web_search_requests",)
+
+
+def _nested(obj: Mapping[str, Any], name: str, known: tuple[str, ...], extra: dict[str, Any]) -> Mapping[str, Any]:
+    value = obj.get(name)
+    if value is None:
+        return _EMPTY
+    nested = _obj(value, name)
+    for key, item in nested.items():
+        if key not in known:
+            extra[f"{name}.{key}"] = item
+    return nested
+
+
+def parse_usage_row(raw: object, day: date) -> UsageRow:
+    obj = _obj(raw, "usage result")
+    extra: dict[str, Any] = {k: v for k, v in obj.items() if k not in _USAGE_FIELDS}
+    cache = _nested(obj, "cache_creation", _CACHE_CREATION, extra)
+    tools = _nested(obj, "server_tool_use", _SERVER_TOOL_USE, extra)
+    return UsageRow(
+        day=day,
+        workspace_id=_opt_str(obj, "workspace_id"),
+        model=_opt_str(obj, "model"),
+        service_tier=_opt_str(obj, "service_tier"),
+        context_window=_opt_str(obj, "context_window"),
+        api_key_id=_opt_str(obj, "api_key_id"),
+        inference_geo=_opt_str(obj, "inference_geo"),
+        uncached_input_tokens=_count(obj.get("uncached_input_tokens"), "uncached_input_tokens"),
+        cache_read_input_tokens=_count(obj.get("cache_read_input_tokens"), "cache_read_input_tokens"),
+        cache_creation_5m_input_tokens=_count(cache.get("ephemeral_5m_input_tokens"), "cache_creation.ephemeral_5m"),
+        cache_creation_1h_input_tokens=_count(cache.get("ephemeral_1h_input_tokens"), "cache_creation.ephemeral_1h"),
+        output_tokens=_count(obj.get("output_tokens"), "output_tokens"),
+        web_search_requests=_count(tools.get("web_search_requests"), "server_tool_use.web_search_requests"),
+        extra=MappingProxyType(extra),
+    )
+
+
+def parse_bucket(raw: object, parse_row: Callable[[object, date], RowT]) -> DayBucket[RowT]:
+    obj = _obj(raw, "bucket")
+    day = utc_midnight(obj.get("starting_at"), "bucket starting_at")
+    ending = obj.get("ending_at")
+    if ending is not None and utc_midnight(ending, "bucket ending_at") != day + timedelta(days=1):
+        raise ProtocolViolation(f"bucket starting {day} is not one day wide (ending_at {str(ending)[:40]!r})")
+    results = obj.get("results")
+    if results is None:
+        results = []
+    if not isinstance(results, list):
+        raise ProtocolViolation(f"bucket {day}: results must be a list, got {type(results).__name__}")
+    return DayBucket(day=day, rows=tuple(parse_row(item, day) for item in results))
+
+
+def parse_organization(raw: object) -> Organization:
+    obj = _obj(raw, "organization")
+    org_id = obj.get("id")
+    if not isinstance(org_id, str) or not org_id:
+        raise ProtocolViolation("organization has no id")
+    name, kind = obj.get("name"), obj.get("type")
+    return Organization(id=org_id, name=name if isinstance(name, str) else "", type=kind if isinstance(kind, str) else "")

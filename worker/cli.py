@@ -1,0 +1,403 @@
+"""The `cost-worker` command line: parses, prints, and calls the modules that do the work.
+
+Exit codes: 0 success, 1 a sync or connection failed, 2 bad usage or input.
+Heavy imports stay inside the commands so `cost-worker --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import getpass
+import json
+import logging
+import os
+import signal
+import sys
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from worker import __version__
+
+if TYPE_CHECKING:
+    from worker.app import App
+
+log = logging.getLogger("worker.cli")
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+ADMIN_KEY_ENV = "ANTHROPIC_ADMIN_KEY"
+
+
+class Failure(click.ClickException):
+    """A one-line error with an exit code (1: an operation failed, 2: bad usage or input)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    raise Failure(message, code)
+
+
+class LazyGroup(click.Group):
+    """Subcommands named here are imported only when used (keeps --help fast)."""
+
+    lazy = {"simulate": ("worker.simulator.command", "simulate_command")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            import importlib
+
+            module, attr = self.lazy[name]
+            return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+        return super().get_command(ctx, name)
+
+
+def _app(ctx: click.Context) -> App:
+    obj = ctx.find_root().obj
+    if "app" not in obj:
+        from worker.app import App
+        from worker.logs import setup_logging
+        from worker.settings import load_settings
+
+        settings = load_settings(obj.get("config"))
+        setup_logging(settings.log_format, settings.log_level)
+        obj["app"] = App(settings, obj.get("config"))
+        ctx.call_on_close(obj["app"].close)
+    return obj["app"]  # type: ignore[no-any-return]
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
+              help="TOML settings file (default: $COST_WORKER_CONFIG). COST_WORKER_* environment variables win.")
+@click.version_option(__version__, prog_name="cost-worker")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None) -> None:
+    """cost-worker: Anthropic's authoritative cost and usage reports, synced into SQL daily."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+# --- onboarding ---------------------------------------------------------------------------------
+
+def read_admin_key() -> Any:
+    """From ANTHROPIC_ADMIN_KEY, else stdin when it is not a terminal, else a hidden prompt. Never argv."""
+    from worker.secret import AdminKey
+
+    value = os.environ.get(ADMIN_KEY_ENV)
+    if value is None:
+        value = sys.stdin.read() if not sys.stdin.isatty() else getpass.getpass(
+            "Anthropic Admin API key (sk-ant-admin..., input hidden): ")
+    return AdminKey(value)
+
+
+def _print_wait(seconds: float) -> None:
+    if seconds >= 1:
+        click.echo(f"waiting {seconds:.0f}s for the organization's request budget "
+                   f"(COST_WORKER_REQUESTS_PER_MINUTE)...", err=True)
+
+
+def _run_connection_test(app: App, key: Any) -> Any:
+    from worker.integrations import test_connection
+
+    return asyncio.run(test_connection(app, key, on_wait=_print_wait))
+
+
+@cli.command("test-connection")
+@click.pass_context
+def test_connection_cmd(ctx: click.Context) -> None:
+    """Check an Admin key: GET /v1/organizations/me, then one small cost report. Prints the organization."""
+    app = _app(ctx)
+    key = read_admin_key()
+    org = _run_connection_test(app, key)
+    click.echo(f"Connection OK: organization {org.name!r} ({org.id}); cost report access confirmed.")
+
+
+@cli.command("connect")
+@click.option("--label", default=None, help="Name for this integration (default: 'Anthropic - <organization>').")
+@click.option("--tier", type=click.Choice(["free", "pro", "ultimate"]), default="free", show_default=True,
+              help="Plan tier: sets how many days are backfilled (free 30, pro/ultimate 365 by default).")
+@click.pass_context
+def connect_cmd(ctx: click.Context, label: str | None, tier: str) -> None:
+    """Test an Admin key, store it encrypted, and queue the tier's backfill. Prints the integration id."""
+    from worker.integrations import connect
+
+    app = _app(ctx)
+    key = read_admin_key()
+    org = _run_connection_test(app, key)
+    integration_id = connect(app, key, org, label=label, tier=tier)  # type: ignore[arg-type]
+    days = app.settings.backfill_days(tier)  # type: ignore[arg-type]
+    click.echo(f"Connected organization {org.name!r} as integration {integration_id} (key {key.hint}); "
+               f"backfill of {days} days queued: `cost-worker run` or `cost-worker sync-now` performs it.", err=True)
+    click.echo(str(integration_id))
+
+
+# --- integrations -------------------------------------------------------------------------------
+
+@cli.group("integrations")
+def integrations_group() -> None:
+    """List or remove connected organizations."""
+
+
+def _iso(value: datetime | date | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+@integrations_group.command("list")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def integrations_list(ctx: click.Context, fmt: str) -> None:
+    """Show every integration with its status, key hint and last sync."""
+    from worker.storage import repo
+
+    app = _app(ctx)
+    with app.engine.begin() as conn:
+        items = repo.list_integrations(conn)
+    rows = [{
+        "id": i.id, "label": i.label, "tier": i.tier, "status": i.status, "key_hint": i.key_hint,
+        "organization_id": i.organization_id, "organization_name": i.organization_name,
+        "last_success_at": _iso(i.last_success_at), "last_error": i.last_error,
+        "backfill_start": _iso(i.backfill_start), "backfill_end": _iso(i.backfill_end),
+        "backfill_done": i.backfill_done, "created_at": _iso(i.created_at),
+    } for i in items]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no integrations: add one with `cost-worker connect`")
+        return
+    cols = ["id", "label", "tier", "status", "key_hint", "last_success_at", "last_error"]
+    _table([[("" if r[c] is None else str(r[c]))[:60] for c in cols] for r in rows], cols)
+
+
+@integrations_group.command("remove")
+@click.argument("integration_id", type=int)
+@click.pass_context
+def integrations_remove(ctx: click.Context, integration_id: int) -> None:
+    """Delete an integration, its encrypted key and every row synced for it."""
+    from worker.integrations import remove
+
+    if not remove(_app(ctx).engine, integration_id):
+        _fail(f"no integration {integration_id} (see `cost-worker integrations list`)", EXIT_USAGE)
+    click.echo(f"removed integration {integration_id} and its stored data")
+
+
+# --- syncing ------------------------------------------------------------------------------------
+
+@cli.command("sync-now")
+@click.option("--integration", "ids", type=int, multiple=True, help="Only this integration (repeatable).")
+@click.pass_context
+def sync_now_cmd(ctx: click.Context, ids: tuple[int, ...]) -> None:
+    """Bring integrations up to date now: finish pending backfills, then re-read the trailing window."""
+    from worker.storage import repo
+    from worker.sync.engine import sync_now
+    from worker.sync.progress import BarProgress, LogProgress
+
+    app = _app(ctx)
+    with app.engine.begin() as conn:
+        known = {i.id for i in repo.list_integrations(conn)}
+    missing = [i for i in ids if i not in known]
+    if missing:
+        _fail(f"no integration {missing[0]} (see `cost-worker integrations list`)", EXIT_USAGE)
+    if not known:
+        _fail("no integrations: add one with `cost-worker connect`", EXIT_USAGE)
+    progress = BarProgress() if sys.stderr.isatty() else LogProgress()
+    outcomes = asyncio.run(sync_now(app, list(ids) or None, progress=progress))
+    failed = [o for o in outcomes if not o.ok]
+    for o in outcomes:
+        click.echo(f"integration {o.integration_id}: {'ok' if o.ok else 'FAILED'}: {o.message}")
+    if failed:
+        raise SystemExit(EXIT_FAILED)
+
+
+@cli.command("run")
+@click.pass_context
+def run_cmd(ctx: click.Context) -> None:
+    """The long-running service: backfills queued integrations and syncs daily (06:00 UTC by default)."""
+    from worker.sync.scheduler import SyncService
+
+    app = _app(ctx)
+    app.engine  # migrate before serving  # noqa: B018
+    if app.settings.master_key is None and app.settings.master_key_file is None:
+        app.keyring  # noqa: B018 - generate the default key file now, with its warning, not mid-sync
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await SyncService(app).serve(stop)
+
+    asyncio.run(main())
+
+
+# --- reports ------------------------------------------------------------------------------------
+
+def _parse_day(_ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a date YYYY-MM-DD, got {value!r}") from None
+
+
+@cli.command("report")
+@click.option("--since", required=True, callback=_parse_day, help="First UTC day (YYYY-MM-DD).")
+@click.option("--until", required=True, callback=_parse_day, help="Last UTC day, inclusive (YYYY-MM-DD).")
+@click.option("--integration", "integration_id", type=int, default=None, help="Only this integration.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.pass_context
+def report_cmd(ctx: click.Context, since: date, until: date, integration_id: int | None, fmt: str) -> None:
+    """Billed cost and tokens per UTC day and model, from the synced reports."""
+    from worker.storage import repo
+
+    if until < since:
+        _fail("--until is before --since", EXIT_USAGE)
+    app = _app(ctx)
+    with app.engine.begin() as conn:
+        if integration_id is not None and repo.get_integration(conn, integration_id) is None:
+            _fail(f"no integration {integration_id}", EXIT_USAGE)
+        rows = repo.report(conn, since, until, integration_id)
+    fields = ["date", "model", "cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"]
+    records = [{"date": r.date.isoformat(), "model": r.model, "cost_usd": _money(r.cost_usd),
+                "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+                "cache_read_tokens": r.cache_read_tokens, "cache_write_tokens": r.cache_write_tokens} for r in rows]
+    if fmt == "json":
+        click.echo(json.dumps(records, indent=2))
+    elif fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({**r, "model": r["model"] or ""} for r in records)
+    else:
+        total = sum((r.cost_usd for r in rows), Decimal(0))
+        body = [[r["date"], r["model"] or "(no model: fees)", r["cost_usd"], *(f"{r[f]:,}" for f in fields[3:])]
+                for r in records]
+        _table(body + [["total", "", _money(total), "", "", "", ""]], fields, right_from=2)
+
+
+def _money(value: Decimal) -> str:
+    """Exact dollars as a decimal string (never float, never rounded)."""
+    text = format(value.normalize(), "f") if value else "0"
+    if "." not in text:
+        return text + ".00"
+    whole, frac = text.split(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
+
+
+def _table(rows: list[list[str]], header: list[str], right_from: int = 99) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).rjust(w) if i >= right_from else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=False))).rstrip()
+    click.echo(line(header))
+    for r in rows:
+        click.echo(line(r))
+
+
+# --- maintenance --------------------------------------------------------------------------------
+
+@cli.group("db")
+def db_group() -> None:
+    """Database schema."""
+
+
+@db_group.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Apply every pending migration (also done at start by every command)."""
+    from worker.storage.db import current_revision, safe_url
+
+    app = _app(ctx)
+    click.echo(f"database {safe_url(app.settings.effective_database_url)} at revision {current_revision(app.engine)}")
+
+
+@cli.group("keys")
+def keys_group() -> None:
+    """The master key that encrypts stored Admin keys."""
+
+
+@keys_group.command("generate")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="Write a new random master key to this file (mode 0600; never overwrites).")
+def keys_generate(out: Path) -> None:
+    """Create a new master key file (for first deployment or rotation)."""
+    from worker.vault import MasterKey, write_master_key_file
+
+    key = MasterKey.generate()
+    write_master_key_file(out, key)
+    click.echo(f"wrote master key {key.id} to {out}")
+
+
+@keys_group.command("rotate")
+@click.pass_context
+def keys_rotate(ctx: click.Context) -> None:
+    """Re-encrypt every stored Admin key under the current master key (resumable; old keys still decrypt)."""
+    from worker.integrations import rotate_keys
+
+    app = _app(ctx)
+    result = rotate_keys(app.engine, app.keyring)
+    click.echo(f"master key {app.keyring.current_id}: {result.rotated} re-encrypted, "
+               f"{result.already_current} already current, {len(result.failed)} failed")
+    for message in result.failed:
+        click.echo(f"error: {message}", err=True)
+    if result.failed:
+        raise SystemExit(EXIT_FAILED)
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+def _classify(exc: BaseException) -> tuple[str, int] | None:
+    """Known errors become one line and an exit code; None means a bug."""
+    from worker.api import ApiError, IntegrationBlocked
+    from worker.integrations import IntegrationError
+    from worker.secret import InvalidAdminKey
+    from worker.settings import SettingsError
+    from worker.storage.db import DatabaseError
+    from worker.vault import InvalidMasterKey, VaultError
+
+    if isinstance(exc, (SettingsError, InvalidAdminKey, InvalidMasterKey, IntegrationError)):
+        return str(exc), EXIT_USAGE
+    if isinstance(exc, IntegrationBlocked):
+        return f"{exc} {exc.action}".strip(), EXIT_FAILED
+    if isinstance(exc, (ApiError, VaultError, DatabaseError)):
+        return str(exc), EXIT_FAILED
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    from worker.logs import scrub
+
+    try:
+        cli.main(args=argv, prog_name="cost-worker", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
+        known = _classify(exc)
+        if known:
+            click.echo(f"error: {scrub(known[0])}", err=True)
+            sys.exit(known[1])
+        log.debug("internal error", exc_info=True)
+        click.echo(f"error: internal error: {type(exc).__name__}: {scrub(str(exc).splitlines()[0] if str(exc) else '')}"
+                   " (set COST_WORKER_LOG_LEVEL=debug for the traceback)", err=True)
+        sys.exit(EXIT_FAILED)
+    sys.exit(0)

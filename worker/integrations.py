@@ -1,0 +1,124 @@
+"""Integrations: the connection test, connecting (key sealed to its row), removing, and master-key rotation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+from sqlalchemy import Engine, update
+
+from worker.api import AdminApiClient, Organization, RequestStats
+from worker.app import App
+from worker.ratelimit import OrgGate, org_bucket
+from worker.secret import AdminKey
+from worker.settings import Tier
+from worker.storage import repo
+from worker.storage.tables import integrations
+from worker.sync.windows import backfill_window, latest_slot
+from worker.vault import Keyring, Sealed, VaultError, integration_aad
+
+log = logging.getLogger(__name__)
+
+
+class IntegrationError(Exception):
+    """A user-facing failure about an integration (one line)."""
+
+
+def make_client(app: App, key: AdminKey, gate: OrgGate, stats: RequestStats | None = None,
+                transport: httpx.AsyncBaseTransport | None = None, on_wait: object = None) -> AdminApiClient:
+    s = app.settings
+    return AdminApiClient(key, base_url=s.api_base_url, gate=gate, clock=app.clock, timeout=s.http_timeout,
+                          transport=transport, max_attempts=s.max_attempts, max_retry_seconds=s.max_retry_seconds,
+                          stats=stats, on_wait=on_wait)  # type: ignore[arg-type]
+
+
+async def test_connection(app: App, key: AdminKey, *, transport: httpx.AsyncBaseTransport | None = None,
+                          on_wait: object = None) -> Organization:
+    """GET /me, then one cost_report request with limit=1 (proves report access). Raises ApiError."""
+    # Before /me the organization is unknown: that first request is counted against a bucket of the key,
+    # then charged to the organization's bucket so the report request after it waits its turn.
+    key_gate = OrgGate(app.engine, f"key:{key.fingerprint}", app.budget, app.clock)
+    async with make_client(app, key, key_gate, transport=transport, on_wait=on_wait) as client:
+        org = await client.organization()
+        org_gate = OrgGate(app.engine, org_bucket(org.id), app.budget, app.clock)
+        org_gate.charge()
+        client.gate = org_gate
+        today = app.clock.now().date()
+        async for _page in client.cost_pages(today, today + timedelta(days=1), limit=1):
+            break
+    return org
+
+
+def connect(app: App, key: AdminKey, org: Organization, *, label: str | None, tier: Tier) -> int:
+    """Store a tested key for `org`, sealed with AES-256-GCM to the new row, and queue its backfill."""
+    now = app.clock.now()
+    first, last = backfill_window(now.date(), app.settings.backfill_days(tier))
+    with app.engine.begin() as conn:
+        existing = repo.find_by_organization(conn, org.id)
+        if existing:
+            raise IntegrationError(
+                f"organization {org.name!r} is already connected as integration {existing[0].id}; "
+                f"remove it first with `cost-worker integrations remove {existing[0].id}`")
+        integration_id = repo.insert_integration(
+            conn, label=(label or "").strip() or f"Anthropic - {org.name}", tier=tier,
+            organization_id=org.id, organization_name=org.name, key_ciphertext=b"", key_id="",
+            key_hint=key.hint, status="pending", created_at=now, updated_at=now, backfill_start=first,
+            backfill_end=last, cost_checkpoint=first, usage_checkpoint=first, backfill_done=False,
+            # Today's 06:00 run is covered by the backfill itself, which reads through today.
+            last_daily_slot=latest_slot(now, app.settings.daily_sync_time),
+        )
+        sealed = app.keyring.seal(key.reveal().encode(), aad=integration_aad(integration_id))
+        repo.update_integration(conn, integration_id, key_ciphertext=sealed.blob, key_id=sealed.key_id)
+    log.info("integration %d connected for organization %s (tier %s, backfill %s..%s)",
+             integration_id, org.id, tier, first, last)
+    return integration_id
+
+
+def open_key(keyring: Keyring, integration: repo.Integration) -> AdminKey:
+    """The integration's Admin key; a VaultError names the integration (never garbage sent to the API)."""
+    plaintext = keyring.open(Sealed(integration.key_id, integration.key_ciphertext),
+                             aad=integration_aad(integration.id), context=integration.display)
+    try:
+        return AdminKey(plaintext.decode())
+    except (UnicodeDecodeError, ValueError):
+        raise VaultError(f"{integration.display}: the stored key is not an Admin key; reconnect it") from None
+
+
+@dataclass
+class RotationResult:
+    rotated: int
+    already_current: int
+    failed: list[str]
+
+
+def rotate_keys(engine: Engine, keyring: Keyring) -> RotationResult:
+    """Re-seal every stored key under the current master key, one row per transaction (resumable)."""
+    result = RotationResult(0, 0, [])
+    with engine.begin() as conn:
+        rows = repo.list_integrations(conn)
+    for integ in rows:
+        if not keyring.needs_rotation(integ.key_id):
+            result.already_current += 1
+            continue
+        try:
+            sealed = keyring.reseal(Sealed(integ.key_id, integ.key_ciphertext), aad=integration_aad(integ.id),
+                                    context=integ.display)
+        except VaultError as exc:
+            result.failed.append(str(exc))
+            continue
+        with engine.begin() as conn:
+            # Compare-and-set on the old key id: a concurrent rotation never overwrites newer work.
+            done = conn.execute(
+                update(integrations)
+                .where(integrations.c.id == integ.id, integrations.c.key_id == integ.key_id)
+                .values(key_ciphertext=sealed.blob, key_id=sealed.key_id)
+            ).rowcount
+        result.rotated += done
+    return result
+
+
+def remove(engine: Engine, integration_id: int) -> bool:
+    with engine.begin() as conn:
+        return repo.delete_integration(conn, integration_id)

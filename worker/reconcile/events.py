@@ -1,0 +1,150 @@
+"""The source-independent shape every tracker format is read into.
+
+A parser yields `TrackedEvent` for each call it can read and `BadRecord` for each one it cannot;
+nothing is dropped silently. Token counts follow the Admin API's split: uncached input, output,
+cache reads and cache writes (5-minute, 1-hour, or an unsplit total when a tracker only gives one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["BadRecord", "TokenCounts", "TokenType", "TrackedEvent"]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class TokenType(StrEnum):
+    """Token types compared between bill and tracking (cache writes summed over their TTLs)."""
+
+    UNCACHED_INPUT = "uncached_input"
+    OUTPUT = "output"
+    CACHE_READ = "cache_read"
+    CACHE_WRITE = "cache_write"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCounts:
+    """Token counts of one call or one aggregate, split like the bill.
+
+    `cache_write_unsplit` holds cache writes whose TTL the tracker did not report (the bill never
+    uses it). `cache_write` is the total over all three cache-write fields.
+    """
+
+    uncached_input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write_5m: int = 0
+    cache_write_1h: int = 0
+    cache_write_unsplit: int = 0
+
+    def __add__(self, other: TokenCounts) -> TokenCounts:
+        return TokenCounts(
+            self.uncached_input + other.uncached_input,
+            self.output + other.output,
+            self.cache_read + other.cache_read,
+            self.cache_write_5m + other.cache_write_5m,
+            self.cache_write_1h + other.cache_write_1h,
+            self.cache_write_unsplit + other.cache_write_unsplit,
+        )
+
+    def scaled(self, factor: int) -> TokenCounts:
+        return TokenCounts(
+            self.uncached_input * factor,
+            self.output * factor,
+            self.cache_read * factor,
+            self.cache_write_5m * factor,
+            self.cache_write_1h * factor,
+            self.cache_write_unsplit * factor,
+        )
+
+    @property
+    def cache_write(self) -> int:
+        return self.cache_write_5m + self.cache_write_1h + self.cache_write_unsplit
+
+    @property
+    def total(self) -> int:
+        return self.uncached_input + self.output + self.cache_read + self.cache_write
+
+    def get(self, token_type: TokenType) -> int:
+        """The count for one compared token type."""
+        if token_type is TokenType.CACHE_WRITE:
+            return self.cache_write
+        value: int = getattr(self, token_type.value)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedEvent:
+    """One Claude call as a tracker recorded it.
+
+    `occurred_at` is timezone-aware UTC and `day` is its UTC date. `model` is the bill's model id
+    after normalization, None until normalized or when no bill id matches (`raw_model` keeps what
+    the tracker wrote). `cost_usd` is the tracker's own price for the call, None when it gave none.
+    `extra` keeps format-specific facts that explain drift (status, service tier, session id...).
+    """
+
+    event_id: str | None
+    occurred_at: datetime
+    raw_model: str
+    tokens: TokenCounts
+    cost_usd: Decimal | None = None
+    model: str | None = None
+    workspace_id: str | None = None
+    api_key_id: str | None = None
+    customer: str | None = None
+    extra: Mapping[str, Any] = field(default=_EMPTY, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.occurred_at.tzinfo is None or self.occurred_at.utcoffset() is None:
+            raise ValueError("TrackedEvent.occurred_at must be timezone-aware")
+        if self.occurred_at.tzinfo is not UTC:
+            object.__setattr__(self, "occurred_at", self.occurred_at.astimezone(UTC))
+        if isinstance(self.cost_usd, float):
+            raise TypeError("TrackedEvent.cost_usd must be a Decimal, not a float")
+
+    @property
+    def day(self) -> date:
+        return self.occurred_at.date()
+
+    # Flat accessors, for storage columns and readability at call sites.
+    @property
+    def uncached_input(self) -> int:
+        return self.tokens.uncached_input
+
+    @property
+    def output(self) -> int:
+        return self.tokens.output
+
+    @property
+    def cache_read(self) -> int:
+        return self.tokens.cache_read
+
+    @property
+    def cache_write_5m(self) -> int:
+        return self.tokens.cache_write_5m
+
+    @property
+    def cache_write_1h(self) -> int:
+        return self.tokens.cache_write_1h
+
+    @property
+    def cache_write_unsplit(self) -> int:
+        return self.tokens.cache_write_unsplit
+
+
+@dataclass(frozen=True, slots=True)
+class BadRecord:
+    """A record that could not be read: its 1-based physical line in the input and why."""
+
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"

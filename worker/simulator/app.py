@@ -1,0 +1,366 @@
+"""The simulated Admin API, transport-free: one request in, one ``Response`` out.
+
+Order of checks for ``/v1/`` requests: credentials (401/403), ``anthropic-version`` (400), the
+key's rate limit (429), injected faults, then the endpoint itself. ``/_sim/`` is the control API
+for tests and benchmarks; it needs no key and is not counted in the stats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from worker.simulator.data import Org, SimulatorData
+from worker.simulator.errors import ApiError, invalid, new_request_id
+from worker.simulator.faults import (
+    ERROR_KINDS,
+    STATE_KINDS,
+    Fault,
+    FaultSet,
+    FaultSpecError,
+    fault_from_mapping,
+    parse_fault,
+)
+from worker.simulator.ratelimit import RateLimiter
+from worker.simulator.reports import (
+    COST_REPORT,
+    USAGE_REPORT,
+    CursorCodec,
+    build_page,
+    check_result_cap,
+    parse_query,
+)
+
+ME_PATH = "/v1/organizations/me"
+COST_PATH = "/v1/organizations/cost_report"
+USAGE_PATH = "/v1/organizations/usage_report/messages"
+_API_PATHS = {ME_PATH: None, COST_PATH: COST_REPORT, USAGE_PATH: USAGE_REPORT}
+_PRE_KINDS = frozenset({*ERROR_KINDS, "429", "cutoff", "delay"})
+_PAGE_KINDS = frozenset({"no-next-page"})
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    cutoff: float | None = None  # send only this fraction of the body, then close
+    delay: float = 0.0
+
+
+@dataclass(slots=True)
+class _Counter:
+    requests: int = 0
+    rate_limited: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    def add(self, status: int) -> None:
+        self.requests += 1
+        if status == 429:
+            self.rate_limited += 1
+        self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
+
+    def as_json(self) -> dict[str, Any]:
+        return {"requests": self.requests, "rate_limited": self.rate_limited,
+                "statuses": dict(self.statuses)}
+
+
+class Stats:
+    """Requests and 429s per key (and per path under each key) and per path."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, tuple[int | None, _Counter, dict[str, _Counter]]] = {}
+        self.paths: dict[str, _Counter] = {}
+        self.total = _Counter()
+
+    def record(self, key_label: str, org: int | None, path: str, status: int) -> None:
+        entry = self.keys.get(key_label)
+        if entry is None:
+            entry = self.keys[key_label] = (org, _Counter(), {})
+        entry[1].add(status)
+        entry[2].setdefault(path, _Counter()).add(status)
+        self.paths.setdefault(path, _Counter()).add(status)
+        self.total.add(status)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "total": self.total.as_json(),
+            "keys": {
+                label: {"org": org, **c.as_json(), "paths": {p: pc.as_json() for p, pc in by.items()}}
+                for label, (org, c, by) in self.keys.items()
+            },
+            "paths": {p: c.as_json() for p, c in self.paths.items()},
+        }
+
+
+def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, json.dumps(payload).encode(), headers or {})
+
+
+class SimulatorApp:
+    """State and request handling of one simulator; thread-safe (one lock around each request)."""
+
+    def __init__(
+        self,
+        data: SimulatorData,
+        *,
+        requests_per_minute: float = 60.0,
+        burst: float = 1.0,
+        max_results: int | None = None,
+        faults: Sequence[str | Fault] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.data = data
+        self.max_results = max_results
+        self.limiter = RateLimiter(requests_per_minute, burst, clock)
+        self.faults = FaultSet(data.seed)
+        self.stats = Stats()
+        self.revoked: set[int] = set()
+        self.lock = threading.RLock()
+        self._keys: dict[str, Org] = {o.admin_key: o for o in data.orgs}
+        secret = hashlib.sha256(f"cursor\x1f{data.seed}".encode()).digest()
+        self._cursors = CursorCodec(secret)
+        for spec in faults:
+            self.add_fault(spec)
+
+    # -- control operations (also used by the in-process handle) -------------------------------
+
+    def add_fault(self, spec: str | Fault) -> Fault:
+        """Add a per-request fault, or apply a state fault (revoke, restore, restate)."""
+        fault = parse_fault(spec) if isinstance(spec, str) else spec
+        with self.lock:
+            if fault.org is not None and not 0 <= fault.org < len(self.data.orgs):
+                raise FaultSpecError(f"no org {fault.org}")
+            if fault.kind not in STATE_KINDS:
+                return self.faults.add(fault)
+            orgs = [fault.org] if fault.org is not None else range(len(self.data.orgs))
+            for org in orgs:
+                if fault.kind == "revoke":
+                    self.revoked.add(org)
+                elif fault.kind == "restore":
+                    self.revoked.discard(org)
+                else:
+                    assert fault.day is not None
+                    try:
+                        self.data.restate(org, fault.day)
+                    except ValueError as exc:
+                        raise FaultSpecError(str(exc)) from None
+            return fault
+
+    def reset_stats(self) -> None:
+        with self.lock:
+            self.stats = Stats()
+
+    def reset(self) -> None:
+        """Forget faults, revocations, restatements, rate-limit state and stats."""
+        with self.lock:
+            self.faults.clear()
+            self.revoked.clear()
+            self.data.clear_restatements()
+            self.limiter.reset()
+            self.stats = Stats()
+
+    def keys_json(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [
+                {"org": o.index, "id": o.id, "name": o.name, "admin_key": o.admin_key,
+                 "regular_key": o.regular_key, "revoked": o.index in self.revoked,
+                 "workspaces": [w.id for w in o.workspaces]}
+                for o in self.data.orgs
+            ]
+
+    # -- request handling ---------------------------------------------------------------------
+
+    def handle(
+        self, method: str, path: str, query: Sequence[tuple[str, str]], headers: Mapping[str, str],
+        body: bytes,
+    ) -> Response:
+        """Answer one request; every response carries a ``request-id`` header."""
+        request_id = new_request_id()
+        with self.lock:
+            try:
+                if path.startswith("/_sim/") or path == "/_sim":
+                    response = self._control(method, path, query, body)
+                else:
+                    response = self._api(method, path, query, headers)
+            except ApiError as exc:
+                response = Response(exc.status, exc.body(request_id), dict(exc.headers))
+        response.headers["request-id"] = request_id
+        return response
+
+    def _api(
+        self, method: str, path: str, query: Sequence[tuple[str, str]], headers: Mapping[str, str]
+    ) -> Response:
+        key = headers.get("x-api-key")
+        org = self._keys.get(key) if key else None
+        label = org.admin_key if org else ("(missing)" if not key else "(invalid)")
+        try:
+            response = self._api_checked(method, path, query, headers, key, org)
+        except ApiError as exc:
+            self.stats.record(label, org.index if org else None, path, exc.status)
+            raise
+        self.stats.record(label, org.index if org else None, path, response.status)
+        return response
+
+    def _api_checked(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: Mapping[str, str],
+        key: str | None,
+        org: Org | None,
+    ) -> Response:
+        if not key:
+            raise ApiError(401, "x-api-key header is required")
+        if key.startswith("sk-ant-api"):
+            raise ApiError(
+                403,
+                "This endpoint requires an Admin API key (sk-ant-admin...); regular API keys "
+                "cannot use the Admin API",
+            )
+        if org is None:
+            raise ApiError(401, "invalid x-api-key")
+        if org.index in self.revoked:
+            raise ApiError(401, "invalid x-api-key: this API key has been revoked")
+        if not headers.get("anthropic-version"):
+            raise invalid("anthropic-version: header is required")
+        retry_after = self.limiter.check(key)
+        if retry_after is not None:
+            raise ApiError(
+                429,
+                f"Number of requests has exceeded your rate limit "
+                f"({self.limiter.per_minute:g} per minute). Please try again later.",
+                headers={"retry-after": str(retry_after)},
+            )
+        extra = {"anthropic-organization-id": org.id}
+        fault = self.faults.take(org.index, path, _PRE_KINDS)
+        if fault is not None and fault.kind in ERROR_KINDS:
+            status, error_type, message = ERROR_KINDS[fault.kind]
+            raise ApiError(status, message, error_type=error_type, headers=extra)
+        if fault is not None and fault.kind == "429":
+            raise ApiError(
+                429, "Number of requests has exceeded your rate limit (simulated)",
+                headers={**extra, "retry-after": str(fault.retry_after)},
+            )
+        if path not in _API_PATHS:
+            raise ApiError(404, f"Not found: {path}")
+        if method != "GET":
+            raise ApiError(405, f"Method {method} not allowed on {path}", headers={"allow": "GET"})
+        if path == ME_PATH:
+            response = _json(200, {"id": org.id, "type": "organization", "name": org.name}, extra)
+        else:
+            response = self._report(_API_PATHS[path] or "", org.index, query, extra)
+        if fault is not None and fault.kind == "cutoff":
+            response.cutoff = fault.fraction
+        if fault is not None and fault.kind == "delay":
+            response.delay = fault.seconds
+        return response
+
+    def _report(
+        self, report: str, org: int, query: Sequence[tuple[str, str]], headers: dict[str, str]
+    ) -> Response:
+        today_end = datetime.combine(self.data.today() + timedelta(days=1), datetime.min.time(), UTC)
+        q = parse_query(report, query, now=int(today_end.timestamp()) - 1)
+        page = build_page(self.data, org, q, self._cursors)
+        check_result_cap(page, self.max_results)
+        drop = self.faults.take(org, COST_PATH if report == COST_REPORT else USAGE_PATH, _PAGE_KINDS)
+        return Response(200, page.render(drop_next_page=drop is not None), headers)
+
+    # -- control API --------------------------------------------------------------------------
+
+    def _control(
+        self, method: str, path: str, query: Sequence[tuple[str, str]], body: bytes
+    ) -> Response:
+        route = (method, path.rstrip("/"))
+        if route == ("GET", "/_sim/health"):
+            return _json(200, {"ok": True})
+        if route == ("GET", "/_sim/keys"):
+            return _json(200, {"orgs": self.keys_json()})
+        if route == ("GET", "/_sim/stats"):
+            return _json(200, self.stats.as_json())
+        if route == ("POST", "/_sim/reset-stats"):
+            self.reset_stats()
+            return _json(200, {"ok": True})
+        if route == ("POST", "/_sim/reset"):
+            self.reset()
+            return _json(200, {"ok": True})
+        if route == ("GET", "/_sim/truth"):
+            return self._truth(dict(query))
+        if route == ("GET", "/_sim/faults"):
+            return _json(200, self._faults_json())
+        if route == ("DELETE", "/_sim/faults"):
+            self.faults.clear()
+            return _json(200, self._faults_json())
+        if route == ("POST", "/_sim/faults"):
+            return self._post_faults(body)
+        raise ApiError(404, f"Not found: {method} {path}")
+
+    def _faults_json(self) -> dict[str, Any]:
+        return {
+            "active": [f.as_json() for f in self.faults.active()],
+            "revoked_orgs": sorted(self.revoked),
+            "restated": [
+                {"org": org, "day": day.isoformat(), "version": v}
+                for (org, day), v in sorted(self.data.restatements().items())
+            ],
+        }
+
+    def _post_faults(self, body: bytes) -> Response:
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError:
+            raise invalid("body must be JSON") from None
+        items: list[Any]
+        if isinstance(payload, dict) and "specs" in payload:
+            items = list(payload["specs"])
+        elif isinstance(payload, list):
+            items = payload
+        else:
+            items = [payload]
+        added = []
+        try:
+            parsed: list[Fault] = []
+            for item in items:
+                if isinstance(item, str):
+                    parsed.append(parse_fault(item))
+                elif isinstance(item, dict) and isinstance(item.get("spec"), str):
+                    parsed.append(parse_fault(item["spec"]))
+                elif isinstance(item, dict) and "kind" in item:
+                    options = {k: v for k, v in item.items() if k != "kind"}
+                    parsed.append(fault_from_mapping(item["kind"], options))
+                else:
+                    raise FaultSpecError(
+                        'expected {"spec": "KIND:k=v,..."}, {"specs": [...]} or {"kind": ..., ...}'
+                    )
+            for fault in parsed:
+                added.append(self.add_fault(fault).as_json())
+        except FaultSpecError as exc:
+            raise invalid(str(exc)) from None
+        return _json(201, {"added": added, **self._faults_json()})
+
+    def _truth(self, params: dict[str, str]) -> Response:
+        try:
+            org = int(params.get("org", "0"))
+            self.data.org(org)
+            today = self.data.today()
+            since = date.fromisoformat(params["since"]) if "since" in params else today - timedelta(days=29)
+            until = date.fromisoformat(params["until"]) if "until" in params else today + timedelta(days=1)
+        except (ValueError, KeyError) as exc:
+            raise invalid(f"bad truth query: {exc}") from None
+        if (until - since).days > 5000:
+            raise invalid("truth window too long")
+        rows = self.data.truth(org, since, until)
+        total = sum((r.cost_usd for r in rows), Decimal(0))
+        return _json(
+            200,
+            {"org": org, "since": since.isoformat(), "until": until.isoformat(),
+             "total_cost_usd": f"{total:f}", "rows": [r.as_json() for r in rows]},
+        )

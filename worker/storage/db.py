@@ -1,0 +1,136 @@
+"""Engines, transactions and migrations.
+
+SQLite runs in WAL mode with a busy timeout, and every transaction starts with BEGIN IMMEDIATE: a
+read-then-write transaction that started deferred could not upgrade its lock when another process
+(a `sync-now` beside `run`) wrote first. PostgreSQL uses psycopg 3.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+
+import worker
+
+log = logging.getLogger(__name__)
+
+# A stable advisory-lock id (never Python's per-process hash()): "cost-worker migrate".
+MIGRATION_LOCK_ID = 0x636F73745F6D6967
+
+
+class DatabaseError(Exception):
+    """The database cannot be reached or used; the message is one line with no credentials."""
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password masked, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseError("invalid database URL (expected sqlite:///PATH or postgresql+psycopg://...)") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": 30, "isolation_level": None}, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("psycopg2", "pg8000", "asyncpg"):
+        raise DatabaseError("use the psycopg 3 driver: postgresql+psycopg://...")
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return create_engine(parsed, pool_pre_ping=True, **kwargs)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def alembic_dir() -> Path:
+    """The migration scripts: inside the installed package, or alembic/ beside the source tree."""
+    package = Path(worker.__file__).parent
+    for candidate in (package / "_alembic", package.parent / "alembic"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise DatabaseError("migration scripts not found (the package is incomplete)")
+
+
+def _alembic_config(connection: Connection) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(alembic_dir()))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest migration (idempotent; safe with several processes starting at once)."""
+    from alembic import command
+
+    try:
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                # Replicas starting together: one migrates, the others wait and then find nothing to do.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+            command.upgrade(_alembic_config(conn), "head")
+    except OperationalError as exc:
+        raise DatabaseError(f"database {safe_url(str(engine.url))} is not reachable: {_first_line(exc)}") from None
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"migrating database {safe_url(str(engine.url))} failed: {_first_line(exc)}") from None
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
+    with engine_free_config() as cfg:
+        return ScriptDirectory.from_config(cfg).get_current_head()
+
+
+@contextmanager
+def engine_free_config() -> Iterator[Any]:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(alembic_dir()))
+    yield cfg
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]

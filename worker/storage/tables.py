@@ -1,0 +1,167 @@
+"""The schema, drawn once. Alembic migrations (alembic/versions) create it; this module describes it for queries.
+
+Dimension columns that are part of a row's grain never hold NULL: an absent dimension is stored as
+'' so the unique constraints hold on both SQLite and PostgreSQL (NULLs never collide in a unique
+index). `worker.storage.rows` converts '' back to None at the edge. For workspace_id, '' is the
+organization's default workspace (the API's null).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from worker.storage.types import ExactDecimal, UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+integrations = Table(
+    "integrations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("label", String(200), nullable=False),
+    Column("tier", String(20), nullable=False),
+    Column("organization_id", String(100), nullable=False),
+    Column("organization_name", String(300), nullable=False),
+    # AES-256-GCM: nonce || ciphertext || tag, bound to this row's id by the associated data.
+    Column("key_ciphertext", LargeBinary, nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("key_hint", String(64), nullable=False),
+    Column("status", String(20), nullable=False),  # pending | backfilling | ok | error
+    Column("last_success_at", UTCDateTime),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    # Backfill window fixed at connect time; checkpoints are the next day to fetch, per endpoint.
+    Column("backfill_start", Date, nullable=False),
+    Column("backfill_end", Date, nullable=False),
+    Column("cost_checkpoint", Date, nullable=False),
+    Column("usage_checkpoint", Date, nullable=False),
+    Column("backfill_done", Boolean, nullable=False, default=False),
+    # The daily slot (its UTC start time) last handled, so each 06:00 runs once per integration.
+    Column("last_daily_slot", UTCDateTime),
+    # Lease: one process at a time syncs an integration; an expired lease may be taken over.
+    Column("lease_owner", String(100)),
+    Column("lease_expires_at", UTCDateTime),
+    sqlite_autoincrement=True,
+)
+
+cost_rows = Table(
+    "cost_rows",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("integration_id", Integer, ForeignKey("integrations.id", ondelete="CASCADE"), nullable=False),
+    Column("day", Date, nullable=False),
+    Column("workspace_id", String(100), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("cost_type", String(100), nullable=False),
+    Column("token_type", String(200), nullable=False),
+    Column("service_tier", String(50), nullable=False),
+    Column("context_window", String(50), nullable=False),
+    Column("inference_geo", String(50), nullable=False),
+    Column("description", String(500), nullable=False),
+    Column("extra", Text, nullable=False),  # canonical JSON of fields the API added that we don't model, '' if none
+    Column("amount_usd", ExactDecimal, nullable=False),
+    Column("currency", String(10), nullable=False),
+    UniqueConstraint(
+        "integration_id", "day", "workspace_id", "model", "cost_type", "token_type", "service_tier",
+        "context_window", "inference_geo", "description", "extra", name="uq_cost_rows_grain",
+    ),
+)
+
+usage_rows = Table(
+    "usage_rows",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("integration_id", Integer, ForeignKey("integrations.id", ondelete="CASCADE"), nullable=False),
+    Column("day", Date, nullable=False),
+    Column("workspace_id", String(100), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("service_tier", String(50), nullable=False),
+    Column("context_window", String(50), nullable=False),
+    Column("api_key_id", String(100), nullable=False),
+    Column("inference_geo", String(50), nullable=False),
+    Column("extra_key", Text, nullable=False),  # canonical JSON of unknown non-numeric fields, '' if none
+    Column("uncached_input_tokens", BigInteger, nullable=False),
+    Column("cache_read_input_tokens", BigInteger, nullable=False),
+    Column("cache_creation_5m_input_tokens", BigInteger, nullable=False),
+    Column("cache_creation_1h_input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("web_search_requests", BigInteger, nullable=False),
+    Column("extra_counts", Text, nullable=False),  # canonical JSON of unknown counters, '' if none
+    UniqueConstraint(
+        "integration_id", "day", "workspace_id", "model", "service_tier", "context_window", "api_key_id",
+        "inference_geo", "extra_key", name="uq_usage_rows_grain",
+    ),
+)
+
+# Restatements: when a re-read changes, adds or removes a stored row on a day that had data, the
+# previous and new values are kept here with the time of the change.
+revisions = Table(
+    "revisions",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("integration_id", Integer, ForeignKey("integrations.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(10), nullable=False),  # cost | usage
+    Column("day", Date, nullable=False),
+    Column("grain", Text, nullable=False),  # canonical JSON of the row's dimensions
+    Column("previous", Text),  # amount (cost) or JSON counts (usage); NULL when the row appeared
+    Column("current", Text),  # NULL when the row vanished upstream
+    Column("changed_at", UTCDateTime, nullable=False),
+    Column("run_id", Integer),
+    Index("ix_revisions_integration_day", "integration_id", "day"),
+)
+
+sync_runs = Table(
+    "sync_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("integration_id", Integer, ForeignKey("integrations.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(20), nullable=False),  # backfill | daily | manual
+    Column("window_start", Date, nullable=False),
+    Column("window_end", Date, nullable=False),  # inclusive
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("requests", Integer, nullable=False, default=0),
+    Column("pages", Integer, nullable=False, default=0),
+    Column("rows", Integer, nullable=False, default=0),
+    Column("rate_limited", Integer, nullable=False, default=0),  # 429 answers
+    Column("retries", Integer, nullable=False, default=0),
+    Column("waited_seconds", Float, nullable=False, default=0.0),
+    Column("duration_seconds", Float),
+    Column("outcome", String(20), nullable=False),  # running | ok | error | interrupted
+    Column("error", Text),
+    Index("ix_sync_runs_integration_started", "integration_id", "started_at"),
+)
+
+# GCRA state of each organization's request budget, shared by every process on this database.
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("bucket", String(200), primary_key=True),
+    Column("tat", Float, nullable=False),  # theoretical arrival time, epoch seconds
+)
+
+__all__ = ["cost_rows", "integrations", "metadata", "rate_buckets", "revisions", "sync_runs", "usage_rows"]

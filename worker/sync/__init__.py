@@ -1,0 +1,1 @@
+"""Sync: windows and checkpoints (engine), the schedule (scheduler), progress reporting (progress)."""

@@ -1,0 +1,260 @@
+"""Syncing one integration: finish its backfill from the checkpoints, then re-read a window.
+
+Every fetched page is stored in one transaction that replaces its days, advances the endpoint's
+checkpoint (backfill only) and updates the run record, after checking this process still holds the
+integration's lease. A crash or restart therefore resumes at the page that was in flight and skips
+nothing; re-reading a day is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any, Literal
+
+import httpx
+from sqlalchemy import select
+
+from worker.api import AdminApiClient, ApiError, IntegrationBlocked, Page, RequestStats
+from worker.app import App
+from worker.integrations import make_client, open_key
+from worker.ratelimit import OrgGate, org_bucket
+from worker.storage import repo
+from worker.storage.rows import cost_table_rows, usage_table_rows
+from worker.storage.tables import integrations
+from worker.sync.progress import LogProgress, Progress
+from worker.sync.windows import ONE_DAY, chunks, days_between, trailing_window
+from worker.vault import VaultError
+
+log = logging.getLogger("worker.sync")
+
+Kind = Literal["backfill", "daily", "manual"]
+Endpoint = Literal["cost", "usage"]
+
+
+class LeaseLost(Exception):
+    """Another process took over this integration's lease (ours expired): stop without writing."""
+
+
+@dataclass
+class SyncOutcome:
+    integration_id: int
+    kind: str
+    ok: bool
+    message: str
+    skipped: bool = False
+    run_id: int | None = None
+    rows: int = 0
+
+
+async def _db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+class IntegrationSync:
+    """One sync run of one integration, holding its lease throughout."""
+
+    def __init__(self, app: App, integration_id: int, kind: Kind, progress: Progress,
+                 transport: httpx.AsyncBaseTransport | None = None, daily_slot: datetime | None = None) -> None:
+        self.app, self.id, self.kind, self.progress, self.transport = app, integration_id, kind, progress, transport
+        self.daily_slot = daily_slot
+        self.stats = RequestStats()
+        self.run_id: int | None = None
+        self.pages = 0
+        self.rows = 0
+        self.label = f"integration {integration_id}"
+
+    # --- lease -----------------------------------------------------------------------------------
+
+    def _take_lease(self) -> bool:
+        now = self.app.clock.now()
+        with self.app.engine.begin() as conn:
+            return repo.take_lease(conn, self.id, self.app.owner, now,
+                                   now + timedelta(seconds=self.app.settings.lease_seconds))
+
+    def _claim_slot(self) -> bool:
+        with self.app.engine.begin() as conn:
+            return repo.claim_daily_slot(conn, self.id, self.daily_slot)  # type: ignore[arg-type]
+
+    def _release_lease(self) -> None:
+        with self.app.engine.begin() as conn:
+            repo.release_lease(conn, self.id, self.app.owner)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.app.settings.lease_seconds / 3)
+            if not await _db(self._take_lease):
+                log.error("%s: lease lost to another process", self.label)
+                return
+
+    # --- storing a page --------------------------------------------------------------------------
+
+    def _store(self, endpoint: Endpoint, page: Page[Any], checkpoint: bool) -> int:
+        days = [b.day for b in page.buckets]
+        all_rows = [r for b in page.buckets for r in b.rows]
+        now = self.app.clock.now()
+        with self.app.engine.begin() as conn:
+            # Row lock on PostgreSQL (SQLite's BEGIN IMMEDIATE already serializes writers).
+            owner = conn.execute(select(integrations.c.lease_owner).where(integrations.c.id == self.id)
+                                 .with_for_update()).scalar_one_or_none()
+            if owner != self.app.owner:
+                raise LeaseLost(f"{self.label}: another process took over the sync")
+            if endpoint == "cost":
+                count = repo.replace_cost_days(conn, self.id, days, cost_table_rows(self.id, all_rows), now, self.run_id)
+            else:
+                count = repo.replace_usage_days(conn, self.id, days, usage_table_rows(self.id, all_rows), now,
+                                                self.run_id)
+            if checkpoint and days:
+                column = "cost_checkpoint" if endpoint == "cost" else "usage_checkpoint"
+                current = conn.execute(select(integrations.c[column]).where(integrations.c.id == self.id)).scalar_one()
+                repo.update_integration(conn, self.id, **{column: max(current, max(days) + ONE_DAY)})
+            self.pages += 1
+            self.rows += count
+            repo.update_run(conn, self.run_id, **self._run_counters())  # type: ignore[arg-type]
+        return count
+
+    def _run_counters(self) -> dict[str, Any]:
+        return {"requests": self.stats.requests, "pages": self.pages, "rows": self.rows,
+                "rate_limited": self.stats.rate_limited, "retries": self.stats.retries,
+                "waited_seconds": round(self.stats.waited_seconds, 3)}
+
+    async def _fetch(self, client: AdminApiClient, endpoint: Endpoint, start: date, end: date,
+                     checkpoint: bool) -> None:
+        """Fetch [start, end) page by page, storing each page as it arrives."""
+        limit = self.app.settings.page_limit
+        for chunk_start, chunk_end in chunks(start, end - ONE_DAY, limit):
+            pages: AsyncIterator[Page[Any]] = (client.cost_pages if endpoint == "cost" else client.usage_pages)(
+                chunk_start, chunk_end, limit=limit)
+            async for page in pages:
+                count = await _db(self._store, endpoint, page, checkpoint)
+                self.progress.page(self.label, len(page.buckets), count)
+
+    # --- the run ---------------------------------------------------------------------------------
+
+    async def run(self) -> SyncOutcome:
+        if not await _db(self._take_lease):
+            return SyncOutcome(self.id, self.kind, True, "skipped: another process is syncing it", skipped=True)
+        if self.daily_slot is not None and not await _db(self._claim_slot):
+            await _db(self._release_lease)
+            return SyncOutcome(self.id, self.kind, True, "skipped: this daily slot already ran", skipped=True)
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            return await self._run_leased()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await asyncio.shield(_db(self._release_lease))
+
+    async def _run_leased(self) -> SyncOutcome:
+        app = self.app
+        with app.engine.begin() as conn:
+            integ = repo.get_integration(conn, self.id)
+        if integ is None:
+            return SyncOutcome(self.id, self.kind, False, f"{self.label}: no such integration")
+        self.label = f"[{integ.id}] {integ.label}"
+        today = app.clock.now().date()
+        backfill = [] if integ.backfill_done else [
+            ("cost", integ.cost_checkpoint), ("usage", integ.usage_checkpoint)]
+        if self.kind == "backfill":
+            reread = (integ.backfill_end + ONE_DAY, today) if today > integ.backfill_end else None
+        else:
+            reread = trailing_window(today, app.settings.resync_days)
+        first = min([cp for _, cp in backfill] + ([reread[0]] if reread else []), default=today)
+        last = max([integ.backfill_end] * bool(backfill) + ([reread[1]] if reread else []), default=today)
+        started = app.clock.now()
+        t0 = time.monotonic()
+        with app.engine.begin() as conn:
+            self.run_id = repo.start_run(conn, self.id, self.kind, first, last, started)
+            if backfill and integ.status == "pending":
+                repo.update_integration(conn, self.id, status="backfilling", updated_at=started)
+        total_days = sum(days_between(cp, integ.backfill_end) for _, cp in backfill) // 2 + (
+            days_between(*reread) if reread else 0)
+        self.progress.start(self.label, self.kind, total_days)
+        outcome, error, status = "error", None, "error"
+        try:
+            key = open_key(app.keyring, integ)
+            gate = OrgGate(app.engine, org_bucket(integ.organization_id), app.budget, app.clock)
+            on_wait = lambda s: self.progress.wait(self.label, s)  # noqa: E731
+            async with make_client(app, key, gate, self.stats, self.transport, on_wait) as client:
+                bf_first = min((cp for _, cp in backfill), default=today)
+                for offset in range(0, days_between(bf_first, integ.backfill_end) if backfill else 0,
+                                    app.settings.page_limit):
+                    window_start = bf_first + timedelta(days=offset)
+                    window_end = min(window_start + timedelta(days=app.settings.page_limit),
+                                     integ.backfill_end + ONE_DAY)
+                    # Interleave the endpoints chunk by chunk, so early days are complete (cost and tokens) early.
+                    for endpoint, checkpoint in backfill:
+                        lo = max(window_start, checkpoint)
+                        if lo < window_end:
+                            await self._fetch(client, endpoint, lo, window_end, checkpoint=True)  # type: ignore[arg-type]
+                if backfill:
+                    await _db(self._mark, backfill_done=True)
+                if reread:
+                    for endpoint in ("cost", "usage"):
+                        await self._fetch(client, endpoint, reread[0], reread[1] + ONE_DAY, checkpoint=False)  # type: ignore[arg-type]
+            outcome, status = "ok", "ok"
+            message = f"{self.kind} sync ok: {self.pages} pages, {self.rows} rows, {self.stats.requests} requests"
+        except IntegrationBlocked as exc:
+            error = f"{exc} {exc.action}".strip()
+            message = f"blocked: {error}"
+        except (ApiError, VaultError) as exc:
+            error = str(exc)
+            message = f"failed: {error} (retried at the next daily sync or with `cost-worker sync-now`)"
+        except LeaseLost as exc:
+            outcome, status, error, message = "interrupted", "", str(exc), str(exc)
+        except asyncio.CancelledError:
+            await asyncio.shield(_db(self._finish_run, "interrupted", "stopped by shutdown", t0))
+            self.progress.finish(self.label, False, "interrupted: will resume from the last stored page")
+            raise
+        await _db(self._finish_run, outcome, error, t0)
+        if status == "ok":
+            await _db(self._mark, status="ok", last_success_at=app.clock.now(), last_error=None)
+        elif status == "error":
+            await _db(self._mark, status="error", last_error=error)
+            log.error("%s: %s", self.label, message, extra={"integration_id": self.id})
+        self.progress.finish(self.label, outcome == "ok", message)
+        return SyncOutcome(self.id, self.kind, outcome == "ok", message, run_id=self.run_id, rows=self.rows)
+
+    def _mark(self, **values: Any) -> None:
+        with self.app.engine.begin() as conn:
+            repo.update_integration(conn, self.id, updated_at=self.app.clock.now(), **values)
+
+    def _finish_run(self, outcome: str, error: str | None, t0: float) -> None:
+        with self.app.engine.begin() as conn:
+            repo.update_run(conn, self.run_id, outcome=outcome, error=error, finished_at=self.app.clock.now(),  # type: ignore[arg-type]
+                            duration_seconds=round(time.monotonic() - t0, 3), **self._run_counters())
+
+
+async def sync_integration(app: App, integration_id: int, kind: Kind, *, progress: Progress | None = None,
+                           transport: httpx.AsyncBaseTransport | None = None,
+                           daily_slot: datetime | None = None) -> SyncOutcome:
+    """Run one sync of one integration (skipped when another process holds its lease)."""
+    sync = IntegrationSync(app, integration_id, kind, progress or LogProgress(), transport, daily_slot)
+    return await sync.run()
+
+
+async def sync_now(app: App, integration_ids: list[int] | None, *, progress: Progress | None = None,
+                   transport: httpx.AsyncBaseTransport | None = None,
+                   lease_poll_seconds: float = 2.0) -> list[SyncOutcome]:
+    """Bring integrations up to date in the foreground: pending backfills, then the trailing window.
+
+    Integrations run concurrently (each has its own organization budget). One that another process is
+    syncing right now is waited for, then re-read.
+    """
+    with app.engine.begin() as conn:
+        ids = integration_ids or [i.id for i in repo.list_integrations(conn)]
+
+    async def one(iid: int) -> SyncOutcome:
+        while True:
+            result = await sync_integration(app, iid, "manual", progress=progress, transport=transport)
+            if not result.skipped:
+                return result
+            await app.clock.sleep(lease_poll_seconds)
+
+    return list(await asyncio.gather(*(one(i) for i in ids)))

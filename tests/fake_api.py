@@ -80,6 +80,7 @@ USAGE_DIMS = ("workspace_id", "model", "service_tier", "context_window", "api_ke
 USAGE_GROUPABLE = frozenset(USAGE_DIMS) | {"speed", "account_id", "service_account_id"}
 COST_GROUPABLE = frozenset({"workspace_id", "description"})
 DESCRIBED = ("cost_type", "model", "token_type", "service_tier", "context_window", "inference_geo")
+NOT_SET: Any = type("NotSet", (), {"__repr__": lambda self: "NOT_SET"})()
 WEB_SEARCH_UNITS = 10_000  # $10 per 1,000 searches = 1 cent each
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
@@ -163,7 +164,7 @@ class Faults:
     max_results_per_page: int | None = None  # 400 "too large" when a page would hold more results
     missing_days: set[date] = field(default_factory=set)  # buckets silently left out
     duplicate_day: date | None = None  # this day's bucket is served twice in its page
-    malformed_amount: object = None  # replaces the first cost amount in every cost response
+    malformed_amount: object = NOT_SET  # replaces the first cost amount in every cost response (None too)
     novel_fields: bool = False  # unknown fields, cost types, token types and nested counters
 
     def _numbers(self, numbers: Iterable[int]) -> list[int]:
@@ -199,6 +200,9 @@ class Faults:
         self.blocked_after, self.blocked_status = count, status
 
 
+_GENERATED: dict[tuple[int, date, date, float], tuple[list[UsageRecord], list[CostRecord], list[date]]] = {}
+
+
 class FakeAdminApi:
     """One organization's Admin API over generated data for days `[start, end)` (other days are empty)."""
 
@@ -220,10 +224,21 @@ class FakeAdminApi:
         self.usage: list[UsageRecord] = []
         self.costs: list[CostRecord] = []
         self.empty_days: list[date] = []
-        day = start
-        while day < end:
-            self._generate_day(day, density)
-            day += timedelta(days=1)
+        cache_key = (seed, start, end, density)
+        if cache_key not in _GENERATED:  # records are read-only: share them between instances
+            day = start
+            while day < end:
+                self._generate_day(day, density)
+                day += timedelta(days=1)
+            _GENERATED[cache_key] = (self.usage, self.costs, self.empty_days)
+        usage, costs, empty = _GENERATED[cache_key]
+        self.usage, self.costs, self.empty_days = list(usage), list(costs), list(empty)
+        self._usage_by_day: dict[date, list[UsageRecord]] = defaultdict(list)
+        self._costs_by_day: dict[date, list[CostRecord]] = defaultdict(list)
+        for u in self.usage:
+            self._usage_by_day[u.day].append(u)
+        for c in self.costs:
+            self._costs_by_day[c.day].append(c)
 
     # --- generation -------------------------------------------------------------------------------------
 
@@ -422,7 +437,7 @@ class FakeAdminApi:
         if self.faults.max_results_per_page is not None:
             if sum(len(b["results"]) for b in data) > self.faults.max_results_per_page:
                 return self._error(400, rid, TOO_LARGE_MESSAGE)
-        if req.path == COST_PATH and self.faults.malformed_amount is not None:
+        if req.path == COST_PATH and self.faults.malformed_amount is not NOT_SET:
             for bucket in data:
                 if bucket["results"]:
                     bucket["results"][0]["amount"] = self.faults.malformed_amount
@@ -444,9 +459,7 @@ class FakeAdminApi:
 
     def _usage_results(self, day: date, group_by: list[str]) -> list[dict[str, Any]]:
         grouped: dict[tuple[Any, ...], dict[str, int]] = {}
-        for u in self.usage:
-            if u.day != day:
-                continue
+        for u in self._usage_by_day.get(day, ()):
             key = tuple(getattr(u, d) if d in group_by else None for d in USAGE_DIMS)
             sums = grouped.setdefault(key, dict.fromkeys(COUNTERS, 0))
             for name in COUNTERS:
@@ -477,9 +490,7 @@ class FakeAdminApi:
 
     def _cost_results(self, day: date, group_by: list[str]) -> list[dict[str, Any]]:
         grouped: dict[tuple[Any, ...], int] = defaultdict(int)
-        for c in self.costs:
-            if c.day != day:
-                continue
+        for c in self._costs_by_day.get(day, ()):
             described = tuple(getattr(c, f) for f in DESCRIBED) if "description" in group_by else (None,) * 6
             key = (
                 c.workspace_id if "workspace_id" in group_by else None,

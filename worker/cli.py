@@ -109,9 +109,9 @@ def _print_wait(seconds: float) -> None:
 
 
 def _run_connection_test(app: App, key: Any) -> Any:
-    from worker.integrations import test_connection
+    from worker.integrations import check_connection
 
-    return asyncio.run(test_connection(app, key, on_wait=_print_wait))
+    return asyncio.run(check_connection(app, key, on_wait=_print_wait))
 
 
 @cli.command("test-connection")

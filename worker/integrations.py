@@ -34,7 +34,7 @@ def make_client(app: App, key: AdminKey, gate: OrgGate, stats: RequestStats | No
                           stats=stats, on_wait=on_wait)  # type: ignore[arg-type]
 
 
-async def test_connection(app: App, key: AdminKey, *, transport: httpx.AsyncBaseTransport | None = None,
+async def check_connection(app: App, key: AdminKey, *, transport: httpx.AsyncBaseTransport | None = None,
                           on_wait: object = None) -> Organization:
     """GET /me, then one cost_report request with limit=1 (proves report access). Raises ApiError."""
     # Before /me the organization is unknown: that first request is counted against a bucket of the key,

@@ -28,13 +28,14 @@ class Harness:
     waits: list[float] = field(default_factory=list)
     gate: CountingGate | None = None
     client: AdminApiClient | None = None
+    key: str | None = None  # the key the client sends; the fake's own key by default
 
     def run(self, body: Callable[[AdminApiClient], Awaitable[T]], **client_kw: Any) -> T:
         """Run `body(api)` against the fake mounted on a fresh respx router."""
         self.gate = self.gate or CountingGate(self.clock)
         kw: dict[str, Any] = {"rng": random.Random(1), "on_wait": self.waits.append, "stats": RequestStats()}
         kw.update(client_kw)
-        self.client = AdminApiClient(AdminKey(self.fake.key), base_url=BASE_URL, gate=self.gate, clock=self.clock, **kw)
+        self.client = AdminApiClient(AdminKey(self.key or self.fake.key), base_url=BASE_URL, gate=self.gate, clock=self.clock, **kw)
 
         async def main() -> T:
             assert self.client is not None

@@ -255,9 +255,10 @@ class TestBlocked:
 
     def test_wrong_key_is_401(self, harness: Harness) -> None:
         """The fake refuses a key it does not know, like the API."""
-        harness.fake.key = "sk-ant-admin01-some-other-key"
-        with pytest.raises(IntegrationBlocked):
+        harness.key = "sk-ant-admin01-some-other-key"
+        with pytest.raises(IntegrationBlocked) as caught:
             harness.run(_org)
+        assert caught.value.status == 401 and caught.value.error_type == "authentication_error"
 
 
 class TestNoKeyLeaks:

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+
 from worker.simulator import SimulatorHandle
 
 TODAY = date(2026, 3, 10)

@@ -12,12 +12,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from types import MappingProxyType
 from typing import Any
 
 __all__ = ["BadRecord", "TokenCounts", "TokenType", "TrackedEvent"]
-
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 class TokenType(StrEnum):
@@ -99,7 +96,7 @@ class TrackedEvent:
     workspace_id: str | None = None
     api_key_id: str | None = None
     customer: str | None = None
-    extra: Mapping[str, Any] = field(default=_EMPTY, compare=False)
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.occurred_at.tzinfo is None or self.occurred_at.utcoffset() is None:

@@ -274,8 +274,9 @@ def _cost_rows(
     rows: dict[tuple[str | None, str], list[Any]] = {}
     searches: dict[str | None, int] = {}
     for r in usage:
-        for tt in TOKEN_TYPES:
-            tokens = r.tokens(tt)
+        counts = (r.uncached_input_tokens, r.output_tokens, r.cache_read_input_tokens,
+                  r.cache_creation_5m, r.cache_creation_1h)
+        for tt, tokens in zip(TOKEN_TYPES, counts, strict=True):
             if not tokens:
                 continue
             desc = description(r.model, r.service_tier, r.context_window, tt)

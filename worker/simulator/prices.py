@@ -119,11 +119,18 @@ def unit_price_dollars(model: str, tier: str, context_window: str, token_type: s
     return Decimal(unit_price_pico(model, tier, context_window, token_type)).scaleb(-12)
 
 
-def description(model: str, tier: str, context_window: str, token_type: str) -> str:
-    """The cost report's description of one token line, unique per (model, tier, window, type)."""
+def _describe(model: str, tier: str, context_window: str, token_type: str) -> str:
     batch = " Batch" if tier == "batch" else ""
     long = " (Long Context)" if context_window == "200k-1M" else ""
     return f"{MODELS[model].display_name}{batch} Usage - {_TOKEN_LABELS[token_type]}{long}"
+
+
+_DESCRIPTIONS: dict[tuple[str, str, str, str], str] = {k: _describe(*k) for k in _UNIT_PRICES}
+
+
+def description(model: str, tier: str, context_window: str, token_type: str) -> str:
+    """The cost report's description of one token line, unique per (model, tier, window, type)."""
+    return _DESCRIPTIONS[(model, tier, context_window, token_type)]
 
 
 def pico_to_cents_string(pico: int) -> str:

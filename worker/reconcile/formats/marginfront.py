@@ -40,7 +40,7 @@ from worker.reconcile.formats._common import (
 
 NAME = "marginfront"
 TIME_FIELDS = ("usageDate", "timestamp", "occurredAt", "createdAt")
-_DISTINCT = ("customerExternalId", "agentCode", "signalName", "cacheWriteTokens", "cacheReadTokens")
+_DISTINCT = ("customerExternalId", "agentCode", "signalName")
 
 
 def parse(source: Source) -> ParseResult:

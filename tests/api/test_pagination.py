@@ -1,0 +1,301 @@
+"""Pages over real generated data: exact totals against the ground truth, and a broken chain never passes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+import respx
+
+from tests.fake_api import (
+    COST_PATH,
+    COUNTERS,
+    TOO_LARGE_MESSAGE,
+    USAGE_PATH,
+    CountingGate,
+    FakeAdminApi,
+    cost_by_day_model,
+    days_of,
+)
+from worker.api import AdminApiClient, ProtocolViolation, ResponseTooLarge
+from worker.api.pagination import CursorPaginator, DayCoverage
+from worker.clock import FakeClock
+from worker.secret import AdminKey
+
+if TYPE_CHECKING:
+    from tests.api.conftest import Harness
+
+START, END = date(2025, 12, 1), date(2026, 3, 10)  # 99 days, all before the fake clock's today (2026-03-10)
+
+
+class TestGroundTruth:
+    def test_cost_per_model_per_day_is_exact(self, harness: Harness) -> None:
+        """Over a multi-month window, dollars per (day, model) equal the integer ground truth exactly."""
+        pages = harness.cost_pages(START, END)
+        got = cost_by_day_model(pages)
+        fake = harness.fake
+        for day in fake.days:
+            for model in fake.models:
+                assert got.get((day, model), Decimal(0)) == fake.truth_cost(day, model), (day, model)
+        assert set(got) <= {(d, m) for d in fake.days for m in fake.models}
+        assert sum(got.values()) == fake.truth_cost()
+        assert fake.truth_cost() > 1000  # a real amount, not an empty fake
+        assert any(r.amount_usd != r.amount_usd.quantize(Decimal("0.01")) for p in pages for b in p.buckets
+                   for r in b.rows)  # fractional cents really occurred  # fmt: skip
+
+    def test_rows_cover_every_kind_of_cost(self, harness: Harness) -> None:
+        """The data exercises every token type, both tiers and windows, non-token costs and the default workspace."""
+        rows = [r for p in harness.cost_pages(START, END) for b in p.buckets for r in b.rows]
+        assert {r.token_type for r in rows} == {
+            "uncached_input_tokens", "output_tokens", "cache_read_input_tokens",
+            "cache_creation.ephemeral_5m_input_tokens", "cache_creation.ephemeral_1h_input_tokens", None}  # fmt: skip
+        assert {r.service_tier for r in rows} == {"standard", "batch", None}
+        assert {r.context_window for r in rows} == {"0-200k", "200k-1M", None}
+        assert {r.cost_type for r in rows} == {"tokens", "web_search", "code_execution"}
+        assert all(r.model is None for r in rows if r.cost_type != "tokens")
+        assert None in {r.workspace_id for r in rows}
+        assert {r.currency for r in rows} == {"USD"}
+
+    def test_usage_tokens_per_model_per_day(self, harness: Harness) -> None:
+        """Token counters per (day, model), including both nested cache writes, equal the ground truth."""
+        pages = harness.usage_pages(START, END, limit=31)
+        got: dict[tuple[date, str | None], dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
+        for page in pages:
+            for bucket in page.buckets:
+                for row in bucket.rows:
+                    for name in COUNTERS:
+                        got[(bucket.day, row.model)][name] += getattr(row, name)
+        fake = harness.fake
+        for day in fake.days:
+            for model in fake.models:
+                assert got.get((day, model), dict.fromkeys(COUNTERS, 0)) == fake.truth_tokens(day, model)
+        total = fake.truth_tokens()
+        assert total["cache_creation_5m_input_tokens"] > 0 and total["cache_creation_1h_input_tokens"] > 0
+        rows = [r for p in pages for b in p.buckets for r in b.rows]
+        assert None in {r.api_key_id for r in rows} and None in {r.workspace_id for r in rows}
+
+    def test_unknown_fields_and_types_kept(self, harness: Harness) -> None:
+        """New fields, cost types, token types and nested counters are kept, and totals are unaffected."""
+        harness.fake.faults.novel_fields = True
+        window = (date(2026, 3, 1), date(2026, 3, 8))
+        cost_rows = [r for p in harness.cost_pages(*window) for b in p.buckets for r in b.rows]
+        novel = [r for r in cost_rows if r.cost_type == "session_usage_v2"]
+        assert novel and novel[0].token_type == "brand_new_token_type" and novel[0].service_tier == "flex"
+        assert novel[0].extra == {"billing_unit": "session-hour"}
+        usage_rows = [r for p in harness.usage_pages(*window) for b in p.buckets for r in b.rows]
+        assert usage_rows
+        for row in usage_rows:
+            assert row.extra["cache_creation.ephemeral_30m_input_tokens"] == 7
+            assert row.extra["server_tool_use.code_execution_requests"] == 2
+            assert row.extra["speed"] == "fast" and row.extra["brand_new_field"] == {"nested": [1, 2]}
+        day = date(2026, 3, 2)
+        got = sum(r.cache_creation_5m_input_tokens for r in usage_rows if r.day == day)
+        assert got == harness.fake.truth_tokens(day)["cache_creation_5m_input_tokens"]
+
+
+class TestPaging:
+    def test_several_pages_with_empty_days(self, harness: Harness) -> None:
+        """Small pages follow opaque cursors; every day arrives once, in order, empty days included."""
+        pages = harness.cost_pages(START, END, limit=7)
+        assert len(pages) == 15  # ceil(99 / 7)
+        assert days_of(pages) == harness.fake.days
+        empty = [b.day for p in pages for b in p.buckets if not b.rows]
+        assert empty == harness.fake.empty_days and len(empty) >= 5
+        requests = harness.fake.report_requests(COST_PATH)
+        assert [r.param("page") is None for r in requests] == [True] + [False] * 14
+        cursors = [r.param("page") for r in requests[1:]]
+        assert len(set(cursors)) == 14
+        assert all(p.limit == 7 and p.request_id for p in pages)
+        assert [p.request_id for p in pages] == [f"req_fake{n:06d}" for n in range(1, 16)]
+
+    def test_window_ending_in_the_future(self, harness: Harness) -> None:
+        """Days from today on may be absent without an error; earlier ones may not."""
+        harness.fake.faults.missing_days = {date(2026, 3, 10), date(2026, 3, 12)}
+        pages = harness.cost_pages(date(2026, 3, 1), date(2026, 3, 14))
+        assert date(2026, 3, 9) in days_of(pages)
+
+    def test_empty_window_makes_no_request(self, harness: Harness) -> None:
+        """start == end is nothing to fetch."""
+        assert harness.cost_pages(START, START) == []
+        assert harness.fake.requests == []
+
+    def test_stopping_early_is_fine(self, harness: Harness) -> None:
+        """A consumer may stop after one page; no more requests are made."""
+
+        async def body(api: AdminApiClient) -> int:
+            async for page in api.usage_pages(START, END, limit=5):
+                return len(page.buckets)
+            return 0
+
+        assert harness.run(body) == 5
+        assert len(harness.fake.requests) == 1
+
+
+class TestBrokenPagination:
+    @pytest.mark.parametrize("fault", ["has_more_without_cursor", "empty_cursor", "repeat_cursor"])
+    def test_broken_cursor_chain(self, harness: Harness, fault: str) -> None:
+        """has_more without a cursor, an empty cursor, or a cursor seen before is a violation, not the end."""
+        setattr(harness.fake.faults, fault, True)
+        pages: list[Any] = []
+
+        async def body(api: AdminApiClient) -> None:
+            async for page in api.cost_pages(START, END, limit=10):
+                pages.append(page)
+
+        with pytest.raises(ProtocolViolation) as caught:
+            harness.run(body)
+        assert "cursor" in str(caught.value) or "next_page" in str(caught.value)
+        assert caught.value.request_id is not None
+        assert len(harness.fake.requests) <= 3
+
+    def test_missing_day(self, harness: Harness) -> None:
+        """A past day the API never sent is detected and named when it says it is done."""
+        harness.fake.faults.missing_days = {date(2026, 1, 15), date(2026, 2, 3)}
+        with pytest.raises(ProtocolViolation) as caught:
+            harness.cost_pages(START, END)
+        assert "2026-01-15" in str(caught.value) and "2026-02-03" in str(caught.value)
+
+    def test_day_twice(self, harness: Harness) -> None:
+        """The same day twice in one window is a violation."""
+        harness.fake.faults.duplicate_day = date(2026, 3, 5)
+        with pytest.raises(ProtocolViolation, match="twice"):
+            harness.usage_pages(date(2026, 3, 1), date(2026, 3, 10), limit=20)
+
+    @pytest.mark.parametrize("amount", ["NaN", None, True, "12,50", "Infinity", {"v": 1}])
+    def test_malformed_amount(self, harness: Harness, amount: object) -> None:
+        """A malformed amount stops the window with a violation naming the request-id."""
+        harness.fake.faults.malformed_amount = amount
+        with pytest.raises(ProtocolViolation) as caught:
+            harness.cost_pages(START, END)
+        assert caught.value.request_id == "req_fake000001" and "req_fake000001" in str(caught.value)
+
+    @pytest.mark.parametrize(
+        ("data", "match"),
+        [
+            (["2026-03-03", "2026-03-02"], "ascending"),
+            (["2026-02-28"], "outside"),
+            (["2026-03-02", "2026-03-09"], "outside"),
+        ],
+    )
+    def test_buckets_out_of_order_or_window(self, data: list[str], match: str) -> None:
+        """Buckets must be ascending and inside [start, end)."""
+        body = {"data": [{"starting_at": f"{d}T00:00:00Z", "results": []} for d in data], "has_more": False,
+                "next_page": None}  # fmt: skip
+        with pytest.raises(ProtocolViolation, match=match):
+            _raw_pages(body, date(2026, 3, 2), date(2026, 3, 5))
+
+    @pytest.mark.parametrize(
+        "body", [{"data": "x", "has_more": False}, {"has_more": False}, {"data": [], "has_more": "no"}, [1, 2]]
+    )
+    def test_malformed_envelope(self, body: Any) -> None:
+        """A body without a data list or a boolean has_more is a violation."""
+        with pytest.raises(ProtocolViolation):
+            _raw_pages(body, date(2026, 3, 2), date(2026, 3, 5))
+
+    def test_endless_empty_pages(self) -> None:
+        """has_more forever with fresh cursors and no buckets does not loop forever."""
+        counter = iter(range(10**6))
+
+        def respond(_: Any) -> dict[str, Any]:
+            return {"data": [], "has_more": True, "next_page": f"c{next(counter)}"}
+
+        with pytest.raises(ProtocolViolation, match="without a bucket"):
+            _raw_pages(respond, date(2026, 3, 2), date(2026, 3, 5))
+
+
+class TestResponseTooLarge:
+    def test_shrinks_limit_until_it_fits(self, harness: Harness) -> None:
+        """A too-large 400 halves the limit and re-requests; the totals are still exactly the truth."""
+        harness.fake.faults.too_large_above_limit = 5
+        pages = harness.cost_pages(START, END, limit=31)
+        limits = [int(r.param("limit") or 0) for r in harness.fake.report_requests()]
+        assert limits[:4] == [31, 15, 7, 3] and set(limits[4:]) == {3}
+        assert days_of(pages) == harness.fake.days
+        got = cost_by_day_model(pages)
+        assert all(got.get((d, m), 0) == harness.fake.truth_cost(d, m) for d in harness.fake.days
+                   for m in harness.fake.models)  # fmt: skip
+        assert not harness.clock.sleeps  # not a retry: nothing to wait for
+
+    def test_restart_mid_window_from_first_unyielded_day(self, harness: Harness) -> None:
+        """When page 3 is too large, the next request starts at the first day not yet yielded, without a cursor."""
+        harness.fake.faults.error(3, status=400, message=TOO_LARGE_MESSAGE)
+        pages = harness.usage_pages(START, END, limit=7)
+        requests = harness.fake.report_requests(USAGE_PATH)
+        restart = requests[3]
+        assert restart.param("page") is None
+        assert restart.param("starting_at") == f"{START + timedelta(days=14)}T00:00:00Z"
+        assert restart.param("ending_at") == f"{END}T00:00:00Z"
+        assert restart.param("limit") == "3"
+        assert days_of(pages) == harness.fake.days
+        assert sum(r.output_tokens for p in pages for b in p.buckets for r in b.rows) == (
+            harness.fake.truth_tokens()["output_tokens"]
+        )
+
+    def test_results_cap(self, harness: Harness) -> None:
+        """A per-response result cap (dense days) is also handled by shrinking."""
+        harness.fake.faults.max_results_per_page = 350
+        pages = harness.cost_pages(START, END)
+        assert days_of(pages) == harness.fake.days
+        assert sum(cost_by_day_model(pages).values()) == harness.fake.truth_cost()
+        assert min(p.limit for p in pages) < 31
+
+    def test_gives_up_at_limit_one(self, harness: Harness) -> None:
+        """Too large even with one day per page raises ResponseTooLarge."""
+        harness.fake.faults.too_large_above_limit = 0
+        with pytest.raises(ResponseTooLarge) as caught:
+            harness.cost_pages(START, END)
+        limits = [r.param("limit") for r in harness.fake.report_requests()]
+        assert limits == ["31", "15", "7", "3", "1"]
+        assert caught.value.status == 400 and caught.value.request_id == "req_fake000005"
+
+
+class TestStrategyObjects:
+    def test_paginator_sends_cursor_verbatim(self) -> None:
+        """The cursor is opaque: sent back byte for byte, other params untouched."""
+        p = CursorPaginator()
+        base = [("limit", 7), ("starting_at", "x")]
+        assert p.update_request(base) == base
+        p.update_state({"has_more": True, "next_page": "2026-03-02T00:00:00Z?weird=1"})
+        assert p.update_request(base) == [*base, ("page", "2026-03-02T00:00:00Z?weird=1")]
+        p.update_state({"has_more": False, "next_page": "ignored"})
+        assert not p.has_next_page
+
+    def test_coverage_resume_day(self) -> None:
+        """The restart point is the day after the last delivered day."""
+        c = DayCoverage(date(2026, 3, 1), date(2026, 3, 10), today=date(2026, 3, 10))
+        assert c.resume_day == date(2026, 3, 1)
+        c.accept([date(2026, 3, 1), date(2026, 3, 2)])
+        assert c.resume_day == date(2026, 3, 3)
+        assert c.missing()[0] == date(2026, 3, 3)
+
+
+def _raw_pages(body: Any, start: date, end: date) -> list[Any]:
+    """Run cost_pages against a single hand-written response (or a function of the request)."""
+    async def main() -> list[Any]:
+        clock = FakeClock()
+        async with AdminApiClient(AdminKey("sk-ant-admin01-x"), base_url="https://h.test", gate=CountingGate(clock),
+                                  clock=clock) as api:  # fmt: skip
+            return [p async for p in api.cost_pages(start, end)]
+
+    with respx.mock() as router:
+        route = router.get("https://h.test/v1/organizations/cost_report")
+        if callable(body):
+            route.side_effect = lambda request: _json_response(body(request))
+        else:
+            route.side_effect = lambda request: _json_response(body)
+        return asyncio.run(main())
+
+
+def _json_response(body: Any) -> httpx.Response:
+    return httpx.Response(200, json=body, headers={"request-id": "req_raw"})
+
+
+def test_fake_is_deterministic() -> None:
+    """Same seed, same data; another seed, other data."""
+    a, b, c = (FakeAdminApi(start=date(2026, 1, 1), end=date(2026, 2, 1), seed=s) for s in (3, 3, 4))
+    assert a.truth_cost() == b.truth_cost() != c.truth_cost()

@@ -1,0 +1,196 @@
+"""Injected faults, restatements and the /_sim/ control API."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from worker.simulator import (
+    FaultSpecError,
+    SimulatorData,
+    SimulatorHandle,
+    parse_fault,
+    running_simulator,
+)
+
+from .helpers import COST, ME, TODAY, USAGE, buckets, cents, client, fetch_pages, report_params, ts
+
+START = TODAY - timedelta(days=20)
+PARAMS = report_params(START, TODAY, 7, "description")
+
+
+def control(sim: SimulatorHandle) -> httpx.Client:
+    return httpx.Client(base_url=sim.base_url, timeout=10)
+
+
+class TestErrorFaults:
+    @pytest.mark.parametrize(
+        ("kind", "error_type"),
+        [("500", "api_error"), ("504", "timeout_error"), ("529", "overloaded_error")],
+    )
+    def test_next_n_requests_fail(self, fresh_sim: SimulatorHandle, kind: str, error_type: str) -> None:
+        """count=N fails exactly the next N requests with the documented error type."""
+        fresh_sim.add_fault(f"{kind}:count=2")
+        with client(fresh_sim) as c:
+            for _ in range(2):
+                r = c.get(COST, params=PARAMS)
+                assert r.status_code == int(kind)
+                assert r.json()["error"]["type"] == error_type
+                assert r.json()["request_id"] == r.headers["request-id"]
+            assert c.get(COST, params=PARAMS).status_code == 200
+
+    def test_rate_fault_is_partial_and_reproducible(self) -> None:
+        """rate=P fails some requests, the same ones for the same seed."""
+        outcomes = []
+        for _ in range(2):
+            with running_simulator(seed=3, today=TODAY, requests_per_minute=0,
+                                   faults=["500:rate=0.5"]) as s, client(s) as c:
+                outcomes.append([c.get(ME).status_code for _ in range(30)])
+        assert outcomes[0] == outcomes[1]
+        assert 0 < outcomes[0].count(500) < 30
+
+    def test_fault_targets_org_and_path(self, fresh_sim: SimulatorHandle) -> None:
+        """org= and path= restrict a fault to matching requests."""
+        fresh_sim.add_fault("529:org=1,path=usage_report")
+        with client(fresh_sim, 0) as a, client(fresh_sim, 1) as b:
+            assert a.get(USAGE, params=PARAMS | {"group_by[]": "model"}).status_code == 200
+            assert b.get(COST, params=PARAMS).status_code == 200
+            assert b.get(USAGE, params=PARAMS | {"group_by[]": "model"}).status_code == 529
+            assert b.get(USAGE, params=PARAMS | {"group_by[]": "model"}).status_code == 200
+
+    def test_forced_429(self, fresh_sim: SimulatorHandle) -> None:
+        """A 429 fault carries the requested retry-after."""
+        fresh_sim.add_fault("429:retry_after=7")
+        with client(fresh_sim) as c:
+            r = c.get(ME)
+        assert (r.status_code, r.headers["retry-after"]) == (429, "7")
+        assert r.json()["error"]["type"] == "rate_limit_error"
+
+
+class TestTransportFaults:
+    def test_cutoff_body(self, fresh_sim: SimulatorHandle) -> None:
+        """The body stops short of Content-Length and the connection closes; the next one works."""
+        fresh_sim.add_fault("cutoff:fraction=0.3")
+        with client(fresh_sim) as c:
+            with pytest.raises(httpx.RemoteProtocolError):
+                c.get(COST, params=PARAMS)
+            assert c.get(COST, params=PARAMS).status_code == 200
+
+    def test_has_more_without_next_page(self, fresh_sim: SimulatorHandle) -> None:
+        """no-next-page answers has_more true with next_page null, even on the last page."""
+        fresh_sim.add_fault("no-next-page")
+        with client(fresh_sim) as c:
+            body = c.get(COST, params=report_params(START, TODAY, 31)).json()
+            assert (body["has_more"], body["next_page"]) == (True, None)
+            body = c.get(COST, params=report_params(START, TODAY, 31)).json()
+            assert (body["has_more"], body["next_page"]) == (False, None)
+
+    def test_delay(self, fresh_sim: SimulatorHandle) -> None:
+        """delay holds the answer back, long enough for a client timeout to fire."""
+        fresh_sim.add_fault("delay:seconds=0.5")
+        with client(fresh_sim) as c:
+            with pytest.raises(httpx.ReadTimeout):
+                c.get(ME, timeout=0.05)
+
+
+class TestRestatement:
+    def test_restated_day_changes_and_truth_follows(self, fresh_sim: SimulatorHandle) -> None:
+        """Restating a day changes only that day's numbers; truth and reports still agree."""
+        day = TODAY - timedelta(days=3)
+        params = report_params(START, TODAY, 31, "workspace_id", "description")
+        with client(fresh_sim) as c:
+            before = buckets(fetch_pages(c, COST, params))
+            fresh_sim.restate(0, day)
+            after = buckets(fetch_pages(c, COST, params))
+        changed = [b["starting_at"] for b, a in zip(before, after, strict=True) if a != b]
+        assert changed == [ts(day)]
+        total = sum(cents(r["amount"]) for b in after for r in b["results"])
+        assert total == fresh_sim.data.truth_total(0, START, TODAY)
+
+    def test_restate_is_deterministic(self) -> None:
+        """The same restatement gives the same new numbers in another simulator."""
+        day = TODAY - timedelta(days=5)
+        totals = []
+        for _ in range(2):
+            with running_simulator(seed=7, today=TODAY, requests_per_minute=0,
+                                   faults=[f"restate:day={day}"]) as s:
+                totals.append(s.data.truth_total(0, day, day + timedelta(days=1)))
+        assert totals[0] == totals[1] != SimulatorData(7, 1, TODAY).truth_total(0, day, day + timedelta(days=1))
+
+    def test_future_day_cannot_be_restated(self, fresh_sim: SimulatorHandle) -> None:
+        """Only days up to today can be restated."""
+        with control(fresh_sim) as c:
+            r = c.post("/_sim/faults", json={"spec": f"restate:day={TODAY + timedelta(days=1)}"})
+        assert r.status_code == 400
+
+
+class TestControlApi:
+    def test_post_faults_spec_and_structured(self, fresh_sim: SimulatorHandle) -> None:
+        """POST /_sim/faults takes spec strings or kind/options objects; GET lists them."""
+        with control(fresh_sim) as c:
+            r = c.post("/_sim/faults", json={"specs": ["500:count=2,org=1", {"kind": "revoke", "org": 2}]})
+            assert r.status_code == 201
+            listed = c.get("/_sim/faults").json()
+            assert [f["kind"] for f in listed["active"]] == ["500"]
+            assert listed["active"][0]["count"] == 2 and listed["revoked_orgs"] == [2]
+            assert c.delete("/_sim/faults").json()["active"] == []
+        with client(fresh_sim, 2) as c:
+            assert c.get(ME).status_code == 401
+
+    @pytest.mark.parametrize("spec", ["explode", "500:count=0", "500:rate=2", "restate", "500:bogus=1",
+                                      "cutoff:fraction=1.5", "revoke:org=9"])
+    def test_bad_fault_specs(self, fresh_sim: SimulatorHandle, spec: str) -> None:
+        """Malformed fault specs are refused with 400."""
+        with control(fresh_sim) as c:
+            r = c.post("/_sim/faults", json={"spec": spec})
+        assert r.status_code == 400
+        assert r.json()["error"]["type"] == "invalid_request_error"
+
+    def test_keys(self, fresh_sim: SimulatorHandle) -> None:
+        """GET /_sim/keys lists each org's id, name and admin key."""
+        with control(fresh_sim) as c:
+            orgs = c.get("/_sim/keys").json()["orgs"]
+        assert [(o["org"], o["id"], o["admin_key"]) for o in orgs] == [
+            (o.index, o.id, o.admin_key) for o in fresh_sim.orgs
+        ]
+
+    def test_truth_endpoint_matches_python_api(self, fresh_sim: SimulatorHandle) -> None:
+        """GET /_sim/truth serves the same exact numbers as SimulatorData.truth."""
+        with control(fresh_sim) as c:
+            body = c.get("/_sim/truth", params={"org": 1, "since": START.isoformat(),
+                                                "until": TODAY.isoformat()}).json()
+        rows = fresh_sim.data.truth(1, START, TODAY)
+        assert [Decimal(r["cost_usd"]) for r in body["rows"]] == [r.cost_usd for r in rows]
+        assert [r["model"] for r in body["rows"]] == [r.model for r in rows]
+        assert Decimal(body["total_cost_usd"]) == fresh_sim.data.truth_total(1, START, TODAY)
+
+    def test_control_api_not_counted(self, fresh_sim: SimulatorHandle) -> None:
+        """Control requests need no key and do not show up in the stats."""
+        with control(fresh_sim) as c:
+            c.get("/_sim/keys")
+            assert c.get("/_sim/stats").json()["total"]["requests"] == 0
+
+
+class TestFaultSpecs:
+    @pytest.mark.parametrize(
+        ("spec", "expected"),
+        [
+            ("529", {"kind": "529", "count": 1}),
+            ("500:count=3,org=2", {"kind": "500", "count": 3, "org": 2}),
+            ("504:rate=0.25,path=cost_report", {"kind": "504", "rate": 0.25, "path": "cost_report"}),
+            ("cutoff:fraction=0.1", {"kind": "cutoff", "count": 1, "fraction": 0.1}),
+            ("restate:org=0,day=2026-03-01", {"kind": "restate", "org": 0, "day": "2026-03-01"}),
+        ],
+    )
+    def test_parse(self, spec: str, expected: dict[str, object]) -> None:
+        """Spec strings parse into faults."""
+        got = parse_fault(spec).as_json()
+        assert {k: got[k] for k in expected} == expected
+
+    def test_parse_error(self) -> None:
+        """Unknown kinds raise FaultSpecError."""
+        with pytest.raises(FaultSpecError):
+            parse_fault("teapot:count=1")

@@ -82,9 +82,11 @@ COST_GROUPABLE = frozenset({"workspace_id", "description"})
 DESCRIBED = ("cost_type", "model", "token_type", "service_tier", "context_window", "inference_geo")
 NOT_SET: Any = type("NotSet", (), {"__repr__": lambda self: "NOT_SET"})()
 WEB_SEARCH_UNITS = 10_000  # $10 per 1,000 searches = 1 cent each
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
-               403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-               429: "rate_limit_error", 500: "api_error", 504: "timeout_error", 529: "overloaded_error"}  # fmt: skip
+ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+    504: "timeout_error", 529: "overloaded_error",
+}  # fmt: skip
 
 
 def cents_text(units: int) -> str:
@@ -176,16 +178,18 @@ class Faults:
     def rate_limit(self, *numbers: int, retry_after: float | str | None = None) -> None:
         for n in self._numbers(numbers):
             ra = None if retry_after is None else str(retry_after)
-            self.script[n] = _Reply(429, retry_after=ra, message="Number of requests has exceeded your rate limit")
+            self.script[n] = _Reply(429, retry_after=ra, message="Rate limit exceeded")
 
-    def error(self, *numbers: int, status: int = 500, error_type: str | None = None, message: str | None = None) -> None:
+    def error(
+        self, *numbers: int, status: int = 500, error_type: str | None = None, message: str | None = None
+    ) -> None:
         for n in self._numbers(numbers):
             self.script[n] = _Reply(status, error_type=error_type, message=message)
 
     def disconnect(self, *numbers: int) -> None:
         """The connection drops mid-body (httpx.RemoteProtocolError)."""
         for n in self._numbers(numbers):
-            self.script[n] = httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+            self.script[n] = httpx.RemoteProtocolError("peer closed connection without sending complete body")
 
     def timeout(self, *numbers: int) -> None:
         for n in self._numbers(numbers):
@@ -217,7 +221,8 @@ class FakeAdminApi:
         key: str = FAKE_ADMIN_KEY,
         density: float = 0.25,
     ) -> None:
-        self.org_id, self.name, self.start, self.end, self.seed, self.key = org_id, name, start, end, seed, key
+        self.org_id, self.name, self.start, self.end = org_id, name, start, end
+        self.seed, self.key = seed, key
         self.faults = Faults()
         self.requests: list[RecordedRequest] = []
         self._cursors: dict[str, tuple[tuple[tuple[str, str], ...], date]] = {}
@@ -232,13 +237,8 @@ class FakeAdminApi:
                 day += timedelta(days=1)
             _GENERATED[cache_key] = (self.usage, self.costs, self.empty_days)
         usage, costs, empty = _GENERATED[cache_key]
+        # Served from these lists on every request: a test may edit them to simulate a restatement.
         self.usage, self.costs, self.empty_days = list(usage), list(costs), list(empty)
-        self._usage_by_day: dict[date, list[UsageRecord]] = defaultdict(list)
-        self._costs_by_day: dict[date, list[CostRecord]] = defaultdict(list)
-        for u in self.usage:
-            self._usage_by_day[u.day].append(u)
-        for c in self.costs:
-            self._costs_by_day[c.day].append(c)
 
     # --- generation -------------------------------------------------------------------------------------
 
@@ -260,7 +260,8 @@ class FakeAdminApi:
                             counts = {
                                 "uncached_input_tokens": rng.randint(0, 9) * scale + rng.randint(0, 999),
                                 "cache_read_input_tokens": rng.randint(0, 20) * scale,
-                                "cache_creation_5m_input_tokens": rng.randint(0, 3) * scale + rng.randint(0, 99),
+                                "cache_creation_5m_input_tokens": rng.randint(0, 3) * scale
+                                + rng.randint(0, 99),
                                 "cache_creation_1h_input_tokens": rng.randint(0, 2) * scale,
                                 "output_tokens": rng.randint(1, 5) * scale // 10 + rng.randint(0, 77),
                                 "web_search_requests": rng.choice((0, 0, 0, 1, 3, 12)),
@@ -272,9 +273,8 @@ class FakeAdminApi:
         searches: dict[str | None, int] = defaultdict(int)
         for u in day_usage:
             for token_type, counter in _COUNTER_OF_TOKEN_TYPE.items():
-                tokens[(u.workspace_id, u.model, u.service_tier, u.context_window, u.inference_geo, token_type)] += (
-                    u.counts[counter]
-                )
+                key = (u.workspace_id, u.model, u.service_tier, u.context_window, u.inference_geo, token_type)
+                tokens[key] += u.counts[counter]
             searches[u.workspace_id] += u.counts["web_search_requests"]
         for (ws, model, tier, cw, geo, token_type), count in sorted(tokens.items(), key=_sort_key):
             if count == 0:
@@ -295,13 +295,13 @@ class FakeAdminApi:
         for ws in WORKSPACES:
             count = searches[ws]
             if count:
-                self.costs.append(CostRecord(day, ws, "Web Search", "web_search", None, None, None, None, None,
-                                             count * WEB_SEARCH_UNITS))  # fmt: skip
+                units = count * WEB_SEARCH_UNITS
+                self.costs.append(CostRecord(day, ws, "Web Search", "web_search", *(None,) * 5, units))
         for ws in WORKSPACES:
             if rng.random() < 0.3:
                 units = rng.randint(1, 900_000)
-                self.costs.append(CostRecord(day, ws, "Code Execution Usage", "code_execution", None, None, None,
-                                             None, None, units))  # fmt: skip
+                desc, kind = "Code Execution Usage", "code_execution"
+                self.costs.append(CostRecord(day, ws, desc, kind, *(None,) * 5, units))
 
     # --- ground truth (from the integers, never from the client) ---------------------------------------
 
@@ -315,7 +315,9 @@ class FakeAdminApi:
 
     def truth_cost_units(self, day: date | None = None, model: str | None | EllipsisType = ...) -> int:
         return sum(
-            c.units for c in self.costs if (day is None or c.day == day) and (model is ... or c.model == model)
+            c.units
+            for c in self.costs
+            if (day is None or c.day == day) and (model is ... or c.model == model)
         )
 
     def truth_cost(self, day: date | None = None, model: str | None | EllipsisType = ...) -> Decimal:
@@ -341,9 +343,8 @@ class FakeAdminApi:
         def handler(request: httpx.Request) -> httpx.Response:
             return self.handle(request, request.url.path[len(prefix):])
 
-        return router.route(method="GET", scheme=base.scheme, host=base.host, path__startswith=base.path).mock(
-            side_effect=handler
-        )
+        route = router.route(method="GET", scheme=base.scheme, host=base.host, path__startswith=base.path)
+        return route.mock(side_effect=handler)
 
     def transport(self) -> httpx.MockTransport:
         """The fake as an httpx transport (an alternative to respx patching)."""
@@ -381,9 +382,9 @@ class FakeAdminApi:
         if req.path == ME_PATH:
             return self._json({"id": self.org_id, "type": "organization", "name": self.name}, rid)
         if req.path == COST_PATH:
-            return self._report(req, rid, COST_GROUPABLE, None, self._cost_results)
+            return self._report(req, rid, COST_GROUPABLE, None, self.costs, self._cost_results)
         if req.path == USAGE_PATH:
-            return self._report(req, rid, USAGE_GROUPABLE, 5, self._usage_results)
+            return self._report(req, rid, USAGE_GROUPABLE, 5, self.usage, self._usage_results)
         return self._error(404, rid, f"Not found: {req.path}")
 
     def _report(
@@ -392,7 +393,8 @@ class FakeAdminApi:
         rid: str,
         groupable: frozenset[str],
         max_groups: int | None,
-        results: Callable[[date, list[str]], list[dict[str, Any]]],
+        records: list[Any],
+        results: Callable[[list[Any], list[str]], list[dict[str, Any]]],
     ) -> httpx.Response:
         if req.param("bucket_width") not in (None, "1d"):
             return self._error(400, rid, "bucket_width: only 1d is supported by this fake")
@@ -405,7 +407,8 @@ class FakeAdminApi:
         try:
             first = _day_of(req.param("starting_at"))
             limit = int(req.param("limit") or 7)
-            last = _day_of(req.param("ending_at")) if req.param("ending_at") else first + timedelta(days=limit)
+            ending = req.param("ending_at")
+            last = _day_of(ending) if ending else first + timedelta(days=limit)
         except ValueError as exc:
             return self._error(400, rid, str(exc))
         if not 1 <= limit <= 31:
@@ -425,11 +428,19 @@ class FakeAdminApi:
                 return self._error(400, rid, "page: the page token does not match the other query parameters")
             day = known[1]
         page_end = min(last, day + timedelta(days=limit))
+        by_day: dict[date, list[Any]] = defaultdict(list)
+        for record in records:
+            if day <= record.day < page_end:
+                by_day[record.day].append(record)
         data: list[dict[str, Any]] = []
         d = day
         while d < page_end:
             if d not in self.faults.missing_days:
-                bucket = {"starting_at": _ts(d), "ending_at": _ts(d + timedelta(days=1)), "results": results(d, group_by)}
+                bucket = {
+                    "starting_at": _ts(d),
+                    "ending_at": _ts(d + timedelta(days=1)),
+                    "results": results(by_day[d], group_by),
+                }
                 data.append(bucket)
                 if d == self.faults.duplicate_day:
                     data.append(bucket)
@@ -457,9 +468,9 @@ class FakeAdminApi:
                 self._cursors[next_page] = (signature, page_end)
         return self._json({"data": data, "has_more": has_more, "next_page": next_page}, rid)
 
-    def _usage_results(self, day: date, group_by: list[str]) -> list[dict[str, Any]]:
+    def _usage_results(self, records: list[UsageRecord], group_by: list[str]) -> list[dict[str, Any]]:
         grouped: dict[tuple[Any, ...], dict[str, int]] = {}
-        for u in self._usage_by_day.get(day, ()):
+        for u in records:
             key = tuple(getattr(u, d) if d in group_by else None for d in USAGE_DIMS)
             sums = grouped.setdefault(key, dict.fromkeys(COUNTERS, 0))
             for name in COUNTERS:
@@ -488,9 +499,9 @@ class FakeAdminApi:
             out.append(row)
         return out
 
-    def _cost_results(self, day: date, group_by: list[str]) -> list[dict[str, Any]]:
+    def _cost_results(self, records: list[CostRecord], group_by: list[str]) -> list[dict[str, Any]]:
         grouped: dict[tuple[Any, ...], int] = defaultdict(int)
-        for c in self._costs_by_day.get(day, ()):
+        for c in records:
             described = tuple(getattr(c, f) for f in DESCRIBED) if "description" in group_by else (None,) * 6
             key = (
                 c.workspace_id if "workspace_id" in group_by else None,
@@ -501,8 +512,13 @@ class FakeAdminApi:
         out = []
         for key, units in sorted(grouped.items(), key=_sort_key):
             ws, desc, *described = key
-            row: dict[str, Any] = {"amount": cents_text(units), "currency": "USD", "workspace_id": ws,
-                                   "description": desc, **dict(zip(DESCRIBED, described, strict=True))}  # fmt: skip
+            row: dict[str, Any] = {
+                "amount": cents_text(units),
+                "currency": "USD",
+                "workspace_id": ws,
+                "description": desc,
+                **dict(zip(DESCRIBED, described, strict=True)),
+            }
             out.append(row)
         if self.faults.novel_fields and out:
             out.append({"amount": "0.0125", "currency": "USD", "workspace_id": None,
@@ -526,8 +542,10 @@ class FakeAdminApi:
         error_type: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        etype = error_type or ERROR_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
-        body = {"type": "error", "error": {"type": etype, "message": message or f"fake {etype}"}, "request_id": rid}
+        fallback = "api_error" if status >= 500 else "invalid_request_error"
+        etype = error_type or ERROR_TYPES.get(status) or fallback
+        error = {"type": etype, "message": message or f"fake {etype}"}
+        body = {"type": "error", "error": error, "request_id": rid}
         return httpx.Response(
             status,
             content=json.dumps(body).encode(),

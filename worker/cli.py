@@ -50,10 +50,31 @@ def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 class LazyGroup(click.Group):
     """Subcommands named here are imported only when used (keeps --help fast)."""
 
-    lazy = {"simulate": ("worker.simulator.command", "simulate_command")}
+    lazy = {
+        "simulate": ("worker.simulator.command", "simulate_command"),
+        "events": ("worker.reconcile.commands", "events_group"),
+        "reconcile": ("worker.reconcile.commands", "reconcile_command"),
+    }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Turn every error into one line and an exit code: no tracebacks for users."""
+        from worker.logs import scrub
+
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
+            known = _classify(exc)
+            if known:
+                raise Failure(scrub(known[0]), known[1]) from None
+            log.debug("internal error", exc_info=True)
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise Failure(f"internal error: {type(exc).__name__}: {scrub(first)} "
+                          "(set COST_WORKER_LOG_LEVEL=debug for the traceback)") from None
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.lazy:
@@ -62,6 +83,11 @@ class LazyGroup(click.Group):
             module, attr = self.lazy[name]
             return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
         return super().get_command(ctx, name)
+
+
+def get_app(ctx: click.Context) -> App:
+    """The App for this invocation (settings loaded, logging set up; the database migrates on first use)."""
+    return _app(ctx)
 
 
 def _app(ctx: click.Context) -> App:
@@ -370,34 +396,11 @@ def _classify(exc: BaseException) -> tuple[str, int] | None:
     if isinstance(exc, (SettingsError, InvalidAdminKey, InvalidMasterKey, IntegrationError)):
         return str(exc), EXIT_USAGE
     if isinstance(exc, IntegrationBlocked):
-        return f"{exc} {exc.action}".strip(), EXIT_FAILED
+        return str(exc), EXIT_FAILED
     if isinstance(exc, (ApiError, VaultError, DatabaseError)):
         return str(exc), EXIT_FAILED
     return None
 
 
 def main(argv: list[str] | None = None) -> None:
-    from worker.logs import scrub
-
-    try:
-        cli.main(args=argv, prog_name="cost-worker", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(EXIT_USAGE)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
-        known = _classify(exc)
-        if known:
-            click.echo(f"error: {scrub(known[0])}", err=True)
-            sys.exit(known[1])
-        log.debug("internal error", exc_info=True)
-        click.echo(f"error: internal error: {type(exc).__name__}: {scrub(str(exc).splitlines()[0] if str(exc) else '')}"
-                   " (set COST_WORKER_LOG_LEVEL=debug for the traceback)", err=True)
-        sys.exit(EXIT_FAILED)
-    sys.exit(0)
+    cli.main(args=argv, prog_name="cost-worker")

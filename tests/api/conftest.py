@@ -35,7 +35,8 @@ class Harness:
         self.gate = self.gate or CountingGate(self.clock)
         kw: dict[str, Any] = {"rng": random.Random(1), "on_wait": self.waits.append, "stats": RequestStats()}
         kw.update(client_kw)
-        self.client = AdminApiClient(AdminKey(self.key or self.fake.key), base_url=BASE_URL, gate=self.gate, clock=self.clock, **kw)
+        key = AdminKey(self.key or self.fake.key)
+        self.client = AdminApiClient(key, base_url=BASE_URL, gate=self.gate, clock=self.clock, **kw)
 
         async def main() -> T:
             assert self.client is not None

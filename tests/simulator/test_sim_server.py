@@ -67,13 +67,14 @@ class TestConcurrency:
             headers = {"x-api-key": key, "anthropic-version": VERSION}
             async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as c:
                 n = 0
-                params = report_params(START, TODAY, 15, "workspace_id", "description")
+                params = report_params(START, TODAY, 15, "workspace_id")
                 page = None
                 while True:
                     r = await c.get(COST, params=params | ({"page": page} if page else {}))
                     assert r.status_code == 200
-                    n += len(r.json()["data"])
-                    page = r.json()["next_page"]
+                    body = r.json()
+                    n += len(body["data"])
+                    page = body["next_page"]
                     if page is None:
                         return n
 
@@ -97,7 +98,7 @@ class TestCommand:
         code = (
             "from worker.simulator.command import simulate_command; "
             "simulate_command(['--port', '0', '--orgs', '2', '--today', '2026-03-10', '--seed', '4',"
-            " '--fault', '529:count=1'])"
+            " '--burst', '5', '--fault', '529:count=1'])"
         )
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,

@@ -133,6 +133,8 @@ class AdminApiClient:
         )
 
     async def __aenter__(self) -> AdminApiClient:
+        if self._http is not None:
+            raise RuntimeError("AdminApiClient is already open")
         self._http = httpx.AsyncClient(
             base_url=self._base_url,
             auth=self._auth,
@@ -161,13 +163,17 @@ class AdminApiClient:
         except ProtocolViolation as exc:
             raise _violation(exc, ME_PATH, request_id) from None
 
-    def cost_pages(self, start: date, end: date, *, limit: int = MAX_DAILY_LIMIT) -> AsyncIterator[Page[CostRow]]:
+    def cost_pages(
+        self, start: date, end: date, *, limit: int = MAX_DAILY_LIMIT
+    ) -> AsyncIterator[Page[CostRow]]:
         """Daily cost pages for days `[start, end)`, grouped by workspace and description."""
         _check_window(start, end, limit)
         base: Params = [("bucket_width", "1d"), *(("group_by[]", g) for g in COST_GROUP_BY)]
         return self._report_pages(COST_PATH, base, start, end, limit, parse_cost_row)
 
-    def usage_pages(self, start: date, end: date, *, limit: int = MAX_DAILY_LIMIT) -> AsyncIterator[Page[UsageRow]]:
+    def usage_pages(
+        self, start: date, end: date, *, limit: int = MAX_DAILY_LIMIT
+    ) -> AsyncIterator[Page[UsageRow]]:
         """Daily message usage pages for days `[start, end)`, grouped by the five documented dimensions."""
         _check_window(start, end, limit)
         base: Params = [("bucket_width", "1d"), *(("group_by[]", g) for g in USAGE_GROUP_BY)]
@@ -208,7 +214,9 @@ class AdminApiClient:
                 if limit <= 1:
                     raise
                 limit = max(1, limit // 2)
-                log.info("%s: response too large, retrying from %s with limit=%d", path, coverage.resume_day, limit)
+                log.info(
+                    "%s: response too large, retrying from %s with limit=%d", path, coverage.resume_day, limit
+                )
                 continue
             break
         try:
@@ -231,14 +239,17 @@ class AdminApiClient:
             try:
                 response = await self._http.get(path, params=list(params))
             except (httpx.TransportError, httpx.DecodingError) as exc:
-                outcome = Retryable(None, type(exc).__name__, None, safe_text(str(exc) or type(exc).__name__, 200))
+                detail = safe_text(str(exc) or type(exc).__name__, 200)
+                outcome = Retryable(None, type(exc).__name__, None, detail)
             else:
                 request_id = response.headers.get("request-id")
                 if response.is_success:
                     try:
                         return _decode(response.content), request_id
                     except ValueError:
-                        outcome = Retryable(response.status_code, "invalid_json", request_id, "body is not valid JSON")
+                        outcome = Retryable(
+                            response.status_code, "invalid_json", request_id, "body is not valid JSON"
+                        )
                 else:
                     outcome = classify_response(response, path=path, now=self._clock.now())
             self._record_failure(path, attempt, outcome)

@@ -101,7 +101,8 @@ class Retryable:
 
     def describe(self) -> str:
         status = self.status if self.status is not None else "no response"
-        return safe_text(f"{status} {self.error_type or 'error'}: {self.message} (request-id {self.request_id})")
+        error_type = self.error_type or "error"
+        return safe_text(f"{status} {error_type}: {self.message} (request-id {self.request_id})")
 
 
 def _error_fields(response: httpx.Response) -> tuple[str | None, str, str | None]:
@@ -163,7 +164,9 @@ def _action(status: int, message: str) -> str:
     )
 
 
-def classify_response(response: httpx.Response, *, path: str, now: datetime | None = None) -> ApiError | Retryable:
+def classify_response(
+    response: httpx.Response, *, path: str, now: datetime | None = None
+) -> ApiError | Retryable:
     """Decide what a non-2xx response means: an error to raise, or a failure to retry."""
     status = response.status_code
     error_type, message, body_rid = _error_fields(response)
@@ -172,7 +175,9 @@ def classify_response(response: httpx.Response, *, path: str, now: datetime | No
     kw: dict[str, Any] = {"status": status, "error_type": error_type, "request_id": request_id}
     detail = f"{status} {error_type or 'error'}: {safe_text(message, 200)} (request-id {request_id})"
     if status in RETRYABLE_STATUSES or status >= 500:
-        retry_after = parse_retry_after(response.headers.get("retry-after"), now) if status in (429, 503) else None
+        retry_after = None
+        if status in (429, 503):
+            retry_after = parse_retry_after(response.headers.get("retry-after"), now)
         return Retryable(status, error_type, request_id, safe_text(message, 200), retry_after)
     if status in (401, 402, 403):
         action = _action(status, safe_text(message, 200))

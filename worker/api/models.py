@@ -199,7 +199,9 @@ _CACHE_CREATION = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
 _SERVER_TOOL_USE = ("web_search_requests",)
 
 
-def _nested(obj: Mapping[str, Any], name: str, known: tuple[str, ...], extra: dict[str, Any]) -> Mapping[str, Any]:
+def _nested(
+    obj: Mapping[str, Any], name: str, known: tuple[str, ...], extra: dict[str, Any]
+) -> Mapping[str, Any]:
     value = obj.get(name)
     if value is None:
         return _EMPTY
@@ -225,8 +227,8 @@ def parse_usage_row(raw: object, day: date) -> UsageRow:
         inference_geo=_opt_str(obj, "inference_geo"),
         uncached_input_tokens=_count(obj.get("uncached_input_tokens"), "uncached_input_tokens"),
         cache_read_input_tokens=_count(obj.get("cache_read_input_tokens"), "cache_read_input_tokens"),
-        cache_creation_5m_input_tokens=_count(cache.get("ephemeral_5m_input_tokens"), "cache_creation.ephemeral_5m"),
-        cache_creation_1h_input_tokens=_count(cache.get("ephemeral_1h_input_tokens"), "cache_creation.ephemeral_1h"),
+        cache_creation_5m_input_tokens=_count(cache.get(_CACHE_CREATION[0]), "cache_creation.ephemeral_5m"),
+        cache_creation_1h_input_tokens=_count(cache.get(_CACHE_CREATION[1]), "cache_creation.ephemeral_1h"),
         output_tokens=_count(obj.get("output_tokens"), "output_tokens"),
         web_search_requests=_count(tools.get("web_search_requests"), "server_tool_use.web_search_requests"),
         extra=MappingProxyType(extra),
@@ -253,4 +255,6 @@ def parse_organization(raw: object) -> Organization:
     if not isinstance(org_id, str) or not org_id:
         raise ProtocolViolation("organization has no id")
     name, kind = obj.get("name"), obj.get("type")
-    return Organization(id=org_id, name=name if isinstance(name, str) else "", type=kind if isinstance(kind, str) else "")
+    return Organization(
+        id=org_id, name=name if isinstance(name, str) else "", type=kind if isinstance(kind, str) else ""
+    )

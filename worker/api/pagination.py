@@ -37,7 +37,7 @@ class CursorPaginator:
             # Stopping here would silently call a partial window complete.
             raise ProtocolViolation("has_more is true but next_page is missing or empty")
         if cursor in self._seen:
-            raise ProtocolViolation("the API returned a page cursor it had already returned (pagination loop)")
+            raise ProtocolViolation("the API sent a page cursor it had sent before (a pagination loop)")
         self._seen.add(cursor)
         self._cursor = cursor
 
@@ -63,11 +63,12 @@ class DayCoverage:
         return self.start if self._last is None else self._last + timedelta(days=1)
 
     def accept(self, days: Sequence[date]) -> None:
+        window = f"[{self.start}, {self.end})"
         for day in days:
             if not self.start <= day < self.end:
-                raise ProtocolViolation(f"bucket {day} is outside the requested window [{self.start}, {self.end})")
+                raise ProtocolViolation(f"bucket {day} is outside the requested window {window}")
             if day in self._seen:
-                raise ProtocolViolation(f"bucket {day} appeared twice in the window [{self.start}, {self.end})")
+                raise ProtocolViolation(f"bucket {day} appeared twice in the window {window}")
             if self._last is not None and day < self._last:
                 raise ProtocolViolation(f"bucket {day} arrived after {self._last}: buckets must be ascending")
             self._seen.add(day)

@@ -16,13 +16,14 @@ Causes (drift rows only; a row can name several; thresholds are the module const
 
 - `fees_not_tracked`: a non-token cost row (web search, code execution, session usage); trackers
   count tokens, not these fees.
+- `day_boundary`: a drifting row whose cost delta and token delta are cancelled, within
+  `DAY_MATCH` of the larger, by the opposite delta of the same model and key on the adjacent day:
+  events stamped in the wrong timezone. Checked first (a whole day shifted leaves one day
+  `untracked`-looking and its neighbour doubled); it replaces every other cause.
 - `untracked`: billed, but no tracked event at all.
 - `not_billed`: tracked, but nothing billed for that day and model (failed or blocked calls,
   another platform such as Bedrock/Vertex, Priority Tier which the cost report omits, or a
   subscription). Adds `unmatched_model` when no bill id matched the tracker's model id.
-- `day_boundary`: a drifting row whose cost delta and token delta are cancelled, within
-  `DAY_MATCH` of the larger, by the opposite delta of the same model and key on the adjacent day:
-  events stamped in the wrong timezone. Checked before the per-row rules below, which it replaces.
 - `duplicated_events`: every billed token type's tracked/billed ratio is within
   max(t, `MULTIPLE_SLACK`) of the same integer n >= 2; or the row is in surplus and ids were seen
   more than once.
@@ -306,8 +307,7 @@ def _drifts(draft: _Draft, prices: PriceBook, tol: Decimal) -> bool:
 def _day_boundary_pairs(drifting: list[_Draft]) -> set[CellKey]:
     series: dict[tuple[str, str | None], list[_Draft]] = defaultdict(list)
     for draft in drifting:
-        if draft.billed.total > 0 and draft.events > 0:
-            series[(draft.key[1], draft.key[2])].append(draft)
+        series[(draft.key[1], draft.key[2])].append(draft)
     paired: set[CellKey] = set()
     for drafts in series.values():
         drafts.sort(key=lambda d: d.key[0])
@@ -329,12 +329,12 @@ def _cancel(a: Decimal, b: Decimal) -> bool:
 
 def _causes(draft: _Draft, tol: Decimal, day_boundary: bool) -> tuple[Cause, ...]:
     billed, tracked = draft.billed, draft.tracked
+    if day_boundary:
+        return (Cause.DAY_BOUNDARY,)
     if draft.events == 0 and tracked.total == 0:
         return (Cause.UNTRACKED,)
     if billed.total == 0 and draft.billed_cost == 0:
         return (Cause.NOT_BILLED, Cause.UNMATCHED_MODEL) if draft.unmatched_model else (Cause.NOT_BILLED,)
-    if day_boundary:
-        return (Cause.DAY_BOUNDARY,)
 
     causes: list[Cause] = []
     slack = max(tol, MULTIPLE_SLACK)

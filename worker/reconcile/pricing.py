@@ -25,6 +25,12 @@ __all__ = ["PRICED_FIELDS", "PriceBook", "TokenCosts", "exact"]
 
 PRICED_FIELDS = ("uncached_input", "output", "cache_read", "cache_write_5m", "cache_write_1h")
 _BLEND = "cache_write"
+# Which rates price a field, in order: split writes fall back to the blend, unsplit ones use it.
+_FALLBACKS = {
+    "cache_write_5m": ("cache_write_5m", _BLEND),
+    "cache_write_1h": ("cache_write_1h", _BLEND),
+    "cache_write_unsplit": (_BLEND, "cache_write_5m"),
+}
 _PLACES = Decimal("1E-12")
 
 
@@ -139,16 +145,14 @@ class PriceBook:
         """(USD for `tokens`, how many of them had no price at all)."""
         total = Decimal(0)
         unpriced = 0
-        for name, fallback in (*((n, _BLEND) for n in PRICED_FIELDS), ("cache_write_unsplit", None)):
+        for name in (*PRICED_FIELDS, "cache_write_unsplit"):
             count: int = getattr(tokens, name)
             if not count:
                 continue
-            key = _BLEND if name == "cache_write_unsplit" else name
-            rate = self._rate(day, model, key)
-            if rate is None and fallback is not None and key.startswith("cache_write"):
-                rate = self._rate(day, model, fallback)
-            if rate is None and name == "cache_write_unsplit":
-                rate = self._rate(day, model, "cache_write_5m")
+            rate = None
+            for candidate in _FALLBACKS.get(name, (name,)):
+                if (rate := self._rate(day, model, candidate)) is not None:
+                    break
             if rate is None:
                 unpriced += count
                 continue

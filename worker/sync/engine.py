@@ -201,7 +201,7 @@ class IntegrationSync:
             outcome, status = "ok", "ok"
             message = f"{self.kind} sync ok: {self.pages} pages, {self.rows} rows, {self.stats.requests} requests"
         except IntegrationBlocked as exc:
-            error = f"{exc} {exc.action}".strip()
+            error = str(exc)
             message = f"blocked: {error}"
         except (ApiError, VaultError) as exc:
             error = str(exc)

@@ -78,8 +78,7 @@ class SyncService:
                 log.exception("integration %d: %s sync crashed", integration_id, kind)
                 return None
 
-    async def serve(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set, then cancel syncs in flight (each rolls back or finishes its page)."""
+    def build_scheduler(self) -> AsyncIOScheduler:
         s = self.app.settings
         scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_job(self.dispatch_due, CronTrigger(hour=s.daily_sync_time.hour, minute=s.daily_sync_time.minute,
@@ -87,9 +86,14 @@ class SyncService:
                           id="daily", coalesce=True, misfire_grace_time=24 * 3600, max_instances=1)
         scheduler.add_job(self.dispatch_due, "interval", seconds=s.poll_seconds, id="poll", coalesce=True,
                           misfire_grace_time=None, max_instances=1, next_run_time=self.app.clock.now())
+        return scheduler
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then cancel syncs in flight (each rolls back or finishes its page)."""
+        scheduler = self.build_scheduler()
         scheduler.start()
-        log.info("cost-worker running: daily sync at %s UTC, polling every %.0fs", s.daily_sync_time.strftime("%H:%M"),
-                 s.poll_seconds)
+        log.info("cost-worker running: daily sync at %s UTC, polling every %.0fs",
+                 self.app.settings.daily_sync_time.strftime("%H:%M"), self.app.settings.poll_seconds)
         try:
             await stop.wait()
         finally:

@@ -1,0 +1,291 @@
+"""The command line through click's runner, against the fake API over respx: the contract of every
+command (names, options, JSON fields, exit codes), one-line errors, and no secret in any output."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import respx
+from click.testing import CliRunner, Result
+from sqlalchemy import update
+
+from tests.fake_api import FAKE_ADMIN_KEY, FakeAdminApi
+from worker.cli import cli
+from worker.storage.db import make_engine
+from worker.storage.tables import integrations
+from worker.vault import MasterKey
+
+BASE = "https://api.test"
+TODAY = datetime.now(UTC).date()
+
+
+@pytest.fixture(scope="module")
+def fake_data() -> FakeAdminApi:
+    return FakeAdminApi(start=TODAY - timedelta(days=40), end=TODAY + timedelta(days=1), seed=21)
+
+
+@pytest.fixture
+def fake(fake_data: FakeAdminApi) -> Iterator[FakeAdminApi]:
+    fake_data.requests.clear()
+    fake_data.faults = type(fake_data.faults)()
+    with respx.mock(assert_all_called=False) as router:
+        fake_data.mount(router, BASE)
+        yield fake_data
+
+
+@pytest.fixture
+def env(db_url: str, tmp_path: Path, master_key: MasterKey) -> dict[str, str]:
+    return {
+        "COST_WORKER_DATABASE_URL": db_url, "COST_WORKER_MASTER_KEY": master_key.to_text(),
+        "COST_WORKER_DATA_DIR": str(tmp_path / "data"), "COST_WORKER_API_BASE_URL": BASE,
+        # the CLI runs on the real clock: a generous budget keeps these tests from waiting
+        "COST_WORKER_REQUESTS_PER_MINUTE": "6000", "COST_WORKER_BURST": "1000", "COST_WORKER_LOG_FORMAT": "json",
+    }
+
+
+def invoke(env: dict[str, str], *args: str, key: str | None = FAKE_ADMIN_KEY, stdin: str | None = None) -> Result:
+    full_env: dict[str, str | None] = {**env, "ANTHROPIC_ADMIN_KEY": key}
+    result = CliRunner().invoke(cli, list(args), env=full_env, input=stdin, catch_exceptions=False)
+    assert "Traceback" not in result.output
+    assert FAKE_ADMIN_KEY not in result.output  # no command ever prints the key
+    if env.get("COST_WORKER_MASTER_KEY"):
+        assert env["COST_WORKER_MASTER_KEY"] not in result.output
+    return result
+
+
+def connect(env: dict[str, str], *extra: str) -> int:
+    result = invoke(env, "connect", *extra)
+    assert result.exit_code == 0, result.output
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+class TestOnboarding:
+    def test_test_connection_prints_the_organization(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+        """Exit 0 and the organization's name."""
+        result = invoke(env, "test-connection")
+        assert result.exit_code == 0 and "Fake Org" in result.stdout
+
+    @pytest.mark.parametrize(("key", "expected"), [
+        ("sk-ant-api03-abcdefghijklmnopqrstuvwxyz", "regular API key (sk-ant-api...), not an Admin key"),
+        ("hello", "Admin key (sk-ant-admin...) is needed"),
+        ("   ", "no Admin API key given"),
+    ])
+    def test_wrong_keys_refused_before_any_request(self, env: dict[str, str], fake: FakeAdminApi, key: str,
+                                                   expected: str) -> None:
+        """Non-admin keys get a clear message, exit 2, and no request is sent."""
+        result = invoke(env, "test-connection", key=key)
+        assert result.exit_code == 2 and expected in result.output and "Console" in result.output
+        assert fake.requests == []
+
+    def test_revoked_key_fails_with_advice(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+        """A 401 gives exit 1 and one line telling the user what to do."""
+        fake.faults.block_after(0, status=401)
+        result = invoke(env, "test-connection")
+        assert result.exit_code == 1
+        (line,) = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+        assert "revoked" in line or "expired" in line
+
+    def test_key_from_stdin_is_trimmed(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+        """With no ANTHROPIC_ADMIN_KEY, a piped key (with whitespace around it) is used."""
+        result = invoke(env, "test-connection", key=None, stdin=f"  {FAKE_ADMIN_KEY}\n\n")
+        assert result.exit_code == 0, result.output
+
+    def test_connect_prints_id_and_lists_with_hint(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+        """connect prints the new id; `integrations list --format json` has the contract's fields."""
+        iid = connect(env, "--label", "prod", "--tier", "pro")
+        items = json.loads(invoke(env, "integrations", "list", "--format", "json").stdout)
+        (item,) = items
+        assert {"id", "label", "tier", "status", "key_hint", "last_success_at", "last_error"} <= item.keys()
+        assert (item["id"], item["label"], item["tier"], item["status"]) == (iid, "prod", "pro", "pending")
+        assert item["key_hint"] == "sk-ant-admin01-...EfGh"
+        table = invoke(env, "integrations", "list").stdout
+        assert "prod" in table and "sk-ant-admin01-...EfGh" in table
+
+    def test_bad_tier_is_usage_error(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+        """An unknown tier exits 2 before anything happens."""
+        assert invoke(env, "connect", "--tier", "gold").exit_code == 2
+        assert fake.requests == []
+
+
+class TestSyncAndReport:
+    def test_sync_now_then_report_equals_truth(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+        """sync-now backfills; `report --format json` equals the fake's truth per (date, model)."""
+        connect(env)
+        result = invoke(env, "sync-now")
+        assert result.exit_code == 0, result.output
+        since, until = TODAY - timedelta(days=29), TODAY
+        rows = json.loads(invoke(env, "report", "--since", str(since), "--until", str(until), "--format",
+                                 "json").stdout)
+        assert rows, "report is empty"
+        keys = {"date", "model", "cost_usd", "input_tokens", "output_tokens", "cache_read_tokens",
+                "cache_write_tokens"}
+        for row in rows:
+            assert set(row) == keys
+            day = datetime.fromisoformat(row["date"]).date()
+            assert Decimal(row["cost_usd"]) == fake.truth_cost(day, row["model"])
+            assert isinstance(row["cost_usd"], str)
+            truth = fake.truth_tokens(day, row["model"])
+            assert row["input_tokens"] == truth["uncached_input_tokens"]
+            assert row["output_tokens"] == truth["output_tokens"]
+            assert row["cache_read_tokens"] == truth["cache_read_input_tokens"]
+            assert row["cache_write_tokens"] == (truth["cache_creation_5m_input_tokens"]
+                                                 + truth["cache_creation_1h_input_tokens"])
+        assert any(r["model"] is None for r in rows)  # web search / code execution fees
+        total = sum(Decimal(r["cost_usd"]) for r in rows)
+        assert total == sum((fake.truth_cost(since + timedelta(days=i)) for i in range(30)), Decimal(0))
+        # until is inclusive, and a single day works
+        one = json.loads(invoke(env, "report", "--since", str(until), "--until", str(until), "--format",
+                                "json").stdout)
+        assert {r["date"] for r in one} <= {str(until)}
+        # csv and table carry the same numbers
+        out = invoke(env, "report", "--since", str(since), "--until", str(until), "--format", "csv").stdout
+        parsed = list(csv.DictReader(io.StringIO(out)))
+        assert [Decimal(r["cost_usd"]) for r in parsed] == [Decimal(r["cost_usd"]) for r in rows]
+        table = invoke(env, "report", "--since", str(since), "--until", str(until)).stdout
+        assert table.splitlines()[-1].split()[:2] == ["total", str(total) if "." in str(total) else total]
+
+    def test_sync_now_fails_with_exit_1(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+        """A blocked integration makes sync-now exit 1 and shows the reason."""
+        iid = connect(env)
+        fake.faults.block_after(len(fake.requests), status=401)
+        result = invoke(env, "sync-now", "--integration", str(iid))
+        assert result.exit_code == 1 and "FAILED" in result.output
+        item = json.loads(invoke(env, "integrations", "list", "--format", "json").stdout)[0]
+        assert item["status"] == "error" and item["last_error"]
+
+    @pytest.mark.parametrize("args", [
+        ["report", "--since", "2026-01-05", "--until", "2026-01-01"],
+        ["report", "--since", "yesterday", "--until", "2026-01-01"],
+        ["report", "--since", "2026-01-01"],
+        ["sync-now", "--integration", "99"],
+        ["integrations", "remove", "99"],
+        ["report", "--since", "2026-01-01", "--until", "2026-01-02", "--format", "xml"],
+    ])
+    def test_bad_usage_exits_2(self, env: dict[str, str], fake: FakeAdminApi, args: list[str]) -> None:
+        """Bad dates, unknown ids and unknown formats are usage errors."""
+        connect(env)
+        assert invoke(env, *args).exit_code == 2
+
+    def test_remove_deletes_integration_and_rows(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+        """integrations remove drops the integration and its data."""
+        iid = connect(env)
+        invoke(env, "sync-now")
+        assert invoke(env, "integrations", "remove", str(iid)).exit_code == 0
+        assert json.loads(invoke(env, "integrations", "list", "--format", "json").stdout) == []
+        rows = json.loads(invoke(env, "report", "--since", str(TODAY - timedelta(days=40)), "--until", str(TODAY),
+                                 "--format", "json").stdout)
+        assert rows == []
+
+
+class TestKeys:
+    def test_rotation_reencrypts_and_old_key_no_longer_needed(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+        """keys rotate re-seals under the new master key while the old one still decrypts; then the old one can go."""
+        connect(env)
+        old = env["COST_WORKER_MASTER_KEY"]
+        new = MasterKey.generate().to_text()
+        without_old = {**env, "COST_WORKER_MASTER_KEY": new}
+        failed = invoke(without_old, "sync-now")
+        assert failed.exit_code == 1 and "integration 1" in failed.output
+        with_old = {**without_old, "COST_WORKER_PREVIOUS_MASTER_KEYS": old}
+        rotated = invoke(with_old, "keys", "rotate")
+        assert rotated.exit_code == 0 and "1 re-encrypted" in rotated.output
+        again = invoke(with_old, "keys", "rotate")
+        assert "0 re-encrypted, 1 already current" in again.output  # resumable: nothing left to do
+        assert invoke(without_old, "sync-now").exit_code == 0
+
+    def test_tampered_ciphertext_names_the_integration(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+        """A modified ciphertext fails decryption with a clear error; nothing is sent to the API."""
+        iid = connect(env)
+        engine = make_engine(env["COST_WORKER_DATABASE_URL"])
+        with engine.begin() as conn:
+            blob = conn.execute(integrations.select()).first().key_ciphertext  # type: ignore[union-attr]
+            flipped = blob[:-1] + bytes([blob[-1] ^ 1])
+            conn.execute(update(integrations).where(integrations.c.id == iid).values(key_ciphertext=flipped))
+        engine.dispose()
+        sent = len(fake.requests)
+        result = invoke(env, "sync-now")
+        assert result.exit_code == 1 and f"integration {iid}" in result.output
+        assert len(fake.requests) == sent
+
+    def test_generate_writes_a_private_file(self, env: dict[str, str], tmp_path: Path) -> None:
+        """keys generate writes a 0600 key file and refuses to overwrite it."""
+        out = tmp_path / "new.key"
+        assert invoke(env, "keys", "generate", "--out", str(out)).exit_code == 0
+        assert out.stat().st_mode & 0o777 == 0o600
+        assert invoke(env, "keys", "generate", "--out", str(out)).exit_code != 0
+
+    def test_default_master_key_file_is_generated_with_warning(self, env: dict[str, str], fake: FakeAdminApi,
+                                                               tmp_path: Path) -> None:
+        """With no master key configured, one is generated in the data directory with a loud warning."""
+        bare = {k: v for k, v in env.items() if k != "COST_WORKER_MASTER_KEY"}
+        result = invoke(bare, "connect")
+        assert result.exit_code == 0, result.output
+        assert "PRODUCTION MUST SUPPLY ITS OWN" in result.output
+        assert (tmp_path / "data" / "master.key").stat().st_mode & 0o777 == 0o600
+
+
+class TestSettings:
+    def test_config_file_and_env_precedence(self, env: dict[str, str], tmp_path: Path, fake: FakeAdminApi) -> None:
+        """Values come from the TOML file; the environment wins over it."""
+        cfg = tmp_path / "cw.toml"
+        cfg.write_text('api_base_url = "https://elsewhere.test"\nresync_days = 5\n')
+        result = invoke(env, "--config", str(cfg), "test-connection")
+        assert result.exit_code == 0  # COST_WORKER_API_BASE_URL (env) beat the file's base URL
+        no_env = {k: v for k, v in env.items() if k != "COST_WORKER_API_BASE_URL"}
+        result = invoke(no_env, "--config", str(cfg), "test-connection")
+        assert result.exit_code == 1  # the file's base URL is not mocked: connection fails, one line
+
+    @pytest.mark.parametrize(("content", "expected"), [
+        ("resync_days = 0\n", "resync_days"),
+        ("requests_per_minute = 'fast'\n", "requests_per_minute"),
+        ("daily_sync_time = '25:00'\n", "daily_sync_time"),
+        ("no_such_setting = 1\n", "no_such_setting"),
+        ("database_url = 'mysql://x'\n", "database_url"),
+        ("this is not toml", "config file"),
+    ])
+    def test_invalid_setting_is_one_line_naming_it(self, env: dict[str, str], tmp_path: Path, content: str,
+                                                   expected: str) -> None:
+        """A malformed config fails at start with one line that names the setting, exit 2."""
+        cfg = tmp_path / "bad.toml"
+        cfg.write_text(content)
+        clean = {k: env[k] for k in ("COST_WORKER_DATA_DIR", "COST_WORKER_MASTER_KEY")}
+        result = invoke(clean, "--config", str(cfg), "integrations", "list")
+        assert result.exit_code == 2
+        (line,) = result.output.strip().splitlines()
+        assert expected in line and line.startswith("error:")
+
+    def test_env_setting_error_names_the_variable(self, env: dict[str, str]) -> None:
+        """An invalid environment value names the COST_WORKER_ variable."""
+        result = invoke({**env, "COST_WORKER_BURST": "0"}, "integrations", "list")
+        assert result.exit_code == 2 and "COST_WORKER_BURST" in result.output
+
+    def test_bad_master_key_is_one_line(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+        """A master key that is not 32 urlsafe-base64 bytes is refused without echoing it."""
+        result = invoke({**env, "COST_WORKER_MASTER_KEY": "short-not-a-key"}, "connect")
+        assert result.exit_code == 2 and "COST_WORKER_MASTER_KEY" in result.output
+        assert "short-not-a-key" not in result.output
+
+
+def test_db_upgrade_reports_revision(env: dict[str, str]) -> None:
+    """db upgrade migrates and names the revision."""
+    result = invoke(env, "db", "upgrade")
+    assert result.exit_code == 0 and "0001_initial" in result.output
+
+
+def test_help_lists_every_command() -> None:
+    """--help shows the whole command set."""
+    out = CliRunner().invoke(cli, ["--help"]).output
+    for name in ("test-connection", "connect", "integrations", "sync-now", "run", "report", "db", "keys"):
+        assert name in out
+
+
+def _unused(*_: Any) -> None:
+    pass

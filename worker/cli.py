@@ -57,7 +57,10 @@ class LazyGroup(click.Group):
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *self.lazy])
+        import importlib.util
+
+        available = [name for name, (module, _) in self.lazy.items() if importlib.util.find_spec(module)]
+        return sorted([*super().list_commands(ctx), *available])
 
     def invoke(self, ctx: click.Context) -> Any:
         """Turn every error into one line and an exit code: no tracebacks for users."""

@@ -63,7 +63,11 @@ class TestDispatch:
         assert dispatch(service) == ["daily"]
         assert dispatch(service) == []
         # a second replica/process polling the same database finds the slot taken
-        assert dispatch(SyncService(App(app.settings, clock=app.clock), transport=fake.transport())) == []
+        replica = App(app.settings, clock=app.clock)
+        try:
+            assert dispatch(SyncService(replica, transport=fake.transport())) == []
+        finally:
+            replica.close()
         assert integration(app, iid).status == "ok"
         restarted.close()
 

@@ -154,7 +154,7 @@ class TestBackfill:
         assert len(sleeps) == 24 and all(s == pytest.approx(60) for s in sleeps)
 
     def test_resume_after_crash_refetches_only_the_page_in_flight(self, app: App, fake: FakeAdminApi,
-                                                                  db_url: str) -> None:
+                                                                  request: pytest.FixtureRequest) -> None:
         """A process killed mid-backfill resumes at its checkpoint: no page skipped, one re-fetched."""
         iid = onboard(app, fake, "pro")
         fake.requests.clear()
@@ -181,6 +181,7 @@ class TestBackfill:
             repo.update_integration(conn, iid, lease_owner="dead-process",
                                     lease_expires_at=app.clock.now() + timedelta(seconds=300))
         restarted = App(app.settings, clock=app.clock)
+        request.addfinalizer(restarted.close)
         assert run(restarted, iid, "backfill", fake).skipped
         app.clock.advance(301)  # type: ignore[attr-defined]
         before = len(fake.requests)
@@ -188,7 +189,6 @@ class TestBackfill:
         assert outcome.ok, outcome.message
         assert len(fake.requests) - before == 24 - 8  # 8 pages were stored; the 9th is fetched again
         assert_matches_truth(restarted, fake, TODAY - timedelta(days=364), TODAY)
-        restarted.close()
 
     def test_any_order_of_overlapping_syncs_gives_the_same_rows(self, app: App, fake: FakeAdminApi) -> None:
         """Backfill, daily and manual syncs in any order and repeated leave identical rows."""
@@ -345,3 +345,15 @@ def test_money_is_decimal_everywhere(app: App, fake: FakeAdminApi) -> None:
     truth = sum((fake.truth_cost(TODAY - timedelta(days=i)) for i in range(30)), Decimal(0))
     assert total == truth and truth > 0
     _ = datetime.now(UTC)
+
+
+def test_response_too_large_shrinks_limit_for_the_rest_of_the_run(app: App, fake: FakeAdminApi) -> None:
+    """A 400 "too large" halves the limit, keeps it for later windows, and the data is still exact."""
+    iid = onboard(app, fake, "pro")
+    fake.requests.clear()
+    fake.faults.too_large_above_limit = 10
+    assert run(app, iid, "backfill", fake).ok
+    assert_matches_truth(app, fake, TODAY - timedelta(days=364), TODAY)
+    too_large = [r for r in fake.requests if r.status == 400]
+    assert len(too_large) == 4  # 31 -> 15 -> 7, once per endpoint: later windows start at 7
+    assert all(int(r.param("limit") or 0) <= 7 for r in fake.requests[-10:])

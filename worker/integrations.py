@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -43,7 +44,7 @@ async def check_connection(app: App, key: AdminKey, *, transport: httpx.AsyncBas
     async with make_client(app, key, key_gate, transport=transport, on_wait=on_wait) as client:
         org = await client.organization()
         org_gate = OrgGate(app.engine, org_bucket(org.id), app.budget, app.clock)
-        org_gate.charge()
+        await asyncio.to_thread(org_gate.charge)
         client.gate = org_gate
         today = app.clock.now().date()
         async for _page in client.cost_pages(today, today + timedelta(days=1), limit=1):

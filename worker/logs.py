@@ -2,14 +2,23 @@
 
 Anything shaped like an Anthropic key is masked by a filter on every handler, as a last line of
 defence behind the masking reprs of AdminKey, MasterKey and the API client's auth.
+
+`bind(integration_id=..., window=..., request_id=...)` adds fields to every record logged in the
+current context (an asyncio task and the threads it starts with `asyncio.to_thread`), so lines
+from the engine, the API client and the progress reporter all carry the integration, the report
+window and the last request-id without passing them around. JSON lines show them as keys, text
+lines append them as `key=value`.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,15 +26,48 @@ _SECRET = re.compile(r"sk-ant-[A-Za-z0-9_\-]{16,}")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+_CONTEXT: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("cost_worker_log_context", default={})
+
+
 def scrub(text: str) -> str:
     return _SECRET.sub(lambda m: m.group(0)[:12] + "***", text)
 
 
+def bind(**fields: Any) -> contextvars.Token[dict[str, Any]]:
+    """Add fields to every record logged from now on in this context (a task, or threads it starts)."""
+    return _CONTEXT.set({**_CONTEXT.get(), **fields})
+
+
+def context() -> dict[str, Any]:
+    return dict(_CONTEXT.get())
+
+
+@contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    token = bind(**fields)
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
 class RedactFilter(logging.Filter):
+    """Masks key-shaped text in the message and in every extra field; adds the bound context fields."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         record.msg, record.args = scrub(message), None
+        for name, value in _CONTEXT.get().items():
+            if not hasattr(record, name):  # an explicit extra= wins over the context
+                setattr(record, name, value)
+        for name, value in _extras(record).items():
+            if isinstance(value, str):
+                setattr(record, name, scrub(value))
         return True
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,7 +78,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        out.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
+        out.update(_extras(record))
         if record.exc_info:
             out["exception"] = scrub(self.formatException(record.exc_info))
         return json.dumps(out, default=str)
@@ -46,6 +88,14 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%SZ")
         self.converter = lambda *args: datetime.now(UTC).timetuple()  # type: ignore[assignment,method-assign]
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
+        if not extras:
+            return line
+        head, sep, tail = line.partition("\n")  # fields go on the message line, before any traceback
+        return f"{head} [{extras}]{sep}{tail}"
 
     def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
         return scrub(super().formatException(ei))

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(default=5.0, gt=0, le=10)
     lease_seconds: float = Field(default=300.0, ge=10)
     max_concurrent_syncs: int = Field(default=1000, ge=1)
+    http_port: int = Field(default=8080, ge=0, le=65535)  # /healthz, /readyz, /metrics of `run`; 0 = off
     log_format: Literal["auto", "text", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -51,6 +51,7 @@ VALIDATION_CASES: list[tuple[str, str, dict[str, Any], str]] = [
      "Cannot specify more than 5 group_by[] dimensions"),
     ("group_by without brackets", USAGE, {**BASE, "group_by": "model"}, "group_by[]"),
     ("unknown parameter", COST, {**BASE, "models[]": "claude-haiku-4-5"}, "unknown query parameter"),
+    ("starting_at out of range", COST, {**BASE, "starting_at": "1999-12-31T00:00:00Z"}, "range"),
     ("garbage cursor", COST, {**BASE, "page": "page_notacursor"}, "cursor"),
     ("date as cursor", COST, {**BASE, "page": "2026-02-01T00:00:00Z"}, "cursor"),
 ]

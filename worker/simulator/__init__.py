@@ -5,6 +5,18 @@ tested against. Modules: ``prices`` (own price table), ``data`` (organizations, 
 exact truth), ``reports`` (validation, cursors, pages), ``ratelimit``, ``faults``, ``app``
 (request handling and the ``/_sim/`` control API), ``server`` (asyncio HTTP/1.1), ``command``
 (the ``simulate`` click command).
+
+From Python (tests, benchmarks)::
+
+    with running_simulator(orgs=3, seed=7, today=date(2026, 3, 10), requests_per_minute=0) as sim:
+        httpx.get(sim.base_url + "/v1/organizations/me",
+                  headers={"x-api-key": sim.keys[0], "anthropic-version": "2023-06-01"})
+        sim.data.truth(0, date(2026, 3, 1), date(2026, 3, 8))   # exact Decimal dollars, tokens
+        sim.add_fault("529:count=2")
+
+From the shell: ``python -c "from worker.simulator.command import simulate_command;
+simulate_command()" --orgs 3 --port 0`` (``cost-worker simulate`` once registered). For large
+benchmarks run it as a separate process: client and server in one process share the GIL.
 """
 
 from worker.simulator.app import SimulatorApp

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -93,7 +95,11 @@ class Stats:
         return {
             "total": self.total.as_json(),
             "keys": {
-                label: {"org": org, **c.as_json(), "paths": {p: pc.as_json() for p, pc in by.items()}}
+                label: {
+                    "org": org,
+                    **c.as_json(),
+                    "paths": {p: pc.as_json() for p, pc in by.items()},
+                }
                 for label, (org, c, by) in self.keys.items()
             },
             "paths": {p: c.as_json() for p, c in self.paths.items()},
@@ -192,6 +198,10 @@ class SimulatorApp:
                     response = self._api(method, path, query, headers)
             except ApiError as exc:
                 response = Response(exc.status, exc.body(request_id), dict(exc.headers))
+            except Exception as exc:  # a simulator bug must still answer, as a 500
+                traceback.print_exc(file=sys.stderr)
+                error = ApiError(500, f"simulator internal error: {type(exc).__name__}")
+                response = Response(500, error.body(request_id))
         response.headers["request-id"] = request_id
         return response
 
@@ -267,11 +277,13 @@ class SimulatorApp:
     def _report(
         self, report: str, org: int, query: Sequence[tuple[str, str]], headers: dict[str, str]
     ) -> Response:
-        today_end = datetime.combine(self.data.today() + timedelta(days=1), datetime.min.time(), UTC)
+        tomorrow = self.data.today() + timedelta(days=1)
+        today_end = datetime.combine(tomorrow, datetime.min.time(), UTC)
         q = parse_query(report, query, now=int(today_end.timestamp()) - 1)
         page = build_page(self.data, org, q, self._cursors)
         check_result_cap(page, self.max_results)
-        drop = self.faults.take(org, COST_PATH if report == COST_REPORT else USAGE_PATH, _PAGE_KINDS)
+        path = COST_PATH if report == COST_REPORT else USAGE_PATH
+        drop = self.faults.take(org, path, _PAGE_KINDS)
         return Response(200, page.render(drop_next_page=drop is not None), headers)
 
     # -- control API --------------------------------------------------------------------------
@@ -351,8 +363,8 @@ class SimulatorApp:
             org = int(params.get("org", "0"))
             self.data.org(org)
             today = self.data.today()
-            since = date.fromisoformat(params["since"]) if "since" in params else today - timedelta(days=29)
-            until = date.fromisoformat(params["until"]) if "until" in params else today + timedelta(days=1)
+            since = date.fromisoformat(params.get("since") or str(today - timedelta(days=29)))
+            until = date.fromisoformat(params.get("until") or str(today + timedelta(days=1)))
         except (ValueError, KeyError) as exc:
             raise invalid(f"bad truth query: {exc}") from None
         if (until - since).days > 5000:

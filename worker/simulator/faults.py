@@ -88,7 +88,8 @@ def fault_from_mapping(kind: str, options: dict[str, Any]) -> Fault:
     fault = Fault(kind)
     for key, raw in options.items():
         if key not in _KEYS:
-            raise FaultSpecError(f"unknown fault option {key!r}; allowed: {', '.join(sorted(_KEYS))}")
+            allowed = ", ".join(sorted(_KEYS))
+            raise FaultSpecError(f"unknown fault option {key!r}; allowed: {allowed}")
         try:
             if key in _INT_KEYS:
                 value: Any = int(raw)

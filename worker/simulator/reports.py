@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from worker.simulator.data import DayData, SimulatorData, UsageRecord
+from worker.simulator.data import CostRow, DayData, SimulatorData, UsageRecord
 from worker.simulator.errors import ApiError, invalid
 from worker.simulator.prices import pico_to_cents_string
 
@@ -54,6 +54,8 @@ COST_WIDTHS: dict[str, tuple[int, int, int]] = {"1d": (86400, 7, 31)}
 _SCALAR_PARAMS = ("starting_at", "ending_at", "bucket_width", "limit", "page")
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _CURSOR_PREFIX = "page_"
+_MIN_EPOCH = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp())
+_MAX_EPOCH = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp())
 
 
 def _fmt(epoch: int) -> str:
@@ -76,7 +78,10 @@ def _parse_time(name: str, value: str) -> int:
         ) from None
     if parsed.tzinfo is None:
         raise invalid(f"{name}: timestamp {value!r} must include a UTC offset, e.g. a trailing Z")
-    return int(parsed.timestamp() // 1)
+    epoch = int(parsed.timestamp() // 1)
+    if not _MIN_EPOCH <= epoch <= _MAX_EPOCH:
+        raise invalid(f"{name}: {value!r} is out of range (2000-01-01 to 2100-01-01)")
+    return epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +254,7 @@ def build_page(
             b = page_start + i * 86400
             n, text = _day_fragment(data.day(org, _day_of(b)), q)
             total += n
-            buckets.append(f'{{"starting_at":"{_fmt(b)}","ending_at":"{_fmt(b + 86400)}","results":{text}}}')
+            buckets.append(_bucket(b, b + 86400, text))
     else:
         minutes = q.width // 60
         day_cache: dict[date, list[list[UsageRecord]]] = {}
@@ -265,8 +270,12 @@ def build_page(
             results = _usage_results(slots[(b % 86400) // q.width], q.group_by)
             total += len(results)
             text = json.dumps(results, separators=(",", ":"))
-            buckets.append(f'{{"starting_at":"{_fmt(b)}","ending_at":"{_fmt(b + q.width)}","results":{text}}}')
+            buckets.append(_bucket(b, b + q.width, text))
     return Page(buckets, total, has_more, next_page)
+
+
+def _bucket(start: int, end: int, results_json: str) -> str:
+    return f'{{"starting_at":"{_fmt(start)}","ending_at":"{_fmt(end)}","results":{results_json}}}'
 
 
 def _day_fragment(day: DayData, q: ReportQuery) -> tuple[int, str]:
@@ -290,7 +299,7 @@ def _cost_results(day: DayData, group_by: tuple[str, ...]) -> list[dict[str, obj
     by_ws = "workspace_id" in group_by
     by_desc = "description" in group_by
     sums: dict[tuple[str | None, str | None], int] = {}
-    rows = {}
+    rows: dict[tuple[str | None, str | None], CostRow] = {}
     for row in day.cost:
         key = (row.workspace_id if by_ws else None, row.description if by_desc else None)
         sums[key] = sums.get(key, 0) + row.pico
@@ -343,7 +352,10 @@ def _usage_results(
         a = sums[key]
         result: dict[str, object] = {
             "uncached_input_tokens": a[0],
-            "cache_creation": {"ephemeral_5m_input_tokens": a[1], "ephemeral_1h_input_tokens": a[2]},
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": a[1],
+                "ephemeral_1h_input_tokens": a[2],
+            },
             "cache_read_input_tokens": a[3],
             "output_tokens": a[4],
             "server_tool_use": {"web_search_requests": a[5]},

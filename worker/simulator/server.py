@@ -118,7 +118,9 @@ class SimulatorServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _one_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         """Serve one request; False when the connection should close."""
         try:
             raw = await reader.readuntil(b"\r\n\r\n")
@@ -270,8 +272,8 @@ def running_simulator(
 ) -> Iterator[SimulatorHandle]:
     """Run a simulator in a background thread; ``options`` are those of ``build_app``.
 
-    >>> with running_simulator(orgs=2, seed=1, requests_per_minute=0) as sim:
-    ...     sim.base_url, sim.keys
+    Example: ``with running_simulator(orgs=2, seed=1, today=date(2026, 3, 10),
+    requests_per_minute=0) as sim:`` then call ``sim.base_url`` with ``sim.keys[0]``.
     """
     the_app = app if app is not None else build_app(**options)
     ready = threading.Event()

@@ -67,6 +67,7 @@ class IntegrationSync:
         self.run_id: int | None = None
         self.pages = 0
         self.rows = 0
+        self.limits: dict[str, int] = {}
         self.label = f"integration {integration_id}"
 
     # --- lease -----------------------------------------------------------------------------------
@@ -125,12 +126,14 @@ class IntegrationSync:
 
     async def _fetch(self, client: AdminApiClient, endpoint: Endpoint, start: date, end: date,
                      checkpoint: bool) -> None:
-        """Fetch [start, end) page by page, storing each page as it arrives."""
-        limit = self.app.settings.page_limit
-        for chunk_start, chunk_end in chunks(start, end - ONE_DAY, limit):
-            pages: AsyncIterator[Page[Any]] = (client.cost_pages if endpoint == "cost" else client.usage_pages)(
-                chunk_start, chunk_end, limit=limit)
+        """Fetch [start, end) in windows of `page_limit` days, storing each page as it arrives."""
+        width = self.app.settings.page_limit
+        for chunk_start, chunk_end in chunks(start, end - ONE_DAY, width):
+            fetch = client.cost_pages if endpoint == "cost" else client.usage_pages
+            # A limit the API made us shrink ("response too large") stays shrunk for the rest of the run.
+            pages: AsyncIterator[Page[Any]] = fetch(chunk_start, chunk_end, limit=self.limits.get(endpoint, width))
             async for page in pages:
+                self.limits[endpoint] = min(self.limits.get(endpoint, width), page.limit)
                 count = await _db(self._store, endpoint, page, checkpoint)
                 self.progress.page(self.label, len(page.buckets), count)
 
@@ -153,8 +156,7 @@ class IntegrationSync:
 
     async def _run_leased(self) -> SyncOutcome:
         app = self.app
-        with app.engine.begin() as conn:
-            integ = repo.get_integration(conn, self.id)
+        integ = await _db(self._load)
         if integ is None:
             return SyncOutcome(self.id, self.kind, False, f"{self.label}: no such integration")
         self.label = f"[{integ.id}] {integ.label}"
@@ -169,10 +171,7 @@ class IntegrationSync:
         last = max([integ.backfill_end] * bool(backfill) + ([reread[1]] if reread else []), default=today)
         started = app.clock.now()
         t0 = time.monotonic()
-        with app.engine.begin() as conn:
-            self.run_id = repo.start_run(conn, self.id, self.kind, first, last, started)
-            if backfill and integ.status == "pending":
-                repo.update_integration(conn, self.id, status="backfilling", updated_at=started)
+        await _db(self._start_run, first, last, started, bool(backfill) and integ.status == "pending")
         total_days = sum(days_between(cp, integ.backfill_end) for _, cp in backfill) // 2 + (
             days_between(*reread) if reread else 0)
         self.progress.start(self.label, self.kind, total_days)
@@ -220,6 +219,16 @@ class IntegrationSync:
             log.error("%s: %s", self.label, message, extra={"integration_id": self.id})
         self.progress.finish(self.label, outcome == "ok", message)
         return SyncOutcome(self.id, self.kind, outcome == "ok", message, run_id=self.run_id, rows=self.rows)
+
+    def _load(self) -> repo.Integration | None:
+        with self.app.engine.begin() as conn:
+            return repo.get_integration(conn, self.id)
+
+    def _start_run(self, first: date, last: date, started: datetime, now_backfilling: bool) -> None:
+        with self.app.engine.begin() as conn:
+            self.run_id = repo.start_run(conn, self.id, self.kind, first, last, started)
+            if now_backfilling:
+                repo.update_integration(conn, self.id, status="backfilling", updated_at=started)
 
     def _mark(self, **values: Any) -> None:
         with self.app.engine.begin() as conn:

@@ -254,9 +254,11 @@ def sync_now_cmd(ctx: click.Context, ids: tuple[int, ...]) -> None:
 @click.pass_context
 def run_cmd(ctx: click.Context) -> None:
     """The long-running service: backfills queued integrations and syncs daily (06:00 UTC by default)."""
+    from worker.http import HealthServer
     from worker.sync.scheduler import SyncService
 
     app = _app(ctx)
+    lock = _sqlite_run_lock(app.settings.effective_database_url)  # held until the process exits
     app.engine  # migrate before serving  # noqa: B018
     if app.settings.master_key is None and app.settings.master_key_file is None:
         app.keyring  # noqa: B018 - generate the default key file now, with its warning, not mid-sync
@@ -266,9 +268,53 @@ def run_cmd(ctx: click.Context) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await SyncService(app).serve(stop)
+        service = SyncService(app)
+        http = HealthServer(app, service, app.settings.http_port) if app.settings.http_port else None
+        if http is not None:
+            try:
+                await http.start()
+            except OSError as exc:
+                _fail(f"cannot serve /healthz and /metrics on port {app.settings.http_port}: {exc.strerror or exc} "
+                      "(set COST_WORKER_HTTP_PORT to a free port, or 0 to turn the server off)", EXIT_USAGE)
+        try:
+            await service.serve(stop)
+        finally:
+            if http is not None:
+                await http.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _sqlite_run_lock(url: str) -> Any:
+    """SQLite is single-process for `run`: an exclusive lock on `<db file>.run.lock` for the process's lifetime.
+
+    Returns the open lock file (None for PostgreSQL, where replicas coordinate through leases). `sync-now`
+    and the other commands do not take it: they cooperate with `run` through the integration leases.
+    """
+    import fcntl
+
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    db_file = Path(parsed.database).expanduser().resolve()
+    db_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = (db_file.parent / f"{db_file.name}.run.lock").open("a+")
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        _fail(f"another `cost-worker run` is already using {db_file}: SQLite allows one `run` process "
+              "(use PostgreSQL for several replicas; `sync-now` works beside it)", EXIT_USAGE)
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 # --- reports ------------------------------------------------------------------------------------

@@ -6,21 +6,39 @@
 - `poll` runs every few seconds: it starts backfills of integrations connected from any process, and
   runs any daily slot not yet handled, which is how a restart after a missed 06:00 runs it once.
 Both only dispatch; per-integration state in the database (lease, last_daily_slot) makes every
-dispatch idempotent, so a duplicate fire is a no-op.
+dispatch idempotent, so a duplicate fire is a no-op. That is also how replicas on one PostgreSQL
+cooperate: APScheduler's job stores cannot be shared, so every replica runs its own scheduler and
+the rows decide. A replica only runs an integration whose lease it took (an atomic conditional
+UPDATE, checked under SELECT ... FOR UPDATE in each page's transaction), a daily slot runs for the
+replica that claims it first, and a lease left by a killed replica expires after `lease_seconds`,
+when the next poll anywhere takes it over and resumes from the checkpoints. The poll also marks
+run records whose process died (still `running`, lease gone) as `interrupted`.
+
+Shutdown (SIGTERM): no new dispatch, syncs in flight are cancelled; each finishes or rolls back the
+page being stored (one transaction), records its run as `interrupted` and releases its lease.
+Every sync task's log lines carry `integration_id` and `sync_kind`; each request adds `endpoint`,
+`window` and `request_id` (see `worker.logs.bind`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy import Connection, select, update
 
 from worker.app import App
+from worker.http import Metric
+from worker.logs import bind
 from worker.storage import repo
+from worker.storage.tables import integrations, sync_runs
 from worker.sync.engine import SyncOutcome, sync_integration
 from worker.sync.progress import LogProgress
 from worker.sync.windows import latest_slot
@@ -28,6 +46,55 @@ from worker.sync.windows import latest_slot
 log = logging.getLogger("worker.scheduler")
 
 BACKFILL_STATUSES = ("pending", "backfilling")
+SHUTDOWN_SECONDS = 8.0  # syncs get this long to store or roll back their page; the process exits within 10 s
+ABANDONED = "abandoned: the process running it stopped without finishing (its lease expired)"
+
+
+def reap_abandoned_runs(conn: Connection, now: datetime) -> int:
+    """Mark `running` run records of integrations nobody holds a lease on as `interrupted`.
+
+    A live sync holds its integration's lease from before its run record starts until after it is
+    finished, so a `running` record without a live lease belongs to a process that was killed.
+    """
+    held = select(integrations.c.id).where(integrations.c.lease_owner.is_not(None),
+                                           integrations.c.lease_expires_at >= now)
+    result = conn.execute(update(sync_runs)
+                          .where(sync_runs.c.outcome == "running", sync_runs.c.integration_id.not_in(held))
+                          .values(outcome="interrupted", error=ABANDONED, finished_at=now))
+    return int(result.rowcount or 0)
+
+
+class ObservedTransport(httpx.AsyncBaseTransport):
+    """Wraps the Admin API transport of one sync: binds each request's endpoint, window and request-id
+    to the task's log context, and counts answers for /metrics. Closes the inner transport only if it
+    made it (a shared test transport stays open)."""
+
+    def __init__(self, service: SyncService, integration_id: int, inner: httpx.AsyncBaseTransport | None) -> None:
+        self.service, self.integration_id = service, integration_id
+        self.owned = inner is None
+        self.inner = inner or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=4, max_keepalive_connections=2))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        endpoint = "cost" if path.endswith("cost_report") else "usage" if "usage_report" in path else "other"
+        params = request.url.params
+        window = f"{params.get('starting_at', '')[:10]}..{params.get('ending_at', '')[:10]}"
+        bind(endpoint=endpoint, window=window, request_id=None)
+        try:
+            response = await self.inner.handle_async_request(request)
+        except httpx.TransportError as exc:
+            self.service.count_request(self.integration_id, endpoint, type(exc).__name__)
+            raise
+        request_id = response.headers.get("request-id")
+        bind(request_id=request_id)
+        self.service.count_request(self.integration_id, endpoint, str(response.status_code))
+        log.debug("GET %s %s: %d", endpoint, window, response.status_code)
+        return response
+
+    async def aclose(self) -> None:
+        if self.owned:
+            await self.inner.aclose()
 
 
 class SyncService:
@@ -38,10 +105,58 @@ class SyncService:
         self.progress = LogProgress()
         self.semaphore = asyncio.Semaphore(app.settings.max_concurrent_syncs)
         self.dispatches = 0
+        self.stopping = False
+        self.scheduler: AsyncIOScheduler | None = None
+        self.last_poll: float | None = None  # time.monotonic() of the latest dispatch
+        self.started = time.monotonic()
+        self._polls: set[asyncio.Task[object]] = set()  # polls reading the database right now
+        self.outcomes: Counter[tuple[str, str]] = Counter()  # (kind, ok|error|skipped|crashed) by this process
+        self.requests: Counter[tuple[int, str, str]] = Counter()  # (integration, endpoint, status)
+
+    # --- health and metrics of this process -----------------------------------------------------
+
+    def health(self) -> tuple[bool, str]:
+        """Alive when the scheduler runs and its poll started within max(30 s, 6 polls)."""
+        if self.stopping:
+            return False, "shutting down"
+        if self.scheduler is None or not self.scheduler.running:
+            return False, "scheduler not running"
+        limit = max(30.0, 6 * self.app.settings.poll_seconds)
+        age = time.monotonic() - (self.last_poll if self.last_poll is not None else self.started)
+        if age > limit:
+            return False, f"no poll for {age:.0f}s (limit {limit:.0f}s)"
+        return True, f"scheduler running, last poll {age:.1f}s ago, {len(self.tasks)} sync(s) in flight"
+
+    def count_request(self, integration_id: int, endpoint: str, status: str) -> None:
+        self.requests[(integration_id, endpoint, status)] += 1
+
+    def process_metrics(self) -> Iterator[Metric]:
+        age = time.monotonic() - self.last_poll if self.last_poll is not None else -1
+        yield Metric("cost_worker_scheduler_last_poll_age_seconds", "gauge",
+                     "Seconds since this process's scheduler last polled for due work (-1: not yet).").add(age)
+        yield Metric("cost_worker_process_syncs_in_flight", "gauge",
+                     "Syncs this process is running now.").add(len(self.tasks))
+        runs = Metric("cost_worker_process_sync_runs_total", "counter",
+                      "Syncs this process finished, by kind and result (skipped: another process held the lease "
+                      "or had run the daily slot).")
+        for (kind, result), n in sorted(self.outcomes.items()):
+            runs.add(n, kind=kind, result=result)
+        yield runs
+        reqs = Metric("cost_worker_process_http_requests_total", "counter",
+                      "Admin API answers this process received, by integration, endpoint and HTTP status.")
+        for (iid, endpoint, status), n in sorted(self.requests.items()):
+            reqs.add(n, integration_id=str(iid), endpoint=endpoint, status=status)
+        yield reqs
+
+    # --- dispatch -------------------------------------------------------------------------------
 
     def _due(self) -> list[tuple[int, str, object]]:
         now = self.app.clock.now()
         slot = latest_slot(now, self.app.settings.daily_sync_time)
+        with self.app.engine.begin() as conn:
+            reaped = reap_abandoned_runs(conn, now)
+        if reaped:
+            log.warning("marked %d run record(s) of a stopped process as interrupted", reaped)
         with self.app.engine.begin() as conn:
             integrations = repo.list_integrations(conn)
         due: list[tuple[int, str, object]] = []
@@ -56,11 +171,21 @@ class SyncService:
 
     async def dispatch_due(self) -> None:
         """Start a task for every integration with work due. One failing integration never stops the others."""
+        if self.stopping:
+            return
         self.dispatches += 1
+        self.last_poll = time.monotonic()
+        current = asyncio.current_task()
+        if current is not None:
+            self._polls.add(current)
         try:
             due = await asyncio.to_thread(self._due)
         except Exception:
             log.exception("could not read integrations; retrying at the next poll")
+            return
+        finally:
+            self._polls.discard(current)  # type: ignore[arg-type]
+        if self.stopping:  # SIGTERM arrived while reading: take no new work
             return
         for integration_id, kind, slot in due:
             task = asyncio.create_task(self._guarded(integration_id, kind, slot))
@@ -68,15 +193,21 @@ class SyncService:
             task.add_done_callback(lambda _t, i=integration_id: self.tasks.pop(i, None))
 
     async def _guarded(self, integration_id: int, kind: str, slot: object) -> SyncOutcome | None:
+        bind(integration_id=integration_id, sync_kind=kind)  # this task's context: every line it logs
         async with self.semaphore:
             try:
-                return await sync_integration(self.app, integration_id, kind, progress=self.progress,  # type: ignore[arg-type]
-                                              transport=self.transport, daily_slot=slot)  # type: ignore[arg-type]
+                outcome = await sync_integration(
+                    self.app, integration_id, kind, progress=self.progress,  # type: ignore[arg-type]
+                    transport=ObservedTransport(self, integration_id, self.transport), daily_slot=slot)  # type: ignore[arg-type]
             except asyncio.CancelledError:
+                self.outcomes[(kind, "interrupted")] += 1
                 raise
             except Exception:
+                self.outcomes[(kind, "crashed")] += 1
                 log.exception("integration %d: %s sync crashed", integration_id, kind)
                 return None
+            self.outcomes[(kind, "skipped" if outcome.skipped else "ok" if outcome.ok else "error")] += 1
+            return outcome
 
     def build_scheduler(self) -> AsyncIOScheduler:
         s = self.app.settings
@@ -85,25 +216,44 @@ class SyncService:
                                                          timezone=UTC),
                           id="daily", coalesce=True, misfire_grace_time=24 * 3600, max_instances=1)
         scheduler.add_job(self.dispatch_due, "interval", seconds=s.poll_seconds, id="poll", coalesce=True,
-                          misfire_grace_time=None, max_instances=1, next_run_time=self.app.clock.now())
+                          misfire_grace_time=None, max_instances=1,
+                          # APScheduler runs on wall time whatever clock the app has: first poll right away
+                          next_run_time=datetime.now(UTC))
         return scheduler
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then cancel syncs in flight (each rolls back or finishes its page)."""
-        scheduler = self.build_scheduler()
-        scheduler.start()
+        self.scheduler = self.build_scheduler()
+        self.scheduler.start()
         log.info("cost-worker running: daily sync at %s UTC, polling every %.0fs",
                  self.app.settings.daily_sync_time.strftime("%H:%M"), self.app.settings.poll_seconds)
         try:
             await stop.wait()
         finally:
-            scheduler.shutdown(wait=False)
+            self.stopping = True
+            self.scheduler.pause()  # no new fires
+            await self._wait_for_polls()  # APScheduler's shutdown would cancel a poll mid-read, noisily
+            self.scheduler.shutdown(wait=False)
             await self.shutdown()
 
+    async def _wait_for_polls(self) -> None:
+        polls = self._polls - {asyncio.current_task()}
+        if polls:
+            await asyncio.wait(polls, timeout=2)
+
     async def shutdown(self) -> None:
+        """Stop taking work, cancel syncs in flight and wait (bounded) until each has recorded its run as
+        interrupted and released its lease."""
+        self.stopping = True
+        await self._wait_for_polls()  # a poll reading the database: let it finish and see `stopping`
         tasks = list(self.tasks.values())
+        if tasks:
+            log.info("stopping: interrupting %d sync(s) in flight", len(tasks))
         for t in tasks:
             t.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=8)
+            _done, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)
+            if pending:
+                log.error("%d sync(s) did not stop within %.0fs; their leases expire after lease_seconds",
+                          len(pending), SHUTDOWN_SECONDS)
         log.info("cost-worker stopped")

@@ -75,6 +75,20 @@ class TestGate:
         offsets = sorted(reserve(engine, "org:a", budget, clock.time()) for _ in range(4))
         assert offsets == pytest.approx([0, 60, 120, 180])
 
+    def test_next_slot_counts_from_the_answer(self, engine) -> None:  # type: ignore[no-untyped-def]
+        """A slow request (connection set-up, latency) pushes the next one to a full interval after its answer."""
+        clock = FakeClock(1_000_000.0)
+        gate = OrgGate(engine, "org:a", RateBudget(1.0, 1), clock)
+
+        async def go() -> list[float]:
+            first = await gate.acquire()
+            clock.advance(0.7)  # the request takes 0.7 s to answer
+            await gate.done()
+            return [first, await gate.acquire()]
+
+        assert asyncio.run(go()) == [0, pytest.approx(60)]  # 60 s after the answer, not 59.3 after the slot
+        assert clock.time() == pytest.approx(1_000_000.0 + 0.7 + 60)
+
     def test_charge_counts_a_request_made_elsewhere(self, engine) -> None:  # type: ignore[no-untyped-def]
         """charge() books a request already sent, so the next one waits its turn."""
         clock = FakeClock(1_000_000.0)

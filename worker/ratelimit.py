@@ -38,6 +38,21 @@ class RateBudget:
         self.tolerance = (burst - 1) * self.interval
 
 
+_SETTLE = text("UPDATE rate_buckets SET tat = :floor WHERE bucket = :bucket AND tat < :floor")
+
+
+def settle(engine: Engine, bucket: str, budget: RateBudget, finished_at: float) -> None:
+    """Space the next request from when this one finished, not from when its slot was reserved.
+
+    The server counts a request when it arrives; arrival lags the reserved slot by a varying delay
+    (connection set-up, scheduling), so slots exactly one interval apart can reach the server closer
+    than that and draw a 429. A request has surely arrived by the time its answer is back, so
+    pushing the next slot to at least `finished_at + interval` keeps arrivals an interval apart.
+    """
+    with engine.begin() as conn:
+        conn.execute(_SETTLE, {"floor": finished_at + budget.interval, "bucket": bucket})
+
+
 def reserve(engine: Engine, bucket: str, budget: RateBudget, now: float) -> float:
     """Reserve the bucket's next slot; returns how many seconds to wait before sending (0 = now)."""
     with engine.begin() as conn:
@@ -58,6 +73,10 @@ class OrgGate:
         if wait > 0:
             await self.clock.sleep(wait)
         return wait
+
+    async def done(self) -> None:
+        """Called when a request sent through this gate has its answer (or failed)."""
+        await asyncio.to_thread(settle, self.engine, self.bucket, self.budget, self.clock.time())
 
     def charge(self) -> float:
         """Record a request already sent outside this gate (the /me call made before the org was known)."""

@@ -54,6 +54,9 @@ RowT = TypeVar("RowT")
 
 
 class RequestGate(Protocol):
+    """Paces requests. A gate may also define `async def done(self) -> None`, called when each request
+    has its answer (or failed), to pace from answers rather than from reserved slots."""
+
     async def acquire(self) -> float:
         """Block until one request may be sent; return the seconds spent waiting."""
 
@@ -237,7 +240,10 @@ class AdminApiClient:
             self.stats.requests += 1
             outcome: ApiError | Retryable
             try:
-                response = await self._http.get(path, params=list(params))
+                try:
+                    response = await self._http.get(path, params=list(params))
+                finally:
+                    await self._request_done()
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 detail = safe_text(str(exc) or type(exc).__name__, 200)
                 outcome = Retryable(None, type(exc).__name__, None, detail)
@@ -275,6 +281,12 @@ class AdminApiClient:
             self.stats.retries += 1
             await self._clock.sleep(wait)
             self._waited(wait)
+
+    async def _request_done(self) -> None:
+        # Gates that pace from answers (worker.ratelimit.OrgGate) learn when each request finished.
+        done = getattr(self.gate, "done", None)
+        if done is not None:
+            await done()
 
     def _waited(self, seconds: float) -> None:
         if seconds > 0:

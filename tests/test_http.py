@@ -265,6 +265,8 @@ class TestLogs:
         iid = onboard(app, fake)
         fake.faults.error(len(fake.requests) + 1, status=500)  # the sync's first request fails once, then retries
         stream = io.StringIO()
+        root = logging.getLogger()
+        saved = (root.level, list(root.handlers))
         setup_logging("json", "info", stream=stream)
         try:
             async def go() -> None:
@@ -272,7 +274,8 @@ class TestLogs:
                     await until_idle(service)
             asyncio.run(go())
         finally:
-            setup_logging("text", "warning", stream=sys.stderr)
+            root.handlers[:] = saved[1]
+            root.setLevel(saved[0])
         lines = [json.loads(ln) for ln in stream.getvalue().splitlines()]
         pages = [ln for ln in lines if "stored" in ln["message"]]
         assert pages

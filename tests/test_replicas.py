@@ -3,11 +3,9 @@ replicas on one PostgreSQL (shared work, one daily run, one request budget, take
 `sync-now` beside them) and SQLite's one-`run` rule. Every test checks the stored data against the
 simulator's independent ground truth and counts requests on the simulator's side.
 
-The worker's budget is 60 requests/minute per organization; the simulator allows 80. A request is
-sent a little after its slot is reserved in the database (the reservation's own round trip, a first
-connection), so at equal rates ordinary jitter would draw 429s even from one process; 25% headroom
-still means two replicas that did not share the budget (120/minute) would be refused constantly, so
-zero 429s proves the budget is shared.
+Both sides allow 60 requests/minute per organization (the simulator's token bucket, burst 1, the
+worker's shared GCRA bucket): two replicas that did not share the budget would send 120/minute and
+be refused constantly, so zero 429s proves the budget is shared.
 """
 
 from __future__ import annotations
@@ -43,7 +41,7 @@ from worker.vault import MasterKey
 
 pytestmark = pytest.mark.slow
 
-WORKER_RPM, SIM_RPM = 60, 80
+WORKER_RPM, SIM_RPM = 60, 60
 needs_pg = pytest.mark.skipif(not PG_URL, reason="needs COST_WORKER_TEST_DATABASE_URL (PostgreSQL)")
 
 

@@ -12,16 +12,15 @@ import shlex
 import shutil
 import subprocess
 import tomllib
-import uuid
 from pathlib import Path
 from typing import Any
 
 import click
 import pytest
 import yaml
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
-from tests.conftest import PG_URL
+from tests.conftest import PG_URL, private_pg_schema
 from worker.cli import cli
 from worker.settings import Settings, load_settings
 from worker.storage.db import make_engine, upgrade
@@ -292,19 +291,12 @@ class TestGrafana:
     def test_queries_run_on_the_migrated_postgresql_schema(self) -> None:
         """Each query (macros substituted) executes on a freshly migrated PostgreSQL schema."""
         assert PG_URL
-        schema = f"cw_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(PG_URL)
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        sep = "&" if "?" in PG_URL else "?"
-        engine = make_engine(f"{PG_URL}{sep}options=-csearch_path%3D{schema}")
-        try:
-            upgrade(engine)
-            for sql in dashboard_queries():
-                with engine.begin() as conn:
-                    conn.execute(text(substitute(sql).replace(":", r"\:")))
-        finally:
-            engine.dispose()
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            admin.dispose()
+        with private_pg_schema(PG_URL) as url:
+            engine = make_engine(url)
+            try:
+                upgrade(engine)
+                for sql in dashboard_queries():
+                    with engine.begin() as conn:
+                        conn.execute(text(substitute(sql).replace(":", r"\:")))
+            finally:
+                engine.dispose()

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -27,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select, text, update
+from sqlalchemy import func, select, text, update
 
-from tests.conftest import PG_URL
+from tests.conftest import PG_URL, private_pg_schema
 from worker.app import App
 from worker.integrations import check_connection, connect
 from worker.secret import AdminKey
@@ -51,17 +50,8 @@ needs_pg = pytest.mark.skipif(not PG_URL, reason="needs COST_WORKER_TEST_DATABAS
 def pg_url() -> Iterator[str]:
     """A private schema on the test PostgreSQL (dropped afterwards)."""
     assert PG_URL
-    schema = f"cw_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with private_pg_schema(PG_URL) as url:
+        yield url
 
 
 @pytest.fixture

@@ -319,7 +319,8 @@ def _sqlite_run_lock(url: str) -> Any:
 
 # --- reports ------------------------------------------------------------------------------------
 
-def _parse_day(_ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
+def parse_day(_ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
+    """Click callback for a UTC day option (YYYY-MM-DD)."""
     if value is None:
         return None
     try:
@@ -329,8 +330,8 @@ def _parse_day(_ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 @cli.command("report")
-@click.option("--since", required=True, callback=_parse_day, help="First UTC day (YYYY-MM-DD).")
-@click.option("--until", required=True, callback=_parse_day, help="Last UTC day, inclusive (YYYY-MM-DD).")
+@click.option("--since", required=True, callback=parse_day, help="First UTC day (YYYY-MM-DD).")
+@click.option("--until", required=True, callback=parse_day, help="Last UTC day, inclusive (YYYY-MM-DD).")
 @click.option("--integration", "integration_id", type=int, default=None, help="Only this integration.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.pass_context

@@ -17,7 +17,7 @@ from worker.secret import AdminKey
 from worker.settings import Tier
 from worker.storage import repo
 from worker.storage.tables import integrations
-from worker.sync.windows import backfill_window, latest_slot
+from worker.sync.windows import window_ending, latest_slot
 from worker.vault import Keyring, Sealed, VaultError, integration_aad
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ async def check_connection(app: App, key: AdminKey, *, transport: httpx.AsyncBas
 def connect(app: App, key: AdminKey, org: Organization, *, label: str | None, tier: Tier) -> int:
     """Store a tested key for `org`, sealed with AES-256-GCM to the new row, and queue its backfill."""
     now = app.clock.now()
-    first, last = backfill_window(now.date(), app.settings.backfill_days(tier))
+    first, last = window_ending(now.date(), app.settings.backfill_days(tier))
     with app.engine.begin() as conn:
         existing = repo.find_by_organization(conn, org.id)
         if existing:

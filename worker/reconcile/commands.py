@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING
 
 import click
 
+from worker.cli import parse_day
 from worker.reconcile.aggregate import GroupBy
 from worker.reconcile.compare import DEFAULT_TOLERANCE_PCT
 from worker.reconcile.formats import AUTO, FORMATS
@@ -33,15 +34,6 @@ EXIT_USAGE = 2
 IMPORT_BATCH = 5000
 """Events per batch: one upsert, and one transaction unless --strict."""
 SOURCE_MAX = 100
-
-
-def _day(_ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param=param) from None
 
 
 def _tolerance(_ctx: click.Context, param: click.Parameter, value: str) -> Decimal:
@@ -169,8 +161,8 @@ def _counts(counter: Counter[str]) -> str:
 # --- reconcile --------------------------------------------------------------------------------------
 
 @click.command("reconcile")
-@click.option("--since", required=True, callback=_day, help="First UTC day (YYYY-MM-DD).")
-@click.option("--until", required=True, callback=_day, help="Last UTC day, inclusive (YYYY-MM-DD).")
+@click.option("--since", required=True, callback=parse_day, help="First UTC day (YYYY-MM-DD).")
+@click.option("--until", required=True, callback=parse_day, help="Last UTC day, inclusive (YYYY-MM-DD).")
 @click.option("--integration", "integration_id", type=int, default=None, help="Only this integration's bill.")
 @click.option("--source", "sources", multiple=True,
               help="Events of this source (repeatable). Required when several sources have events in the period.")

@@ -8,8 +8,6 @@ read-then-write transaction that started deferred could not upgrade its lock whe
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +81,13 @@ def alembic_dir() -> Path:
     raise DatabaseError("migration scripts not found (the package is incomplete)")
 
 
-def _alembic_config(connection: Connection) -> Any:
+def _alembic_config(connection: Connection | None = None) -> Any:
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(alembic_dir()))
-    cfg.attributes["connection"] = connection
+    if connection is not None:
+        cfg.attributes["connection"] = connection
     return cfg
 
 
@@ -118,17 +117,7 @@ def current_revision(engine: Engine) -> str | None:
 def head_revision() -> str | None:
     from alembic.script import ScriptDirectory
 
-    with engine_free_config() as cfg:
-        return ScriptDirectory.from_config(cfg).get_current_head()
-
-
-@contextmanager
-def engine_free_config() -> Iterator[Any]:
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(alembic_dir()))
-    yield cfg
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -248,6 +248,3 @@ def count_rows(conn: Connection, integration_id: int) -> tuple[int, int]:
     u = conn.execute(select(func.count()).select_from(usage_rows).where(usage_rows.c.integration_id == integration_id))
     return int(c.scalar_one()), int(u.scalar_one())
 
-
-def days_stored(conn: Connection, table: Any, integration_id: int) -> Iterable[date]:
-    return [r[0] for r in conn.execute(select(table.c.day).where(table.c.integration_id == integration_id).distinct())]

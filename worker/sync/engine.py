@@ -28,7 +28,7 @@ from worker.storage import repo
 from worker.storage.rows import cost_table_rows, usage_table_rows
 from worker.storage.tables import integrations
 from worker.sync.progress import LogProgress, Progress
-from worker.sync.windows import ONE_DAY, chunks, days_between, trailing_window
+from worker.sync.windows import ONE_DAY, chunks, days_between, window_ending
 from worker.vault import VaultError
 
 log = logging.getLogger("worker.sync")
@@ -166,7 +166,7 @@ class IntegrationSync:
         if self.kind == "backfill":
             reread = (integ.backfill_end + ONE_DAY, today) if today > integ.backfill_end else None
         else:
-            reread = trailing_window(today, app.settings.resync_days)
+            reread = window_ending(today, app.settings.resync_days)
         first = min([cp for _, cp in backfill] + ([reread[0]] if reread else []), default=today)
         last = max([integ.backfill_end] * bool(backfill) + ([reread[1]] if reread else []), default=today)
         started = app.clock.now()

@@ -8,13 +8,8 @@ from datetime import UTC, date, datetime, time, timedelta
 ONE_DAY = timedelta(days=1)
 
 
-def backfill_window(today: date, days: int) -> tuple[date, date]:
-    """The tier's `days` days up to and including today."""
-    return today - timedelta(days=days - 1), today
-
-
-def trailing_window(today: date, days: int) -> tuple[date, date]:
-    """The re-read window: the last `days` days ending today (restated days are picked up here)."""
+def window_ending(today: date, days: int) -> tuple[date, date]:
+    """The last `days` days up to and including today: a tier's backfill, or the daily re-read window."""
     return today - timedelta(days=days - 1), today
 
 

@@ -33,6 +33,7 @@ from worker.logs import setup_logging
 from worker.storage import repo
 from worker.storage.db import head_revision
 from worker.storage.tables import cost_rows, usage_rows
+from worker.sync.engine import sync_now
 from worker.sync.scheduler import SyncService
 
 SAMPLE = re.compile(r'^(cost_worker_[a-z0-9_]+)(\{([a-z_]+="(?:[^"\\]|\\.)*",?)*\})? (-?[0-9.e+-]+|NaN)$')
@@ -289,6 +290,29 @@ class TestLogs:
         assert failures[0]["integration_id"] == iid and failures[0]["window"] and failures[0]["request_id"]
         started = [ln for ln in lines if "sync of" in ln["message"]]
         assert started and all(ln["integration_id"] == iid for ln in started)
+        assert FAKE_ADMIN_KEY not in stream.getvalue()
+
+    def test_sync_now_lines_carry_integration_window_and_request_id(self, app: App, fake: FakeAdminApi) -> None:
+        """`sync-now` runs outside the service: its lines name the integration, window and request-id too."""
+        iid = onboard(app, fake)
+        stream = io.StringIO()
+        root = logging.getLogger()
+        saved = (root.level, list(root.handlers))
+        setup_logging("json", "info", stream=stream)
+        try:
+            [outcome] = asyncio.run(sync_now(app, [iid], transport=fake.transport()))
+        finally:
+            root.handlers[:] = saved[1]
+            root.setLevel(saved[0])
+        assert outcome.ok
+        lines = [json.loads(ln) for ln in stream.getvalue().splitlines()]
+        pages = [ln for ln in lines if "stored" in ln["message"]]
+        assert pages
+        for ln in pages:
+            assert (ln["integration_id"], ln["sync_kind"]) == (iid, "manual")
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d\.\.\d{4}-\d\d-\d\d", ln["window"])
+            assert ln["request_id"]
+        assert all(ln.get("integration_id") == iid for ln in lines if "sync of" in ln["message"])
         assert FAKE_ADMIN_KEY not in stream.getvalue()
 
 

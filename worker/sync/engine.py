@@ -23,6 +23,7 @@ from sqlalchemy import select
 from worker.api import AdminApiClient, ApiError, IntegrationBlocked, Page, RequestStats
 from worker.app import App
 from worker.integrations import make_client, open_key
+from worker.logs import bind, bound
 from worker.ratelimit import OrgGate, org_bucket
 from worker.storage import repo
 from worker.storage.rows import cost_table_rows, usage_table_rows
@@ -52,6 +53,44 @@ class SyncOutcome:
     rows: int = 0
 
 
+class ObservedTransport(httpx.AsyncBaseTransport):
+    """Wraps the Admin API transport of one sync: binds each request's endpoint, window and request-id
+    to the task's log context (so every line the sync logs about it names them), and reports each
+    answer to `on_answer` (the service counts them for /metrics). Closes the inner transport only if
+    it made it (a shared test transport stays open)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport | None,
+                 on_answer: Callable[[str, str], None] | None = None) -> None:
+        self.on_answer = on_answer
+        self.owned = inner is None
+        self.inner = inner or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=4, max_keepalive_connections=2))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        endpoint = "cost" if path.endswith("cost_report") else "usage" if "usage_report" in path else "other"
+        params = request.url.params
+        window = f"{params.get('starting_at', '')[:10]}..{params.get('ending_at', '')[:10]}"
+        bind(endpoint=endpoint, window=window, request_id=None)
+        try:
+            response = await self.inner.handle_async_request(request)
+        except httpx.TransportError as exc:
+            self._answer(endpoint, type(exc).__name__)
+            raise
+        bind(request_id=response.headers.get("request-id"))
+        self._answer(endpoint, str(response.status_code))
+        log.debug("GET %s %s: %d", endpoint, window, response.status_code)
+        return response
+
+    def _answer(self, endpoint: str, status: str) -> None:
+        if self.on_answer is not None:
+            self.on_answer(endpoint, status)
+
+    async def aclose(self) -> None:
+        if self.owned:
+            await self.inner.aclose()
+
+
 async def _db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
@@ -60,8 +99,10 @@ class IntegrationSync:
     """One sync run of one integration, holding its lease throughout."""
 
     def __init__(self, app: App, integration_id: int, kind: Kind, progress: Progress,
-                 transport: httpx.AsyncBaseTransport | None = None, daily_slot: datetime | None = None) -> None:
-        self.app, self.id, self.kind, self.progress, self.transport = app, integration_id, kind, progress, transport
+                 transport: httpx.AsyncBaseTransport | None = None, daily_slot: datetime | None = None,
+                 on_answer: Callable[[str, str], None] | None = None) -> None:
+        self.app, self.id, self.kind, self.progress = app, integration_id, kind, progress
+        self.transport = ObservedTransport(transport, on_answer)
         self.daily_slot = daily_slot
         self.stats = RequestStats()
         self.run_id: int | None = None
@@ -140,6 +181,12 @@ class IntegrationSync:
     # --- the run ---------------------------------------------------------------------------------
 
     async def run(self) -> SyncOutcome:
+        # Every line logged during the run (here, in the client, in progress) names the integration,
+        # whether it runs in the service or in `sync-now`.
+        with bound(integration_id=self.id, sync_kind=self.kind):
+            return await self._run()
+
+    async def _run(self) -> SyncOutcome:
         if not await _db(self._take_lease):
             return SyncOutcome(self.id, self.kind, True, "skipped: another process is syncing it", skipped=True)
         if self.daily_slot is not None and not await _db(self._claim_slot):
@@ -242,9 +289,10 @@ class IntegrationSync:
 
 async def sync_integration(app: App, integration_id: int, kind: Kind, *, progress: Progress | None = None,
                            transport: httpx.AsyncBaseTransport | None = None,
-                           daily_slot: datetime | None = None) -> SyncOutcome:
+                           daily_slot: datetime | None = None,
+                           on_answer: Callable[[str, str], None] | None = None) -> SyncOutcome:
     """Run one sync of one integration (skipped when another process holds its lease)."""
-    sync = IntegrationSync(app, integration_id, kind, progress or LogProgress(), transport, daily_slot)
+    sync = IntegrationSync(app, integration_id, kind, progress or LogProgress(), transport, daily_slot, on_answer)
     return await sync.run()
 
 

@@ -64,39 +64,6 @@ def reap_abandoned_runs(conn: Connection, now: datetime) -> int:
     return int(result.rowcount or 0)
 
 
-class ObservedTransport(httpx.AsyncBaseTransport):
-    """Wraps the Admin API transport of one sync: binds each request's endpoint, window and request-id
-    to the task's log context, and counts answers for /metrics. Closes the inner transport only if it
-    made it (a shared test transport stays open)."""
-
-    def __init__(self, service: SyncService, integration_id: int, inner: httpx.AsyncBaseTransport | None) -> None:
-        self.service, self.integration_id = service, integration_id
-        self.owned = inner is None
-        self.inner = inner or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=4, max_keepalive_connections=2))
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        path = request.url.path
-        endpoint = "cost" if path.endswith("cost_report") else "usage" if "usage_report" in path else "other"
-        params = request.url.params
-        window = f"{params.get('starting_at', '')[:10]}..{params.get('ending_at', '')[:10]}"
-        bind(endpoint=endpoint, window=window, request_id=None)
-        try:
-            response = await self.inner.handle_async_request(request)
-        except httpx.TransportError as exc:
-            self.service.count_request(self.integration_id, endpoint, type(exc).__name__)
-            raise
-        request_id = response.headers.get("request-id")
-        bind(request_id=request_id)
-        self.service.count_request(self.integration_id, endpoint, str(response.status_code))
-        log.debug("GET %s %s: %d", endpoint, window, response.status_code)
-        return response
-
-    async def aclose(self) -> None:
-        if self.owned:
-            await self.inner.aclose()
-
-
 class SyncService:
     def __init__(self, app: App, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.app = app
@@ -198,7 +165,8 @@ class SyncService:
             try:
                 outcome = await sync_integration(
                     self.app, integration_id, kind, progress=self.progress,  # type: ignore[arg-type]
-                    transport=ObservedTransport(self, integration_id, self.transport), daily_slot=slot)  # type: ignore[arg-type]
+                    transport=self.transport, daily_slot=slot,  # type: ignore[arg-type]
+                    on_answer=lambda endpoint, status: self.count_request(integration_id, endpoint, status))
             except asyncio.CancelledError:
                 self.outcomes[(kind, "interrupted")] += 1
                 raise

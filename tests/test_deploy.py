@@ -21,6 +21,7 @@ import yaml
 from sqlalchemy import text
 
 from tests.conftest import PG_URL, private_pg_schema
+import worker.reconcile.runs  # noqa: F401 - registers reconcile_runs (a dashboard panel reads it)
 from worker.cli import cli
 from worker.settings import Settings, load_settings
 from worker.storage.db import make_engine, upgrade
@@ -243,7 +244,7 @@ SQL_WORDS = {
     "select", "from", "where", "and", "or", "not", "in", "is", "null", "as", "group", "by", "order", "left",
     "join", "on", "case", "when", "then", "else", "end", "sum", "count", "min", "max", "coalesce", "nullif",
     "timestamp", "float", "extract", "epoch", "now", "date_trunc", "day", "asc", "desc", "limit", "__text",
-    "__value", "between",
+    "__value", "between", "distinct",
 }
 
 
@@ -286,6 +287,7 @@ class TestGrafana:
         assert "SUM(amount_usd)" in joined and "model" in joined
         assert "cache_read_input_tokens" in joined and "cache_share" in joined
         assert "FROM integrations" in joined and "sync_runs" in joined
+        assert "FROM reconcile_runs" in joined and "delta_usd" in joined  # latest drift per integration
 
     @pytest.mark.skipif(not PG_URL, reason="needs COST_WORKER_TEST_DATABASE_URL (PostgreSQL)")
     def test_queries_run_on_the_migrated_postgresql_schema(self) -> None:

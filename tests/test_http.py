@@ -355,6 +355,39 @@ class TestProcess:
             assert proc.wait(timeout=10) == 0
             proc.stderr.close()  # type: ignore[union-attr]
 
+    def test_run_listens_on_http_host_only(self, run_env: dict[str, str]) -> None:
+        """COST_WORKER_HTTP_HOST=127.0.0.2 (a loopback address of its own): answers there, refuses 127.0.0.1."""
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "worker", "run"], env={
+            **run_env, "COST_WORKER_HTTP_PORT": str(port), "COST_WORKER_HTTP_HOST": "127.0.0.2"},
+            stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.2:{port}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            assert httpx.get(f"http://127.0.0.2:{port}/healthz").status_code == 200
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://127.0.0.1:{port}/healthz")
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=10) == 0
+
+    @pytest.mark.parametrize(("host", "named"), [("192.0.2.1", "COST_WORKER_HTTP_HOST"),
+                                                 ("no host!", "COST_WORKER_HTTP_HOST")])
+    def test_bad_http_host_is_a_clear_usage_error(self, run_env: dict[str, str], host: str, named: str) -> None:
+        """An address not of this machine, or not an address at all: exit 2, one line naming the setting."""
+        result = subprocess.run([sys.executable, "-m", "worker", "run"], capture_output=True, text=True,
+                                env={**run_env, "COST_WORKER_HTTP_PORT": str(free_port()),
+                                     "COST_WORKER_HTTP_HOST": host}, timeout=30)
+        assert result.returncode == 2, result.stderr
+        errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and named in errors[0], result.stderr
+        assert "Traceback" not in result.stderr
+
     def test_port_in_use_is_a_clear_usage_error(self, run_env: dict[str, str]) -> None:
         """A taken port stops `run` with exit 2 and one line naming COST_WORKER_HTTP_PORT."""
         with socket.socket() as busy:

@@ -269,13 +269,15 @@ def run_cmd(ctx: click.Context) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         service = SyncService(app)
-        http = HealthServer(app, service, app.settings.http_port) if app.settings.http_port else None
+        s = app.settings
+        http = HealthServer(app, service, s.http_port, host=s.http_host) if s.http_port else None
         if http is not None:
             try:
                 await http.start()
             except OSError as exc:
-                _fail(f"cannot serve /healthz and /metrics on port {app.settings.http_port}: {exc.strerror or exc} "
-                      "(set COST_WORKER_HTTP_PORT to a free port, or 0 to turn the server off)", EXIT_USAGE)
+                _fail(f"cannot serve /healthz and /metrics on {s.http_host} port {s.http_port}: "
+                      f"{exc.strerror or exc} (set COST_WORKER_HTTP_PORT to a free port or 0 to turn the server "
+                      "off; COST_WORKER_HTTP_HOST to an address of this machine)", EXIT_USAGE)
         try:
             await service.serve(stop)
         finally:

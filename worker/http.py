@@ -12,8 +12,8 @@
 
 A small asyncio HTTP/1.1 server (one request per connection) on the service's event loop; database
 reads run in threads (`asyncio.to_thread`) with a time limit, so a slow database never blocks the
-scheduler. `register_collector` is the hook other features use to add series (e.g. reconciliation's
-latest drift per integration).
+scheduler. Reconciliation's series (`cost_worker_reconcile_*`, the latest drift per integration) come
+from `worker.reconcile.runs`; `register_collector` is the hook for further database-backed series.
 """
 
 from __future__ import annotations
@@ -82,9 +82,7 @@ def render(metrics: Iterable[Metric]) -> str:
     return "\n".join(line for m in metrics for line in m.render()) + "\n"
 
 
-# A collector reads the database (in a worker thread) and returns metric families. Reconciliation
-# registers one for `cost_worker_drift_usd{integration_id}` (latest drift per integration) once its
-# results are stored; until then no drift series is exported.
+# A collector reads the database (in a worker thread) and returns metric families.
 Collector = Callable[[Connection], Iterable[Metric]]
 _COLLECTORS: list[Collector] = []
 
@@ -260,8 +258,11 @@ class HealthServer:
         return Reply(200, render(families), CONTENT_TYPE_METRICS)
 
     def _database_metrics(self) -> list[Metric]:
+        from worker.reconcile.runs import reconcile_metrics
+
         with self.app.engine.connect() as conn:
             families = integration_metrics(conn, self.app.clock.now())
+            families.extend(reconcile_metrics(conn))
             for collector in _COLLECTORS:
                 families.extend(collector(conn))
         return families

@@ -62,8 +62,17 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=300.0, ge=10)
     max_concurrent_syncs: int = Field(default=1000, ge=1)
     http_port: int = Field(default=8080, ge=0, le=65535)  # /healthz, /readyz, /metrics of `run`; 0 = off
+    # All interfaces by default: probes and scrapes reach a container on its pod/bridge address.
+    http_host: str = "0.0.0.0"  # noqa: S104
     log_format: Literal["auto", "text", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("http_host")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9A-Za-z.\-]{1,253}|[0-9A-Fa-f:.]{2,45}", value):
+            raise ValueError("expected an IP address or a host name, e.g. 0.0.0.0, :: or 127.0.0.1")
+        return value
 
     @field_validator("previous_master_keys", "previous_master_key_files", mode="before")
     @classmethod
@@ -164,7 +173,7 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
     name = ".".join(str(p) for p in err["loc"]) or "settings"
     env_name = ENV_PREFIX + name.split(".")[0].upper()
     where = env_name if env_name in os.environ else (f"{name} in {path}" if path else env_name)
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")  # our validators' own words, without pydantic's prefix
     if err["type"] == "extra_forbidden":
         return f"invalid setting {where}: unknown setting (see config.example.toml for the valid names)"
     # pydantic echoes the input in some messages; secrets must never be echoed, so only the reason is used.

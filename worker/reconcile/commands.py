@@ -178,6 +178,7 @@ def reconcile_command(ctx: click.Context, since: date, until: date, integration_
     from worker.cli import Failure, get_app
     from worker.reconcile.compare import compare
     from worker.reconcile.render import render, render_summary
+    from worker.reconcile.runs import record_run
     from worker.reconcile.store import load_bill, sources_between, tracked_aggregates
     from worker.storage import repo
 
@@ -199,6 +200,9 @@ def reconcile_command(ctx: click.Context, since: date, until: date, integration_
         bill = load_bill(conn, since, until, by, integration_id)
         tracked = tracked_aggregates(conn, since, until, sources or None, by, normalizer.normalize)
     result = compare(bill.cells(), tracked, bill.fees(), tolerance_pct=tolerance, prices=bill.prices())
+    with app.engine.begin() as conn:  # the summary feeds /metrics: latest drift per integration
+        record_run(conn, result.summary, integration_id=integration_id, sources=sources, since=since, until=until,
+                   group_by=by, finished_at=app.clock.now())
     output = render(result, fmt)
     click.echo(output, nl=not output.endswith("\n"))
     if fmt != "table":  # the table ends with it; csv/json consumers read stdout, people read stderr

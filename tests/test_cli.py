@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import respx
 from click.testing import CliRunner, Result
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from tests.fake_api import FAKE_ADMIN_KEY, FakeAdminApi
 from worker.cli import cli
@@ -113,6 +113,85 @@ class TestOnboarding:
         """An unknown tier exits 2 before anything happens."""
         assert invoke(env, "connect", "--tier", "gold").exit_code == 2
         assert fake.requests == []
+
+
+NEW_KEY = "sk-ant-admin01-RotatedKeyForTestsOnly_9876543210zyxwvutsrqponmlkjihgfedcba-QrStUvWx"
+
+
+class TestReplaceKey:
+    @pytest.fixture
+    def rotated(self, fake: FakeAdminApi) -> Iterator[FakeAdminApi]:
+        """The organization revoked the first key and created NEW_KEY (the fake accepts only its `key`)."""
+        org_id = fake.org_id
+        yield fake
+        fake.key, fake.org_id = FAKE_ADMIN_KEY, org_id
+
+    def stored(self, env: dict[str, str], iid: int) -> Any:
+        engine = make_engine(env["COST_WORKER_DATABASE_URL"])
+        try:
+            with engine.connect() as conn:
+                return conn.execute(select(integrations).where(integrations.c.id == iid)).one()
+        finally:
+            engine.dispose()
+
+    def test_revoked_key_replaced_keeps_rows_and_syncs_again(self, env: dict[str, str],
+                                                               rotated: FakeAdminApi) -> None:
+        """After a revocation: replace-key stores the new key (sealed), keeps every synced row, and the
+        next sync-now with it succeeds and still equals the truth."""
+        iid = connect(env)
+        assert invoke(env, "sync-now").exit_code == 0
+        since, until = str(TODAY - timedelta(days=29)), str(TODAY)
+        report = invoke(env, "report", "--since", since, "--until", until, "--format", "json").stdout
+        rotated.key = NEW_KEY
+        assert invoke(env, "sync-now").exit_code == 1  # the old key is refused now
+        assert self.stored(env, iid).status == "error"
+        result = invoke(env, "integrations", "replace-key", str(iid), key=NEW_KEY)
+        assert result.exit_code == 0, result.output
+        assert "sk-ant-admin01-...EfGh replaced by sk-ant-admin01-...UvWx" in result.stdout
+        assert NEW_KEY not in result.output
+        row = self.stored(env, iid)
+        assert row.key_hint == "sk-ant-admin01-...UvWx"
+        assert NEW_KEY.encode() not in row.key_ciphertext and FAKE_ADMIN_KEY.encode() not in row.key_ciphertext
+        # Nothing synced was lost by the swap.
+        assert invoke(env, "report", "--since", since, "--until", until, "--format", "json").stdout == report
+        synced = invoke(env, "sync-now")
+        assert synced.exit_code == 0, synced.output
+        assert self.stored(env, iid).status == "ok"
+        rows = json.loads(invoke(env, "report", "--since", since, "--until", until, "--format", "json").stdout)
+        total = sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0))
+        assert total == sum((rotated.truth_cost(TODAY - timedelta(days=i)) for i in range(30)), Decimal(0))
+
+    def test_failed_backfill_is_queued_again(self, env: dict[str, str], rotated: FakeAdminApi) -> None:
+        """A backfill stopped by the revocation goes back to pending, so `run` resumes it."""
+        iid = connect(env)
+        rotated.key = NEW_KEY
+        assert invoke(env, "sync-now").exit_code == 1
+        assert self.stored(env, iid).status == "error"
+        assert invoke(env, "integrations", "replace-key", str(iid), key=NEW_KEY).exit_code == 0
+        assert self.stored(env, iid).status == "pending"
+
+    def test_key_of_another_organization_is_refused(self, env: dict[str, str], rotated: FakeAdminApi) -> None:
+        """A key of a different organization: exit 2, one line, the stored key untouched."""
+        iid = connect(env)
+        before = self.stored(env, iid)
+        rotated.key, rotated.org_id = NEW_KEY, "0b1c2d3e-other-org"
+        result = invoke(env, "integrations", "replace-key", str(iid), key=NEW_KEY)
+        assert result.exit_code == 2
+        (line,) = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+        assert "belongs to organization" in line and "0b1c2d3e-other-org" in line
+        after = self.stored(env, iid)
+        assert (after.key_ciphertext, after.key_hint) == (before.key_ciphertext, before.key_hint)
+
+    def test_unknown_integration_sends_nothing(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+        result = invoke(env, "integrations", "replace-key", "42", key=NEW_KEY)
+        assert result.exit_code == 2 and "no integration 42" in result.output
+        assert fake.requests == []
+
+    def test_connecting_an_organization_again_points_to_replace_key(self, env: dict[str, str],
+                                                                   fake: FakeAdminApi) -> None:
+        iid = connect(env)
+        result = invoke(env, "connect")
+        assert result.exit_code == 2 and f"integrations replace-key {iid}" in result.output
 
 
 class TestSyncAndReport:

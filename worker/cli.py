@@ -176,7 +176,7 @@ def connect_cmd(ctx: click.Context, label: str | None, tier: str) -> None:
 
 @cli.group("integrations")
 def integrations_group() -> None:
-    """List or remove connected organizations."""
+    """List or remove connected organizations, or replace one's Admin key."""
 
 
 def _iso(value: datetime | date | None) -> str | None:
@@ -220,6 +220,25 @@ def integrations_remove(ctx: click.Context, integration_id: int) -> None:
     if not remove(_app(ctx).engine, integration_id):
         _fail(f"no integration {integration_id} (see `cost-worker integrations list`)", EXIT_USAGE)
     click.echo(f"removed integration {integration_id} and its stored data")
+
+
+@integrations_group.command("replace-key")
+@click.argument("integration_id", type=int)
+@click.pass_context
+def integrations_replace_key(ctx: click.Context, integration_id: int) -> None:
+    """Swap in a new Admin key of the same organization (after a revocation or rotation); keeps every synced row."""
+    from worker.integrations import replace_key
+    from worker.storage import repo
+
+    app = _app(ctx)
+    with app.engine.begin() as conn:  # before reading the key or sending a request
+        if repo.get_integration(conn, integration_id) is None:
+            _fail(f"no integration {integration_id} (see `cost-worker integrations list`)", EXIT_USAGE)
+    key = read_admin_key()
+    org = _run_connection_test(app, key)
+    before = replace_key(app, integration_id, key, org)
+    click.echo(f"integration {integration_id} ({before.label}): key {before.key_hint} replaced by {key.hint}; "
+               f"`cost-worker sync-now --integration {integration_id}` syncs with it now")
 
 
 # --- syncing ------------------------------------------------------------------------------------

@@ -60,8 +60,8 @@ def connect(app: App, key: AdminKey, org: Organization, *, label: str | None, ti
         existing = repo.find_by_organization(conn, org.id)
         if existing:
             raise IntegrationError(
-                f"organization {org.name!r} is already connected as integration {existing[0].id}; "
-                f"remove it first with `cost-worker integrations remove {existing[0].id}`")
+                f"organization {org.name!r} is already connected as integration {existing[0].id}; to use this "
+                f"key for it: `cost-worker integrations replace-key {existing[0].id}`")
         integration_id = repo.insert_integration(
             conn, label=(label or "").strip() or f"Anthropic - {org.name}", tier=tier,
             organization_id=org.id, organization_name=org.name, key_ciphertext=b"", key_id="",
@@ -77,6 +77,29 @@ def connect(app: App, key: AdminKey, org: Organization, *, label: str | None, ti
     return integration_id
 
 
+def replace_key(app: App, integration_id: int, key: AdminKey, org: Organization) -> repo.Integration:
+    """Store a new, tested key of the same organization in place of the integration's key (a revoked or
+    rotated one), keeping its synced rows, checkpoints and history. Returns the integration as it was."""
+    now = app.clock.now()
+    with app.engine.begin() as conn:
+        integ = repo.get_integration(conn, integration_id)
+        if integ is None:
+            raise IntegrationError(f"no integration {integration_id} (see `cost-worker integrations list`)")
+        if org.id != integ.organization_id:
+            # Another organization's key would mix two bills in one integration's rows.
+            raise IntegrationError(
+                f"this key belongs to organization {org.name!r} ({org.id}), but integration {integration_id} is "
+                f"{integ.organization_name!r} ({integ.organization_id}); connect it with `cost-worker connect`")
+        sealed = app.keyring.seal(key.reveal().encode(), aad=integration_aad(integration_id))
+        values: dict[str, object] = {"key_ciphertext": sealed.blob, "key_id": sealed.key_id,
+                                     "key_hint": key.hint, "updated_at": now}
+        if integ.status == "error" and not integ.backfill_done:
+            values["status"] = "pending"  # `run` resumes the backfill from its checkpoints
+        repo.update_integration(conn, integration_id, **values)
+    log.info("integration %d: Admin key replaced (organization %s)", integration_id, org.id)
+    return integ
+
+
 def open_key(keyring: Keyring, integration: repo.Integration) -> AdminKey:
     """The integration's Admin key; a VaultError names the integration (never garbage sent to the API)."""
     plaintext = keyring.open(Sealed(integration.key_id, integration.key_ciphertext),
@@ -84,7 +107,8 @@ def open_key(keyring: Keyring, integration: repo.Integration) -> AdminKey:
     try:
         return AdminKey(plaintext.decode())
     except (UnicodeDecodeError, ValueError):
-        raise VaultError(f"{integration.display}: the stored key is not an Admin key; reconnect it") from None
+        raise VaultError(f"{integration.display}: the stored key is not an Admin key; store one with "
+                         f"`cost-worker integrations replace-key {integration.id}`") from None
 
 
 @dataclass

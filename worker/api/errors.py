@@ -149,7 +149,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 _ACTION_401 = (
     "The Admin API key is invalid, revoked or expired: create a new Admin key in the Anthropic Console "
-    "(Settings > Admin API Keys, organization admins only) and reconnect with it."
+    "(Settings > Admin API Keys, organization admins only) and store it with "
+    "`cost-worker integrations replace-key ID` (or `connect` for a new organization)."
 )
 
 

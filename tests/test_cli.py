@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import respx
 from click.testing import CliRunner, Result
@@ -370,3 +371,18 @@ def test_help_lists_every_command() -> None:
 
 def _unused(*_: Any) -> None:
     pass
+
+
+class TestHelp:
+    def test_lazy_commands_listed_with_their_own_help(self) -> None:
+        """--help lists the lazily imported commands by the help written in LazyGroup, which must be the
+        commands' own first line, and each name resolves to its command."""
+        from worker.cli import LazyGroup
+
+        for name, (_module, _attr, text) in LazyGroup.lazy.items():
+            command = cli.get_command(click.Context(cli), name)
+            assert command is not None and command.name == name
+            assert text == (command.help or "").split("\n\n")[0].strip(), name
+        listed = CliRunner().invoke(cli, ["--help"]).stdout
+        assert all(f"  {name}  " in listed for name in LazyGroup.lazy)
+

@@ -6,13 +6,13 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select
 
 from worker.api.models import CostRow, UsageRow
 from worker.storage import repo
 from worker.storage.db import current_revision, head_revision, make_engine, upgrade
 from worker.storage.rows import cost_table_rows, usage_table_rows
-from worker.storage.tables import cost_rows
+from worker.storage.tables import cost_rows, usage_rows
 
 D1, D2 = date(2026, 3, 1), date(2026, 3, 2)
 NOW = datetime(2026, 3, 10, tzinfo=UTC)
@@ -44,11 +44,12 @@ def cost(day: date, amount: str, model: str | None = "claude-sonnet-4-6", token_
 
 
 def usage(day: date, model: str = "claude-sonnet-4-6", uncached: int = 10, out: int = 5, read: int = 3,
-          w5: int = 2, w1: int = 1) -> UsageRow:
+          w5: int = 2, w1: int = 1, extra: dict[str, object] | None = None) -> UsageRow:
     return UsageRow(day=day, workspace_id=None, model=model, service_tier="standard", context_window="0-200k",
                     api_key_id="apikey_1", inference_geo=None, uncached_input_tokens=uncached,
                     cache_read_input_tokens=read, cache_creation_5m_input_tokens=w5,
-                    cache_creation_1h_input_tokens=w1, output_tokens=out, web_search_requests=0)
+                    cache_creation_1h_input_tokens=w1, output_tokens=out, web_search_requests=0,
+                    extra=extra or {})
 
 
 def store_cost(engine: Engine, iid: int, days: list[date], rows: list[CostRow], when: datetime = NOW) -> None:
@@ -77,6 +78,35 @@ class TestExactMoney:
         row = cost_table_rows(integration_id, [cost(D1, "1")])[0] | {"amount_usd": 1.5}
         with pytest.raises(Exception, match="Decimal"), engine.begin() as conn:
             repo.replace_cost_days(conn, integration_id, [D1], [row], NOW)
+
+    def test_same_grain_sum_is_exact_beyond_28_digits(self, engine: Engine, integration_id: int) -> None:
+        """Same-grain amounts are summed without the default context's 28-digit rounding."""
+        big, tiny = "12345678901234567890.123456789012", "0.000000000001"
+        store_cost(engine, integration_id, [D1], [cost(D1, big), cost(D1, tiny)])
+        with engine.begin() as conn:
+            stored = conn.execute(select(cost_rows.c.amount_usd)).scalar_one()
+        assert stored == Decimal("12345678901234567890.123456789013")
+
+    def test_report_sum_is_exact_beyond_28_digits(self, engine: Engine, integration_id: int) -> None:
+        """The report adds a (day, model)'s rows without the default context's rounding too."""
+        store_cost(engine, integration_id, [D1], [cost(D1, "12345678901234567890.123456789012"),
+                                                  cost(D1, "0.000000000001", token_type="input_tokens")])
+        with engine.begin() as conn:
+            (r,) = repo.report(conn, D1, D1)
+        assert r.cost_usd == Decimal("12345678901234567890.123456789013")
+
+    def test_stored_exactly_as_the_typed_path_stores(self, engine: Engine, integration_id: int) -> None:
+        """Rows go to the driver without SQLAlchemy's types; what lands is what those types would store
+        (SQLite: ISO date text and the exact decimal text; PostgreSQL: DATE and NUMERIC), and reads back typed."""
+        store_cost(engine, integration_id, [D1], [cost(D1, "0.0000001843")])
+        with engine.begin() as conn:
+            day, amount = conn.execute(select(cost_rows.c.day, cost_rows.c.amount_usd)).one()
+            raw = conn.exec_driver_sql("SELECT day, amount_usd FROM cost_rows").one()
+        assert (day, amount) == (D1, Decimal("0.0000001843")) and str(amount) == "1.843E-7"
+        if engine.dialect.name == "sqlite":
+            assert tuple(raw) == ("2026-03-01", "0.0000001843")
+        else:
+            assert tuple(raw) == (D1, Decimal("0.0000001843"))
 
     def test_report_sums_exactly(self, engine: Engine, integration_id: int) -> None:
         """Ten thousand 0.000001 amounts sum to exactly 0.01 (floats would not)."""
@@ -110,6 +140,68 @@ class TestDayReplacement:
         changes = sorted((r["previous"], r["current"]) for r in revs)
         assert changes == [("1.25 USD", "1.50 USD"), ("9 USD", None)]
         assert all(r["changed_at"] == later for r in revs)
+
+    def test_reread_rewrites_only_what_changed(self, engine: Engine, integration_id: int) -> None:
+        """A re-read keeps unchanged rows as stored (same ids) and rewrites changed, new and vanished ones."""
+        same, changed = cost(D1, "1.25"), cost(D1, "2", token_type="uncached_input_tokens")
+        gone = cost(D1, "3", token_type="cache_read_input_tokens")
+        store_cost(engine, integration_id, [D1, D2], [same, changed, gone, cost(D2, "4")])
+        with engine.begin() as conn:
+            before = {(r.token_type, r.day): (r.id, r.amount_usd) for r in conn.execute(select(cost_rows))}
+        new = cost(D1, "5", model="claude-haiku-4-5")
+        store_cost(engine, integration_id, [D1, D2], [new, cost(D1, "2.5", token_type="uncached_input_tokens"),
+                                                       cost(D2, "4"), same])
+        with engine.begin() as conn:
+            after = {(r.model, r.token_type, r.day): (r.id, r.amount_usd) for r in conn.execute(select(cost_rows))}
+            revs = sorted((r["previous"] or "", r["current"] or "") for r in repo.revisions_for(conn, integration_id))
+        sonnet = "claude-sonnet-4-6"
+        assert after[(sonnet, "output_tokens", D1)] == before[("output_tokens", D1)]  # untouched
+        assert after[(sonnet, "output_tokens", D2)] == before[("output_tokens", D2)]
+        assert after[(sonnet, "uncached_input_tokens", D1)][1] == Decimal("2.5")
+        assert after[("claude-haiku-4-5", "output_tokens", D1)][1] == Decimal("5")
+        assert (sonnet, "cache_read_input_tokens", D1) not in after
+        assert revs == [("", "5 USD"), ("2 USD", "2.5 USD"), ("3 USD", "")]
+
+    def test_rows_written_by_the_typed_path_are_recognized(self, engine: Engine, integration_id: int) -> None:
+        """Rows stored through SQLAlchemy's typed insert (as earlier versions did) compare equal to the same
+        rows re-read: no revision, nothing rewritten."""
+        rows = [cost(D1, "18.432075"), cost(D1, "0.0000001", token_type="cache_read_input_tokens"),
+                cost(D1, "100.00", model=None, token_type=None, cost_type="web_search")]
+        with engine.begin() as conn:
+            conn.execute(insert(cost_rows), cost_table_rows(integration_id, rows))
+            conn.execute(insert(usage_rows), usage_table_rows(integration_id, [usage(D1, extra={"n": 2})]))
+            ids = sorted(conn.execute(select(cost_rows.c.id)).scalars())
+        store_cost(engine, integration_id, [D1], rows)
+        with engine.begin() as conn:
+            repo.replace_usage_days(conn, integration_id, [D1], usage_table_rows(integration_id, [
+                usage(D1, extra={"n": 2})]), NOW)
+            assert sorted(conn.execute(select(cost_rows.c.id)).scalars()) == ids
+            assert repo.revisions_for(conn, integration_id) == []
+
+    def test_usage_revision_and_extra_counters(self, engine: Engine, integration_id: int) -> None:
+        """Usage: same-grain rows are summed (unknown counters too; unknown strings are part of the grain);
+        a changed day keeps the previous and new counts as JSON."""
+        first = [usage(D1, extra={"tool_calls": 1}), usage(D1, uncached=5, extra={"tool_calls": 2, "calls": 4}),
+                 usage(D1, extra={"region": "eu"})]
+        with engine.begin() as conn:
+            repo.replace_usage_days(conn, integration_id, [D1], usage_table_rows(integration_id, first), NOW)
+            stored = {r.extra_key: r for r in conn.execute(select(usage_rows))}
+        assert set(stored) == {"", '{"region":"eu"}'}
+        assert stored[""].uncached_input_tokens == 15 and stored[""].extra_counts == '{"calls":4,"tool_calls":3}'
+        with engine.begin() as conn:
+            repo.replace_usage_days(conn, integration_id, [D1], usage_table_rows(integration_id, [
+                usage(D1, uncached=16, extra={"tool_calls": 3, "calls": 4}), usage(D1, extra={"region": "eu"})]), NOW)
+            (rev,) = repo.revisions_for(conn, integration_id)
+        assert rev["kind"] == "usage" and rev["day"] == D1
+        assert rev["grain"] == ('{"api_key_id":"apikey_1","context_window":"0-200k","extra_key":"","inference_geo":"",'
+                               '"model":"claude-sonnet-4-6","service_tier":"standard","workspace_id":""}')
+        extra = '"extra":"{\\"calls\\":4,\\"tool_calls\\":3}"'
+        assert rev["previous"] == ('{"cache_creation_1h_input_tokens":2,"cache_creation_5m_input_tokens":4,'
+                                   '"cache_read_input_tokens":6,' + extra + ',"output_tokens":10,'
+                                   '"uncached_input_tokens":15,"web_search_requests":0}')
+        assert rev["current"] == ('{"cache_creation_1h_input_tokens":1,"cache_creation_5m_input_tokens":2,'
+                                  '"cache_read_input_tokens":3,' + extra + ',"output_tokens":5,'
+                                  '"uncached_input_tokens":16,"web_search_requests":0}')
 
     def test_empty_day_clears_it(self, engine: Engine, integration_id: int) -> None:
         """A day that comes back empty removes what was stored for it."""

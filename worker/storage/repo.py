@@ -7,19 +7,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
 from worker.storage.rows import (
+    COST_COLUMNS,
     COST_GRAIN,
+    USAGE_COLUMNS,
     USAGE_GRAIN,
-    cost_value,
     grain_json,
     none_if_empty,
     usage_value,
 )
 from worker.storage.tables import cost_rows, integrations, revisions, sync_runs, usage_rows
+from worker.storage.types import EXACT, exact_money, money_text, sqlite_date
 
 STATUSES = ("pending", "backfilling", "ok", "error")
 
@@ -137,43 +140,159 @@ def claim_daily_slot(conn: Connection, integration_id: int, slot: datetime) -> b
 
 
 # --- day replacement with revision history ------------------------------------------------------
+#
+# The hot path of every sync (a year of a large organization is about a million rows). Rows reach the
+# driver's executemany as plain tuples in the driver's own types (SQLAlchemy's per-row bind processing
+# cost more than the insert itself); the days' stored rows are read back the same way and compared
+# with the new ones as tuples. Only what differs is written: a re-read that changes nothing deletes
+# and inserts nothing, and JSON is made only for the revisions. What is stored is exactly what the
+# typed path stores: ISO dates and exact decimal text on SQLite, date and Decimal (NUMERIC) on
+# PostgreSQL.
 
-def _replace_days(conn: Connection, table: Any, grain: tuple[str, ...], value_of: Any, kind: str,
-                  integration_id: int, days: Sequence[date], new_rows: list[dict[str, Any]],
-                  changed_at: datetime, run_id: int | None) -> int:
+@dataclass(frozen=True)
+class _DayTable:
+    table: Any
+    kind: str
+    grain: tuple[str, ...]
+    columns: tuple[str, ...]  # integration_id, day, *grain, *values
+    money_at: int | None  # index of the amount in `columns`
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        return self.columns[2 + len(self.grain):]
+
+
+_COST = _DayTable(cost_rows, "cost", COST_GRAIN, COST_COLUMNS, COST_COLUMNS.index("amount_usd"))
+_USAGE = _DayTable(usage_rows, "usage", USAGE_GRAIN, USAGE_COLUMNS, None)
+_DELETE_CHUNK = 500  # ids per DELETE ... IN (...)
+
+
+def _marker(conn: Connection) -> str:
+    style = conn.dialect.paramstyle
+    if style == "qmark":
+        return "?"
+    if style in ("format", "pyformat"):
+        return "%s"
+    raise NotImplementedError(f"driver paramstyle {style!r} is not supported")  # pragma: no cover
+
+
+def _sqlite_cost_rows(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Cost rows as SQLite stores them (ISO day, exact decimal text), in COST_COLUMNS order."""
+    dates: dict[Any, str] = {}
+    out = []
+    append = out.append
+    for r in rows:
+        day, amount = r["day"], r["amount_usd"]
+        text = dates.get(day)
+        if text is None:
+            text = dates[day] = sqlite_date(day)
+        if type(amount) is not Decimal or not amount.is_finite():
+            exact_money(amount)  # raises for a float, an int, NaN...; passes a Decimal subclass
+        append((r["integration_id"], text, r["workspace_id"], r["model"], r["cost_type"], r["token_type"],
+                r["service_tier"], r["context_window"], r["inference_geo"], r["description"], r["extra"],
+                format(amount, "f"), r["currency"]))
+    return out
+
+
+def _driver_rows(spec: _DayTable, rows: list[dict[str, Any]], sqlite: bool) -> list[tuple[Any, ...]]:
+    """`rows` as tuples in `spec.columns` order, in the driver's types; money is checked (finite Decimal)."""
+    if sqlite and spec.money_at is not None:
+        assert spec.columns == COST_COLUMNS
+        return _sqlite_cost_rows(rows)
+    get = itemgetter(*spec.columns)
+    out = [get(r) for r in rows]
+    if spec.money_at is not None:
+        m = spec.money_at
+        for t in out:
+            exact_money(t[m])
+        return out  # psycopg adapts date and Decimal itself (NUMERIC, exact)
+    if sqlite:
+        dates = {day: sqlite_date(day) for day in {t[1] for t in out}}
+        out = [(t[0], dates[t[1]], *t[2:]) for t in out]
+    return out
+
+
+def _comparable(spec: _DayTable, values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row's values (everything after its grain) in a form equal on both sides when unchanged."""
+    if spec.money_at is None:
+        return values
+    amount, currency = values
+    return money_text(amount), currency
+
+
+def _revision_text(spec: _DayTable, values: tuple[Any, ...]) -> str:
+    if spec.money_at is not None:
+        return f"{money_text(values[0])} {values[1]}"  # == rows.cost_value
+    return usage_value(dict(zip(spec.values, values, strict=True)))
+
+
+def _replace_days(conn: Connection, spec: _DayTable, integration_id: int, days: Sequence[date],
+                  new_rows: list[dict[str, Any]], changed_at: datetime, run_id: int | None) -> int:
     if not days:
         return 0
-    day_filter = and_(table.c.integration_id == integration_id, table.c.day.in_(list(days)))
-    existing = [dict(r._mapping) for r in conn.execute(select(table).where(day_filter))]
-    if existing:
-        days_with_data = {r["day"] for r in existing}
-        old = {(r["day"], grain_json(r, grain)): value_of(r) for r in existing}
-        new = {(r["day"], grain_json(r, grain)): value_of(r) for r in new_rows}
-        changes = [
-            {"integration_id": integration_id, "kind": kind, "day": key[0], "grain": key[1],
-             "previous": old.get(key), "current": new.get(key), "changed_at": changed_at, "run_id": run_id}
-            for key in old.keys() | new.keys()
-            if old.get(key) != new.get(key) and key[0] in days_with_data
-        ]
+    table, sqlite = spec.table, conn.dialect.name == "sqlite"
+    prep = conn.dialect.identifier_preparer
+    name, quote, mark = prep.format_table(table), prep.quote, _marker(conn)
+    params = _driver_rows(spec, new_rows, sqlite)
+    day_params = [sqlite_date(d) if sqlite else d for d in days]
+    # A stored row read back is (id, day, *grain, *values) and a new one (integration_id, day, *grain,
+    # *values): both have their key (day, *grain) at [1:g] and their values at [g:].
+    g = 2 + len(spec.grain)
+    stored = conn.exec_driver_sql(
+        f"SELECT {', '.join(quote(c) for c in ('id', *spec.columns[1:]))} FROM {name} "
+        f"WHERE {quote('integration_id')} = {mark} AND {quote('day')} IN ({', '.join([mark] * len(day_params))})",
+        (integration_id, *day_params)).fetchall()
+    if stored:
+        old = {r[1:g]: r for r in stored}
+        new = {t[1:g]: t for t in params}
+        days_with_data = {key[0] for key in old}
+        day_of = dict(zip(day_params, days, strict=True))
+        kept: set[tuple[Any, ...]] = set()
+        gone: list[Any] = []
+        changes: list[dict[str, Any]] = []
+
+        def change(key: tuple[Any, ...], before: tuple[Any, ...] | None, after: tuple[Any, ...] | None) -> None:
+            changes.append({
+                "integration_id": integration_id, "kind": spec.kind, "day": day_of[key[0]],
+                "grain": grain_json(dict(zip(spec.grain, key[1:], strict=True)), spec.grain),
+                "previous": None if before is None else _revision_text(spec, before),
+                "current": None if after is None else _revision_text(spec, after),
+                "changed_at": changed_at, "run_id": run_id})
+
+        for key, row in old.items():
+            t = new.get(key)
+            if t is not None and _comparable(spec, tuple(row[g:])) == _comparable(spec, t[g:]):
+                kept.add(key)  # unchanged: stays as stored
+                continue
+            gone.append(row[0])
+            change(key, tuple(row[g:]), None if t is None else t[g:])
+        for key, t in new.items():
+            if key not in old and key[0] in days_with_data:
+                change(key, None, t[g:])
         if changes:
             conn.execute(insert(revisions), changes)
-        conn.execute(delete(table).where(day_filter))
-    if new_rows:
-        conn.execute(insert(table), new_rows)
+        if not kept:
+            conn.execute(delete(table).where(table.c.integration_id == integration_id, table.c.day.in_(list(days))))
+        else:
+            for i in range(0, len(gone), _DELETE_CHUNK):
+                conn.execute(delete(table).where(table.c.id.in_(gone[i:i + _DELETE_CHUNK])))
+            params = [t for t in params if t[1:g] not in kept]
+    if params:
+        conn.exec_driver_sql(
+            f"INSERT INTO {name} ({', '.join(quote(c) for c in spec.columns)}) "
+            f"VALUES ({', '.join([mark] * len(spec.columns))})", params)
     return len(new_rows)
 
 
 def replace_cost_days(conn: Connection, integration_id: int, days: Sequence[date], rows: list[dict[str, Any]],
                       changed_at: datetime, run_id: int | None = None) -> int:
     """Make `days` hold exactly `rows` (a row gone upstream goes here too); record changed amounts."""
-    return _replace_days(conn, cost_rows, COST_GRAIN, cost_value, "cost", integration_id, days, rows,
-                         changed_at, run_id)
+    return _replace_days(conn, _COST, integration_id, days, rows, changed_at, run_id)
 
 
 def replace_usage_days(conn: Connection, integration_id: int, days: Sequence[date], rows: list[dict[str, Any]],
                        changed_at: datetime, run_id: int | None = None) -> int:
-    return _replace_days(conn, usage_rows, USAGE_GRAIN, usage_value, "usage", integration_id, days, rows,
-                         changed_at, run_id)
+    return _replace_days(conn, _USAGE, integration_id, days, rows, changed_at, run_id)
 
 
 # --- sync runs ----------------------------------------------------------------------------------
@@ -232,7 +351,7 @@ def report(conn: Connection, since: date, until: date, integration_id: int | Non
         usage_q = usage_q.where(u.integration_id == integration_id)
     cost: dict[tuple[date, str], Decimal] = defaultdict(Decimal)
     for day, model, amount in conn.execute(cost_q):
-        cost[(day, model)] += amount
+        cost[(day, model)] = EXACT.add(cost[(day, model)], amount)
     tokens: dict[tuple[date, str], tuple[int, int, int, int]] = {
         (day, model): (int(a), int(b), int(c), int(d)) for day, model, a, b, c, d in conn.execute(usage_q)
     }

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from worker.api.models import CostRow, UsageRow
+from worker.storage.types import EXACT
 
 COST_GRAIN = ("workspace_id", "model", "cost_type", "token_type", "service_tier", "context_window",
               "inference_geo", "description", "extra")
@@ -22,59 +23,74 @@ def canonical_json(value: Mapping[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _dim(value: str | None) -> str:
-    return "" if value is None else value
+# Column order of the tuples the storage layer writes (worker.storage.repo); the grain (the unique
+# key without integration_id) is columns 1 .. 1 + len(grain): day first, then the dimensions.
+COST_COLUMNS = ("integration_id", "day", *COST_GRAIN, "amount_usd", "currency")
+USAGE_COLUMNS = ("integration_id", "day", *USAGE_GRAIN, *USAGE_COUNTS, "extra_counts")
 
 
 def cost_table_rows(integration_id: int, rows: Iterable[CostRow]) -> list[dict[str, Any]]:
-    """Table rows for one or more days; rows with the same grain are summed (both are charges)."""
-    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    """Table rows for one or more days; rows with the same grain are summed (both are charges).
+
+    Hot path of every stored page (a year of a large organization is ~10^6 rows): one key tuple per
+    row, dicts built once per distinct grain. An absent dimension (None) becomes '' (`x or ""`).
+    """
+    amounts: dict[tuple[Any, ...], Decimal] = {}
     for r in rows:
-        rec = {
-            "integration_id": integration_id, "day": r.day, "workspace_id": _dim(r.workspace_id),
-            "model": _dim(r.model), "cost_type": _dim(r.cost_type), "token_type": _dim(r.token_type),
-            "service_tier": _dim(r.service_tier), "context_window": _dim(r.context_window),
-            "inference_geo": _dim(r.inference_geo), "description": _dim(r.description),
-            "extra": canonical_json(r.extra), "amount_usd": r.amount_usd, "currency": r.currency or "USD",
-        }
-        key = (r.day, rec["currency"], *(rec[c] for c in COST_GRAIN))
-        if key in merged:
-            merged[key]["amount_usd"] += r.amount_usd
-        else:
-            merged[key] = rec
-    return list(merged.values())
+        extra = r.extra
+        key = (r.day, r.workspace_id or "", r.model or "", r.cost_type or "", r.token_type or "",
+               r.service_tier or "", r.context_window or "", r.inference_geo or "", r.description or "",
+               canonical_json(extra) if extra else "", r.currency or "USD")
+        n = len(amounts)
+        first = amounts.setdefault(key, r.amount_usd)  # one hash of the key in the common case
+        if len(amounts) == n:  # the grain was already there
+            amounts[key] = EXACT.add(first, r.amount_usd)
+    return [
+        {"integration_id": integration_id, "day": k[0], "workspace_id": k[1], "model": k[2], "cost_type": k[3],
+         "token_type": k[4], "service_tier": k[5], "context_window": k[6], "inference_geo": k[7],
+         "description": k[8], "extra": k[9], "amount_usd": amount, "currency": k[10]}
+        for k, amount in amounts.items()
+    ]
+
+
+def _split_usage_extra(extra: Mapping[str, Any]) -> tuple[dict[str, int], str]:
+    """Unknown fields of a usage row: integer counters (summed), and the rest (part of the grain)."""
+    counts = {k: v for k, v in extra.items() if isinstance(v, int) and not isinstance(v, bool)}
+    return counts, canonical_json({k: v for k, v in extra.items() if k not in counts})
 
 
 def usage_table_rows(integration_id: int, rows: Iterable[UsageRow]) -> list[dict[str, Any]]:
-    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    merged: dict[tuple[Any, ...], list[Any]] = {}
     for r in rows:
-        extra_counts = {k: v for k, v in r.extra.items() if isinstance(v, int) and not isinstance(v, bool)}
-        extra_key = {k: v for k, v in r.extra.items() if k not in extra_counts}
-        rec: dict[str, Any] = {
-            "integration_id": integration_id, "day": r.day, "workspace_id": _dim(r.workspace_id),
-            "model": _dim(r.model), "service_tier": _dim(r.service_tier),
-            "context_window": _dim(r.context_window), "api_key_id": _dim(r.api_key_id),
-            "inference_geo": _dim(r.inference_geo), "extra_key": canonical_json(extra_key),
-            "uncached_input_tokens": r.uncached_input_tokens, "cache_read_input_tokens": r.cache_read_input_tokens,
-            "cache_creation_5m_input_tokens": r.cache_creation_5m_input_tokens,
-            "cache_creation_1h_input_tokens": r.cache_creation_1h_input_tokens,
-            "output_tokens": r.output_tokens, "web_search_requests": r.web_search_requests,
-            "_extra_counts": extra_counts,
-        }
-        key = (r.day, *(rec[c] for c in USAGE_GRAIN))
-        if key in merged:
-            into = merged[key]
-            for c in USAGE_COUNTS:
-                into[c] += rec[c]
+        extra = r.extra
+        extra_counts, extra_key = _split_usage_extra(extra) if extra else (None, "")
+        key = (r.day, r.workspace_id or "", r.model or "", r.service_tier or "", r.context_window or "",
+               r.api_key_id or "", r.inference_geo or "", extra_key)
+        into = merged.get(key)
+        if into is None:
+            merged[key] = [key, r.uncached_input_tokens, r.cache_read_input_tokens, r.cache_creation_5m_input_tokens,
+                           r.cache_creation_1h_input_tokens, r.output_tokens, r.web_search_requests,
+                           dict(extra_counts) if extra_counts else None]
+            continue
+        into[1] += r.uncached_input_tokens
+        into[2] += r.cache_read_input_tokens
+        into[3] += r.cache_creation_5m_input_tokens
+        into[4] += r.cache_creation_1h_input_tokens
+        into[5] += r.output_tokens
+        into[6] += r.web_search_requests
+        if extra_counts:
+            summed = into[7] if into[7] is not None else {}
             for k, v in extra_counts.items():
-                into["_extra_counts"][k] = into["_extra_counts"].get(k, 0) + v
-        else:
-            merged[key] = rec
-    out = []
-    for rec in merged.values():
-        rec["extra_counts"] = canonical_json(rec.pop("_extra_counts"))
-        out.append(rec)
-    return out
+                summed[k] = summed.get(k, 0) + v
+            into[7] = summed
+    return [
+        {"integration_id": integration_id, "day": k[0], "workspace_id": k[1], "model": k[2], "service_tier": k[3],
+         "context_window": k[4], "api_key_id": k[5], "inference_geo": k[6], "extra_key": k[7],
+         "uncached_input_tokens": a, "cache_read_input_tokens": b, "cache_creation_5m_input_tokens": c,
+         "cache_creation_1h_input_tokens": d, "output_tokens": e, "web_search_requests": f,
+         "extra_counts": canonical_json(extra_counts) if extra_counts else ""}
+        for k, a, b, c, d, e, f, extra_counts in merged.values()
+    ]
 
 
 def grain_json(rec: Mapping[str, Any], grain: tuple[str, ...]) -> str:

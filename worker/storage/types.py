@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import UTC, date, datetime
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from typing import Any
 
 from sqlalchemy import DateTime, Dialect, Numeric, String
 from sqlalchemy.types import TypeDecorator, TypeEngine
+
+
+EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+"""Adds money without rounding whatever its digits (the default context rounds to 28 digits)."""
+
+
+def exact_money(value: Any) -> Decimal:
+    """`value` itself when it is a finite Decimal: money never goes through float, on any path."""
+    if not isinstance(value, Decimal):
+        raise TypeError(f"money must be Decimal, got {type(value).__name__}")
+    if not value.is_finite():
+        raise ValueError("money must be a finite Decimal")
+    return value
+
+
+def money_text(value: Any) -> str:
+    """The exact decimal text of money as SQLite stores it (PostgreSQL's NUMERIC comes back as Decimal)."""
+    return value if isinstance(value, str) else format(exact_money(value), "f")
+
+
+def sqlite_date(value: Any) -> str:
+    """A date as SQLAlchemy's SQLite DATE stores it ('YYYY-MM-DD'), for writes that bypass its types."""
+    if not isinstance(value, date):
+        raise TypeError(f"SQLite DATE only accepts date objects, got {type(value).__name__}")
+    return f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
 
 
 class ExactDecimal(TypeDecorator[Decimal]):
@@ -28,10 +53,7 @@ class ExactDecimal(TypeDecorator[Decimal]):
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
-        if not isinstance(value, Decimal):
-            raise TypeError(f"money must be Decimal, got {type(value).__name__}")
-        if not value.is_finite():
-            raise ValueError("money must be a finite Decimal")
+        exact_money(value)
         return format(value, "f") if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:

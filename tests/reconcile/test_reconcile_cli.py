@@ -331,3 +331,71 @@ class TestModelsAndOptions:
         invoke(env, "events", "import", put(tmp_path, "e.jsonl", write([Record.of(c) for c in calls], "jsonl")))
         _, report = reconcile_json(env, "--integration", str(billed))
         assert set(drifting(report)) == {(str(D[9]), "web_search")}
+
+
+class TestParsingProcess:
+    """`events import` parses in a forked process when it can; the result is the same either way."""
+
+    @pytest.fixture(params=[True, False], ids=["forked", "in-process"])
+    def forks(self, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+        import os
+
+        from worker.reconcile import importer
+
+        if request.param and not importer.can_fork():
+            pytest.skip("this process cannot fork safely (not POSIX, or other threads are running)")
+        pids: list[int] = []
+        real_fork = os.fork
+
+        def fork() -> int:
+            pid = real_fork()
+            if pid:
+                pids.append(pid)
+            return pid
+
+        monkeypatch.setattr(os, "fork", fork)
+        monkeypatch.setattr(importer, "can_fork", lambda: request.param)
+        yield pids
+        assert bool(pids) is request.param
+
+    def test_file_and_stdin_import_the_same_events(self, env: dict[str, str], engine: Engine, calls: list[Call],
+                                                   tmp_path: Path, forks: list[int]) -> None:
+        """Counts, bad-line samples, duplicates, unmatched models and the stored rows do not depend on the fork."""
+        lines = write([Record.of(c) for c in calls[:300]], "jsonl").splitlines()
+        lines[10] = "{broken"
+        lines += lines[:50]  # logged twice (the broken line too)
+        lines.append(json.dumps({"timestamp": "2026-03-02T00:00:00Z", "model": "acme-llm-1", "event_id": "x"}))
+        path = put(tmp_path, "e.jsonl", "\n".join(lines) + "\n")
+        result = invoke(env, "events", "import", "--source", "file", path)
+        assert result.exit_code == 0, result.output
+        assert "read 351  imported 300  duplicates 49  bad 2" in result.stdout
+        assert "bad line 11: invalid JSON" in result.stdout and "bad line 311: invalid JSON" in result.stdout
+        assert "unmatched model ids: acme-llm-1 (1)" in result.stdout
+        piped = invoke(env, "events", "import", "-", "--source", "stdin", stdin="\n".join(lines) + "\n")
+        assert piped.stdout.replace("<stdin>", "path").replace("stdin", "file") == \
+            result.stdout.replace(path, "path")
+        e = events.c
+        with engine.connect() as conn:
+            by_source = {
+                source: sorted(tuple(r) for r in conn.execute(
+                    select(e.event_id, e.occurred_at, e.raw_model, e.model, e.cache_read_tokens, e.cost_usd,
+                           e.workspace_id, e.seen_count).where(e.source == source)))
+                for source in ("file", "stdin")
+            }
+        assert by_source["file"] == by_source["stdin"] and len(by_source["file"]) == 300
+        assert sum(r[-1] for r in by_source["file"]) == 349
+        by_id = {r[0]: r for r in by_source["file"]}
+        first = calls[0]
+        assert by_id[first.id][1:] == (first.at, first.model, first.model, first.tokens.cache_read, first.cost(),
+                                       first.workspace_id, 2)
+
+    def test_strict_bad_row_stores_nothing(self, env: dict[str, str], engine: Engine, calls: list[Call],
+                                           tmp_path: Path, forks: list[int]) -> None:
+        """--strict with a bad row near the end of a long file: exit 2, nothing from it stored."""
+        lines = write([Record.of(c) for c in calls], "jsonl").splitlines()
+        lines[-3] = '{"timestamp": "2026-03-02T00:00:00Z"}'
+        result = invoke(env, "events", "import", "--strict", put(tmp_path, "e.jsonl", "\n".join(lines) + "\n"))
+        assert result.exit_code == 2
+        assert f"line {len(lines) - 2}: missing model" in result.stderr
+        with engine.connect() as conn:
+            assert count_events(conn) == 0

@@ -216,3 +216,37 @@ class TestDayBoundary:
         result = compare(bill(calls).cells(), aggregate_events(shifted).values())
         assert drifting(result) == {(dates[0], SONNET): (Cause.DAY_BOUNDARY,), (dates[1], SONNET): (Cause.DAY_BOUNDARY,)}
         assert result.summary.unexplained_usd == 0
+
+
+class TestBillBuilder:
+    def test_costs_are_summed_per_cell_and_token_type_exactly(self) -> None:
+        """Several cost rows of one cell and type add up exactly, each type in its own field; fees apart."""
+        from worker.reconcile import BillBuilder
+        from worker.reconcile.pricing import TokenCosts
+
+        day = D[1]
+        builder = BillBuilder("workspace")
+        for amount, token_type, workspace in [("0.10", "output_tokens", "w1"), ("0.05", "output_tokens", "w1"),
+                                              ("1E+1", "cache_read_input_tokens", "w1"), ("0.3", "output_tokens", "w2"),
+                                              ("0.001", "brand_new_type", "w1")]:
+            builder.add_cost(day, Decimal(amount), cost_type="tokens", model=SONNET, token_type=token_type,
+                             workspace_id=workspace)
+        builder.add_cost(day, Decimal("0.25"), cost_type="web_search", workspace_id="w1")
+        builder.add_usage(day, SONNET, TokenCounts(output=10), workspace_id="w1")
+        cells = {cell.key: cell for cell in builder.cells()}
+        assert cells["w1"].cost == TokenCosts(output=Decimal("0.15"), cache_read=Decimal("10"), other=Decimal("0.001"))
+        assert str(cells["w1"].cost.cache_read) == "10"  # summed from zero, as TokenCosts additions do
+        assert cells["w2"].cost == TokenCosts(output=Decimal("0.3")) and cells["w2"].tokens == TokenCounts()
+        assert [(f.key, f.cost_type, f.cost_usd) for f in builder.fees()] == [("w1", "web_search", Decimal("0.25"))]
+        assert builder.prices().unit_price(day, SONNET, "output") == Decimal("0.045")
+
+    def test_api_key_cells_have_no_cost(self) -> None:
+        """The cost report has no API-key grouping: cells per key are priced from the day's rates."""
+        from worker.reconcile import BillBuilder
+
+        builder = BillBuilder("api_key")
+        builder.add_cost(D[1], Decimal("1"), cost_type="tokens", model=SONNET, token_type="output_tokens")
+        builder.add_usage(D[1], SONNET, TokenCounts(output=100), api_key_id="k1")
+        (cell,) = builder.cells()
+        assert cell.key == "k1" and cell.cost is None
+        assert builder.prices().unit_price(D[1], SONNET, "output") == Decimal("0.01")

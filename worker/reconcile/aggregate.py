@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 CellKey = tuple[date, str, str | None]
+_ZERO = Decimal(0)
 
 
 class GroupBy(StrEnum):
@@ -158,9 +159,11 @@ class BillBuilder:
     def __init__(self, by: GroupBy | str = GroupBy.MODEL) -> None:
         self.by = GroupBy(by)
         self._tokens: dict[CellKey, TokenCounts] = {}
-        self._costs: dict[CellKey, TokenCosts] = {}
+        # Costs are summed per (cell, TokenCosts field) and made TokenCosts once, at the end: a
+        # year's bill is ~10^4 cost rows, and a frozen dataclass per row was most of load_bill.
+        self._costs: dict[CellKey, dict[str, Decimal]] = {}
         self._model_tokens: dict[tuple[date, str], TokenCounts] = {}
-        self._model_costs: dict[tuple[date, str], TokenCosts] = {}
+        self._model_costs: dict[tuple[date, str], dict[str, Decimal]] = {}
         self._fees: dict[tuple[date, str | None, str], Decimal] = {}
 
     def add_cost(
@@ -180,11 +183,16 @@ class BillBuilder:
             self._fees[fee] = self._fees.get(fee, Decimal(0)) + amount_usd
             return
         name = BILL_TOKEN_TYPES.get(token_type or "", "other")
-        costs = TokenCosts(**{name: amount_usd})
-        self._model_costs[(day, model)] = self._model_costs.get((day, model), TokenCosts()) + costs
+        parts = self._model_costs.get((day, model))
+        if parts is None:
+            parts = self._model_costs[(day, model)] = {}
+        parts[name] = parts.get(name, _ZERO) + amount_usd  # from 0, as TokenCosts sums did
         if self.by is not GroupBy.API_KEY:
             cell = (day, model, key)
-            self._costs[cell] = self._costs.get(cell, TokenCosts()) + costs
+            parts = self._costs.get(cell)
+            if parts is None:
+                parts = self._costs[cell] = {}
+            parts[name] = parts.get(name, _ZERO) + amount_usd  # from 0, as TokenCosts sums did
 
     def add_usage(
         self,
@@ -212,7 +220,7 @@ class BillBuilder:
                 model=cell[1],
                 key=cell[2],
                 tokens=self._tokens.get(cell, TokenCounts()),
-                cost=None if self.by is GroupBy.API_KEY else self._costs.get(cell, TokenCosts()),
+                cost=None if self.by is GroupBy.API_KEY else TokenCosts(**self._costs.get(cell, {})),
             )
             for cell in keys
         ]
@@ -228,7 +236,7 @@ class BillBuilder:
         keys = set(self._model_tokens) | set(self._model_costs)
         return PriceBook.from_billed(
             ((day, model, self._model_tokens.get((day, model), TokenCounts()),
-              self._model_costs.get((day, model), TokenCosts())) for day, model in keys),
+              TokenCosts(**self._model_costs.get((day, model), {}))) for day, model in keys),
             list_prices,
         )
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["events_group", "reconcile_command"]
 
 EXIT_USAGE = 2
-IMPORT_BATCH = 5000
+IMPORT_BATCH = 20_000
 """Events per batch: one upsert, and one transaction unless --strict."""
 SOURCE_MAX = 100
 
@@ -84,11 +84,14 @@ def import_command(ctx: click.Context, files: tuple[str, ...], fmt: str, source:
 
     if source is not None and not (0 < len(source.strip()) <= SOURCE_MAX):
         raise Failure(f"--source must be 1 to {SOURCE_MAX} characters", EXIT_USAGE)
+    from worker.reconcile.store import bulk_import
+
     app = get_app(ctx)
     with app.engine.connect() as conn:
         with conn.begin():
             normalizer = _normalizer(app, conn)
-        failed = [path for path in files if not _import_file(app, conn, path, fmt, source, strict, normalizer)]
+        with bulk_import(conn):
+            failed = [path for path in files if not _import_file(app, conn, path, fmt, source, strict, normalizer)]
     if failed:
         ctx.exit(EXIT_USAGE)
 
@@ -96,23 +99,25 @@ def import_command(ctx: click.Context, files: tuple[str, ...], fmt: str, source:
 def _import_file(app: App, conn: Connection, path: str, fmt: str, source: str | None, strict: bool,
                  normalizer: ModelNormalizer) -> bool:
     """Import one file; print its summary or its error. False when the file failed."""
-    from worker.reconcile.formats import DetectionError, read_events
-    from worker.reconcile.importer import StrictImportError, import_events
+    from worker.reconcile.formats import DetectionError, model_lookup, read_rows
+    from worker.reconcile.importer import StrictImportError, chunks, import_chunks, parsed_in_child
     from worker.reconcile.store import CommittingSink, SqlEventSink
 
     name = "<stdin>" if path == "-" else path
     try:
         with _open(path) as stream:
-            detected, items = read_events(stream, fmt, normalize=normalizer.normalize)
+            detected, rows = read_rows(stream, fmt, model_lookup(normalizer.normalize))
             label = source.strip() if source else detected
-            if strict:
-                # One transaction for the file: the first bad row rolls all of it back.
-                with conn.begin():
-                    report = import_events(items, SqlEventSink(conn), source=label, format=detected, strict=True,
+            # Reading and parsing run in a second process (when this one can fork) while this one stores.
+            with parsed_in_child(chunks(rows)) as parsed:
+                if strict:
+                    # One transaction for the file: the first bad row rolls all of it back.
+                    with conn.begin():
+                        report = import_chunks(parsed, SqlEventSink(conn), source=label, format=detected,
+                                               strict=True, batch_size=IMPORT_BATCH)
+                else:
+                    report = import_chunks(parsed, CommittingSink(conn), source=label, format=detected,
                                            batch_size=IMPORT_BATCH)
-            else:
-                report = import_events(items, CommittingSink(conn), source=label, format=detected,
-                                       batch_size=IMPORT_BATCH)
     except DetectionError as exc:
         _error(f"{name}: {exc}")
         return False

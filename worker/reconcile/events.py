@@ -3,10 +3,15 @@
 A parser yields `TrackedEvent` for each call it can read and `BadRecord` for each one it cannot;
 nothing is dropped silently. Token counts follow the Admin API's split: uncached input, output,
 cache reads and cache writes (5-minute, 1-hour, or an unsplit total when a tracker only gives one).
+
+Parsers build each event first as an `EventRow`: a plain tuple already in the form the `events`
+table stores, so an import never builds objects it would take apart again. `TrackedEvent` is the
+same event as an object, for everything else (`event_from_row`, `row_from_event`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -14,7 +19,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["BadRecord", "TokenCounts", "TokenType", "TrackedEvent"]
+__all__ = ["ROW_COLUMNS", "BadRecord", "EventRow", "TokenCounts", "TokenType", "TrackedEvent", "event_from_row",
+           "extra_text", "row_from_event", "utc_text"]
 
 
 class TokenType(StrEnum):
@@ -145,3 +151,68 @@ class BadRecord:
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.reason}"
+
+
+# --- rows -------------------------------------------------------------------------------------------
+
+EventRow = tuple[str, str, str, str, int, int, int, int, int, int, str, str, str, str, str]
+"""One event as the `events` table stores it, in `ROW_COLUMNS` order.
+
+`occurred_at` is naive UTC text `YYYY-MM-DD HH:MM:SS.ffffff` (what SQLAlchemy's DateTime stores on
+SQLite; the UTC day is its first 10 characters); `cost_usd` the exact decimal text; `extra`
+canonical JSON or ''. '' also marks every absent text value: no event id, no bill model matched
+(`model`), no cost, no workspace / API key / customer. Token counts are ints in 0..2**63-1.
+"""
+
+ROW_COLUMNS = (
+    "event_id", "occurred_at", "raw_model", "model",
+    "uncached_input_tokens", "output_tokens", "cache_read_tokens",
+    "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_write_unsplit_tokens",
+    "cost_usd", "workspace_id", "api_key_id", "customer", "extra",
+)
+"""The `events` columns an `EventRow` holds, in order (`source`, `day`, `seen_count` are the store's)."""
+
+
+def utc_text(at: datetime) -> str:
+    """An aware datetime as an `EventRow`'s `occurred_at`: naive UTC, microseconds always written."""
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError("occurred_at must be timezone-aware")
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def extra_text(extra: Mapping[str, Any]) -> str:
+    """Canonical JSON of an event's `extra` facts ('' when there are none); Decimals as strings."""
+    if not extra:
+        return ""
+    return json.dumps(extra, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def event_from_row(row: EventRow) -> TrackedEvent:
+    """The `TrackedEvent` an `EventRow` stands for."""
+    event_id, at, raw_model, model, a, b, c, d, e, f, cost, workspace, api_key, customer, extra = row
+    return TrackedEvent(
+        event_id=event_id or None,
+        occurred_at=datetime.fromisoformat(at).replace(tzinfo=UTC),
+        raw_model=raw_model,
+        tokens=TokenCounts(a, b, c, d, e, f),
+        cost_usd=Decimal(cost) if cost else None,
+        model=model or None,
+        workspace_id=workspace or None,
+        api_key_id=api_key or None,
+        customer=customer or None,
+        extra=json.loads(extra, parse_float=Decimal) if extra else {},
+    )
+
+
+def row_from_event(event: TrackedEvent) -> EventRow:
+    """An event as an `EventRow` (None becomes '', the cost its exact decimal text)."""
+    t = event.tokens
+    cost = event.cost_usd
+    if cost is not None and not cost.is_finite():
+        raise ValueError("cost_usd must be a finite Decimal")
+    return (
+        event.event_id or "", utc_text(event.occurred_at), event.raw_model, event.model or "",
+        t.uncached_input, t.output, t.cache_read, t.cache_write_5m, t.cache_write_1h, t.cache_write_unsplit,
+        "" if cost is None else format(cost, "f"), event.workspace_id or "", event.api_key_id or "",
+        event.customer or "", extra_text(event.extra),
+    )

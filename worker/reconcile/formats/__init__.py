@@ -2,7 +2,9 @@
 
 Every parser takes a binary or text stream (or any iterable of lines) and lazily yields
 `TrackedEvent | BadRecord`; line numbers are 1-based physical lines. Parsers leave
-`TrackedEvent.model` as None: `read_events` (or the caller) normalizes it.
+`TrackedEvent.model` as None: `read_events` (or the caller) normalizes it. Each format also
+yields `EventRow | BadRecord` (`read_rows`): the same events as the tuples the `events` table
+stores, with the model normalized while the row is built; `events import` reads those.
 
 | name          | module        | what                                                          |
 |---------------|---------------|---------------------------------------------------------------|
@@ -16,13 +18,20 @@ Every parser takes a binary or text stream (or any iterable of lines) and lazily
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from worker.reconcile.events import BadRecord, TrackedEvent
 from worker.reconcile.formats import anthropic, cmdrdata, fluxgate, generic, marginfront, otlp
-from worker.reconcile.formats._common import ParseResult, Source
+from worker.reconcile.formats._common import (
+    ModelOf,
+    ParseResult,
+    RowResult,
+    Source,
+    as_events,
+    model_lookup,
+    no_model,
+)
 from worker.reconcile.formats.detect import DetectionError, detect
 
 __all__ = [
@@ -31,11 +40,14 @@ __all__ = [
     "DetectionError",
     "Format",
     "ParseResult",
+    "RowResult",
     "Source",
     "UnknownFormatError",
     "detect",
+    "model_lookup",
     "parse",
     "read_events",
+    "read_rows",
 ]
 
 AUTO = "auto"
@@ -45,19 +57,22 @@ AUTO = "auto"
 class Format:
     name: str
     description: str
-    parse: Callable[[Source], ParseResult]
+    rows: Callable[[Source, ModelOf], RowResult]
+
+    def parse(self, source: Source) -> ParseResult:
+        return as_events(self.rows(source, no_model))
 
 
 FORMATS: Mapping[str, Format] = MappingProxyType({
     f.name: f
     for f in (
-        Format(anthropic.NAME, "Anthropic Messages API responses or usage objects (JSON lines)", anthropic.parse),
-        Format(marginfront.NAME, "MarginFront usage records ({records: [...]} or one per line)", marginfront.parse),
-        Format(cmdrdata.NAME, "cmdrdata-anthropic events (JSON lines)", cmdrdata.parse),
-        Format(fluxgate.NAME, "FluxGate tracked calls (JSON lines)", fluxgate.parse),
-        Format(otlp.NAME, "Claude Code OTLP/JSON metric exports (one export per line)", otlp.parse),
-        Format(generic.CSV_NAME, "generic CSV with a header row", generic.parse_csv),
-        Format(generic.JSONL_NAME, "generic JSON lines", generic.parse_jsonl),
+        Format(anthropic.NAME, "Anthropic Messages API responses or usage objects (JSON lines)", anthropic.rows),
+        Format(marginfront.NAME, "MarginFront usage records ({records: [...]} or one per line)", marginfront.rows),
+        Format(cmdrdata.NAME, "cmdrdata-anthropic events (JSON lines)", cmdrdata.rows),
+        Format(fluxgate.NAME, "FluxGate tracked calls (JSON lines)", fluxgate.rows),
+        Format(otlp.NAME, "Claude Code OTLP/JSON metric exports (one export per line)", otlp.rows),
+        Format(generic.CSV_NAME, "generic CSV with a header row", generic.rows_csv),
+        Format(generic.JSONL_NAME, "generic JSON lines", generic.rows_jsonl),
     )
 })
 
@@ -66,13 +81,29 @@ class UnknownFormatError(ValueError):
     """A format name that is neither `auto` nor registered."""
 
 
-def parse(source: Source, format: str) -> ParseResult:
-    """Parse a stream in a named (not `auto`) format."""
+def _format(format: str) -> Format:
     try:
-        return FORMATS[format].parse(source)
+        return FORMATS[format]
     except KeyError:
         names = ", ".join([AUTO, *FORMATS])
         raise UnknownFormatError(f"unknown format {format!r}; expected one of {names}") from None
+
+
+def parse(source: Source, format: str) -> ParseResult:
+    """Parse a stream in a named (not `auto`) format."""
+    return _format(format).parse(source)
+
+
+def read_rows(source: Source, format: str = AUTO, model_of: ModelOf = no_model) -> tuple[str, RowResult]:
+    """Return (format name, lazy `EventRow | BadRecord`), detecting the format when `auto`.
+
+    `model_of` gives each row's bill model ('' = unmatched), e.g. `model_lookup(normalizer.normalize)`.
+    Raises `DetectionError` or `UnknownFormatError` before anything is yielded.
+    """
+    if format != AUTO:
+        return format, _format(format).rows(source, model_of)
+    name, replay = detect(source)
+    return name, _format(name).rows(replay, model_of)
 
 
 def read_events(
@@ -85,20 +116,5 @@ def read_events(
     With `normalize` (e.g. `ModelNormalizer.normalize`), each event's `model` is filled in.
     Raises `DetectionError` or `UnknownFormatError` before anything is yielded.
     """
-    name = format
-    if format == AUTO:
-        name, source = detect(source)
-    events = parse(source, name)
-    if normalize is None:
-        return name, events
-    return name, _normalized(events, normalize)
-
-
-def _normalized(events: ParseResult, normalize: Callable[[str], str | None]) -> Iterator[TrackedEvent | BadRecord]:
-    # The parser's event is fresh and not shared yet: filling in `model` in place instead of
-    # `dataclasses.replace` (which re-runs __init__ and its checks) saves a fifth of import time.
-    set_model = object.__setattr__
-    for item in events:
-        if type(item) is TrackedEvent:
-            set_model(item, "model", normalize(item.raw_model))
-        yield item
+    name, rows = read_rows(source, format, model_lookup(normalize))
+    return name, as_events(rows)

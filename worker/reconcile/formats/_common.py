@@ -2,6 +2,11 @@
 
 Parsers raise `RecordError` for a field they cannot read; the record loop turns it into a
 `BadRecord` with the line number, so one broken record never stops the rest.
+
+JSON is decoded by msgspec when it is installed (about four times faster than the standard
+library), with every fraction handed to `Decimal` as written, exactly like the standard decoder
+this falls back to: for a line msgspec refuses (invalid JSON, invalid UTF-8, NaN, a lone surrogate,
+a BOM...) the standard library decides, so results and error messages never depend on msgspec.
 """
 
 from __future__ import annotations
@@ -13,15 +18,31 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from worker.reconcile.events import BadRecord, TrackedEvent
+from worker.reconcile.events import BadRecord, EventRow, TrackedEvent, event_from_row
+
+try:  # optional: the fast path of `json_records`
+    import msgspec
+except ImportError:  # pragma: no cover - exercised by forcing FAST_DECODE to None in tests
+    msgspec = None
 
 Source = Iterable[str] | Iterable[bytes]
 """What a parser reads: a binary or text file object, or any iterable of lines (str or bytes)."""
 
 ParseResult = Iterator[TrackedEvent | BadRecord]
+RowResult = Iterator[EventRow | BadRecord]
+ModelOf = Callable[[str], str]
+"""The bill's model id for a raw tracker id, '' when none matches (see `model_lookup`)."""
 
 JSON_WHOLE_DOCUMENT_LIMIT = 512 * 1024 * 1024
 """A pretty-printed (multi-line) JSON document is read whole; refuse beyond this many characters."""
+
+MAX_TOKENS = 2**63 - 1
+"""The largest token count a BIGINT column holds."""
+
+MAX_EVENT_ID = 500
+MAX_MODEL_ID = 200
+"""Longest event id / model id (characters) accepted: both are indexed, and PostgreSQL refuses an
+index entry over ~2.7 kB (which would fail a whole batch); real ids are far shorter."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -45,35 +66,92 @@ def iter_lines(source: Source) -> Iterator[tuple[int, str]]:
 
 _DECODER = json.JSONDecoder(parse_float=Decimal)  # one decoder: json.loads(..., parse_float=) builds one per call
 
+FAST_DECODE: Callable[[bytes | str], Any] | None = (
+    msgspec.json.Decoder(float_hook=Decimal).decode if msgspec is not None else None
+)
+"""msgspec's decoder with exact fractions, or None (the standard library alone)."""
+
 
 def loads(text: str) -> Any:
     """JSON with exact numbers: fractions become `Decimal`, never float."""
     return _DECODER.decode(text)
 
 
-def iter_json_values(lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, Any] | BadRecord]:
-    """Yield (line, value) per JSON-lines record; a bad line yields a `BadRecord`.
+def no_model(_raw: str) -> str:
+    """The `ModelOf` of parsers run without a normalizer: nothing matched yet."""
+    return ""
 
-    When the first non-empty line is not JSON on its own but opens an object or array, the input
-    is one pretty-printed document: it is read WHOLE (up to `JSON_WHOLE_DOCUMENT_LIMIT`) and a
-    top-level array yields each element, all numbered with the document's first line.
+
+def model_lookup(normalize: Callable[[str], str | None] | None) -> ModelOf:
+    """`normalize` (e.g. `ModelNormalizer.normalize`) as a `ModelOf`, memoized per raw id."""
+    if normalize is None:
+        return no_model
+    cache: dict[str, str] = {}
+
+    def model_of(raw: str) -> str:
+        found = cache.get(raw)
+        if found is None:
+            if len(cache) >= 4096:  # bounded whatever the input: a file of random ids stays flat
+                cache.clear()
+            found = cache[raw] = normalize(raw) or ""
+        return found
+
+    return model_of
+
+
+def as_events(rows: RowResult) -> ParseResult:
+    """Rows as `TrackedEvent`s (bad records pass through)."""
+    for item in rows:
+        yield item if type(item) is BadRecord else event_from_row(item)  # type: ignore[arg-type]
+
+
+def json_records(source: Source) -> Iterator[tuple[int, Any] | BadRecord]:
+    """Yield (1-based physical line, decoded value) per JSON-lines record; a bad line yields a `BadRecord`.
+
+    Blank lines are skipped. When the first non-empty line is not JSON on its own but opens an
+    object or array, the input is one pretty-printed document: it is read WHOLE (up to
+    `JSON_WHOLE_DOCUMENT_LIMIT`) and a top-level array yields each element, all numbered with the
+    document's first line.
     """
+    fast = FAST_DECODE
+    lines = enumerate(source, start=1)
     first = True
-    for number, text in lines:
+    for number, raw in lines:
+        if fast is not None:
+            try:
+                value = fast(raw)
+            except (ValueError, RecursionError):  # DecodeError, UnicodeDecodeError...: the standard library decides
+                pass
+            else:
+                first = False
+                yield number, value
+                continue
+        text = _line_text(number, raw)
         stripped = text.strip()
         if not stripped:
             continue
         try:
-            value = loads(stripped)
+            value = _DECODER.decode(stripped)
         except json.JSONDecodeError as exc:
             if first and stripped[0] in "[{":
-                yield from _whole_document(number, text, lines)
+                yield from _whole_document(number, text, ((n, _line_text(n, r)) for n, r in lines))
                 return
             yield BadRecord(number, f"invalid JSON: {exc.msg} (column {exc.colno})")
             first = False
             continue
+        except (ValueError, RecursionError) as exc:  # an integer beyond Python's digit limit, deep nesting
+            yield BadRecord(number, f"invalid JSON: {exc}")
+            first = False
+            continue
         first = False
         yield number, value
+
+
+def _line_text(number: int, raw: str | bytes) -> str:
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    if number == 1 and text.startswith("\ufeff"):
+        text = text[1:]
+    return text.rstrip("\r\n")
 
 
 def _whole_document(
@@ -99,22 +177,28 @@ def _whole_document(
         yield number, value
 
 
-def run_records(
-    values: Iterable[tuple[int, Any] | BadRecord],
-    convert: Callable[[Any], Iterable[TrackedEvent]],
-) -> ParseResult:
-    """Apply a record converter to each value, turning its `RecordError` into a `BadRecord`."""
-    for item in values:
-        if isinstance(item, BadRecord):
+def checked(row: EventRow) -> EventRow:
+    """`row` when its event id and model id are within `MAX_EVENT_ID` / `MAX_MODEL_ID`."""
+    if len(row[0]) > MAX_EVENT_ID:
+        raise RecordError(f"event id longer than {MAX_EVENT_ID} characters")
+    if len(row[2]) > MAX_MODEL_ID:
+        raise RecordError(f"model id longer than {MAX_MODEL_ID} characters")
+    return row
+
+
+def run_rows(source: Source, convert: Callable[[Any, ModelOf], EventRow], model_of: ModelOf) -> RowResult:
+    """One row per JSON-lines record: `convert(value, model_of)`, its `RecordError` becoming a `BadRecord`."""
+    for item in json_records(source):
+        if type(item) is BadRecord:
             yield item
             continue
-        number, value = item
+        number, value = item  # type: ignore[misc]
         try:
-            events = list(convert(value))
+            row = convert(value, model_of)
         except RecordError as exc:
             yield BadRecord(number, str(exc))
             continue
-        yield from events
+        yield row
 
 
 # -- value coercion ---------------------------------------------------------------------------
@@ -136,8 +220,8 @@ def first_key(record: Mapping[str, Any], *names: str) -> Any:
 
 
 def token_count(value: Any, field: str) -> int:
-    """A non-negative integer token count; null/missing is 0. Integral decimals are accepted."""
-    if type(value) is int and value >= 0:  # the common case, first: this runs six times per event
+    """A token count in 0..MAX_TOKENS; null/missing/'' is 0. Integral decimals and digit strings are accepted."""
+    if type(value) is int and 0 <= value <= MAX_TOKENS:  # the common case, first: this runs six times per event
         return value
     if value is None or value == "":
         return 0
@@ -145,6 +229,8 @@ def token_count(value: Any, field: str) -> int:
         raise RecordError(f"{field} is a boolean, not a token count")
     if isinstance(value, int):
         number = value
+    elif type(value) is str and len(value) <= 18 and value.isascii() and value.isdigit():  # CSV cells
+        number = int(value)
     else:
         try:
             decimal = Decimal(str(value).strip()) if isinstance(value, str | Decimal | float) else None
@@ -152,29 +238,66 @@ def token_count(value: Any, field: str) -> int:
             decimal = None
         if decimal is None or not decimal.is_finite() or decimal != decimal.to_integral_value():
             raise RecordError(f"{field} is not an integer token count: {value!r}")
+        if decimal.adjusted() > 18:  # never build a huge int from an exponent such as 1E+999999999
+            raise RecordError(f"{field} is too large: {value!r}")
         number = int(decimal)
     if number < 0:
         raise RecordError(f"{field} is negative: {number}")
+    if number > MAX_TOKENS:
+        raise RecordError(f"{field} is too large: {number}")
     return number
 
 
 def money(value: Any, field: str) -> Decimal | None:
-    """A USD amount as an exact Decimal; null/missing/empty is None (unknown, not zero)."""
-    if type(value) is Decimal and value.is_finite():
-        return value
+    """A USD amount as an exact Decimal; null/missing/empty is None (unknown, not zero).
+
+    Amounts of 10**18 USD or more, or with more than 60 decimal places, are refused: no tracker
+    writes them, and their text would not be bounded.
+    """
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
+    if type(value) is str:
+        try:
+            amount = Decimal(value)  # surrounding whitespace allowed, as Decimal itself does
+        except InvalidOperation:
+            raise RecordError(f"{field} is not a number: {value!r}") from None
+    elif type(value) is Decimal:
+        amount = value
+    elif isinstance(value, bool):
         raise RecordError(f"{field} is a boolean, not an amount")
-    if isinstance(value, float):  # only reachable for inputs not read through `loads`
-        value = repr(value)
-    try:
-        amount = Decimal(str(value).strip()) if not isinstance(value, Decimal) else value
-    except InvalidOperation:
-        raise RecordError(f"{field} is not a number: {value!r}") from None
+    else:
+        if isinstance(value, float):  # only reachable for inputs not read through the JSON readers
+            value = repr(value)
+        try:
+            amount = Decimal(str(value).strip())
+        except InvalidOperation:
+            raise RecordError(f"{field} is not a number: {value!r}") from None
     if not amount.is_finite():
         raise RecordError(f"{field} is not finite: {value!r}")
+    if amount and (amount.adjusted() >= 18 or amount.as_tuple().exponent < -60):  # type: ignore[operator]
+        raise RecordError(f"{field} is out of range: {value!r}")
     return amount
+
+
+_PLAIN_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,60})?")
+"""Decimal text that is already what `format(Decimal(text), "f")` gives, and in `money`'s range."""
+
+
+def money_text(value: Any, field: str) -> str:
+    """`money` as the exact decimal text a row stores ('' for unknown)."""
+    if type(value) is str and _PLAIN_DECIMAL.fullmatch(value):
+        return value  # the common case: a plain decimal string, stored as written
+    amount = money(value, field)
+    return "" if amount is None else format(amount, "f")
+
+
+def optional_text(value: Any) -> str:
+    """A text field as a row stores it: stripped, '' for null/missing/blank (numbers as written)."""
+    if type(value) is str:
+        return value.strip()
+    if value is None:
+        return ""
+    return str(value).strip()
 
 
 def optional_str(value: Any) -> str | None:
@@ -196,6 +319,13 @@ def timestamp(value: Any, field: str, *, unit: str | None = None) -> datetime:
     inferred from the magnitude (seconds < 1e11 <= ms < 1e14 <= us < 1e17 <= ns). ISO times without
     an offset are taken as UTC: a tracker writing local time then shows up as `day_boundary` drift.
     """
+    try:
+        return _timestamp(value, field, unit)
+    except OverflowError:  # an offset moving the time out of datetime's years 1..9999
+        raise RecordError(f"{field} is out of range: {value!r}") from None
+
+
+def _timestamp(value: Any, field: str, unit: str | None) -> datetime:
     if type(value) is str and len(value) >= 19 and value[4] == "-" and value[10] in "Tt ":
         # ISO 8601 first (the common case); Python 3.11 reads `Z` itself.
         try:
@@ -235,3 +365,43 @@ def _from_epoch(number: Decimal, unit: str | None, field: str) -> datetime:
         return _EPOCH + timedelta(microseconds=micros)
     except OverflowError:
         raise RecordError(f"{field} is out of range: {number}") from None
+
+
+_UTC_SUFFIXES = frozenset(("", "Z", "z", "+00:00", "-00:00"))
+_DATE_TIME_SEPARATORS = frozenset(("--T", "--t", "-- "))
+
+
+def timestamp_text(value: Any, field: str, *, unit: str | None = None) -> str:
+    """`timestamp` as the naive UTC text a row stores (`YYYY-MM-DD HH:MM:SS.ffffff`).
+
+    ISO 8601 times already in UTC (`Z`, `+00:00`, or no offset) in the usual extended layout
+    (`YYYY-MM-DDTHH:MM:SS`, then a fraction or not) are rewritten as text once
+    `datetime.fromisoformat` has accepted them: formatting a datetime costs more than all the rest
+    of an event. Everything else goes through `timestamp`.
+    """
+    if type(value) is str and value[4:11:3] in _DATE_TIME_SEPARATORS and value[13:17:3] == "::":
+        # '-' at 4 and 7, T at 10, ':' at 13 and 16: once fromisoformat accepts it, these positions
+        # hold YYYY-MM-DD and HH:MM:SS in ASCII digits.
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            zone = parsed.tzinfo
+            if zone is None or zone is UTC:
+                tail = value[19:]
+                if tail in _UTC_SUFFIXES:
+                    return f"{value[:10]} {value[11:19]}.000000"
+                if tail[0] in ".," and tail[1:2].isdigit():
+                    return f"{value[:10]} {value[11:19]}.{parsed.microsecond:06d}"
+            return _utc_text(parsed, field, value)
+    return _utc_text(timestamp(value, field, unit=unit), field, value)
+
+
+def _utc_text(at: datetime, field: str, value: Any) -> str:
+    try:
+        if at.tzinfo is not None:
+            at = at.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        raise RecordError(f"{field} is out of range: {value!r}") from None
+    return at.isoformat(" ", "microseconds")

@@ -18,21 +18,25 @@ none themselves, so the logger must have added one. Optional `workspace_id`, `ap
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from worker.reconcile.events import TokenCounts, TrackedEvent
+from worker.reconcile.events import EventRow, TokenCounts, extra_text
 from worker.reconcile.formats._common import (
+    ModelOf,
     ParseResult,
     RecordError,
+    RowResult,
     Source,
+    as_events,
+    checked,
     first_key,
-    iter_json_values,
-    iter_lines,
+    no_model,
     optional_str,
+    optional_text,
     require_mapping,
-    run_records,
-    timestamp,
+    run_rows,
+    timestamp_text,
     token_count,
 )
 
@@ -43,7 +47,12 @@ _USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "ca
 
 def parse(source: Source) -> ParseResult:
     """Yield one event per response line, lazily."""
-    return run_records(iter_json_values(iter_lines(source)), _convert)
+    return as_events(rows(source))
+
+
+def rows(source: Source, model_of: ModelOf = no_model) -> RowResult:
+    """`parse` as rows."""
+    return run_rows(source, _row, model_of)
 
 
 def sniff(record: Mapping[str, Any]) -> int:
@@ -69,7 +78,7 @@ def _message(record: Mapping[str, Any]) -> Mapping[str, Any]:
     return record
 
 
-def _convert(value: Any) -> Iterator[TrackedEvent]:
+def _row(value: Any, model_of: ModelOf) -> EventRow:
     record = require_mapping(value)
     message = _message(record)
     usage_value = message.get("usage")
@@ -92,20 +101,19 @@ def _convert(value: Any) -> Iterator[TrackedEvent]:
     tools = usage.get("server_tool_use")
     if isinstance(tools, Mapping) and tools.get("web_search_requests"):
         extra["web_search_requests"] = token_count(tools["web_search_requests"], "web_search_requests")
-    yield TrackedEvent(
-        event_id=optional_str(message.get("id")) if message is not record else optional_str(record.get("id")),
-        occurred_at=timestamp(when, "timestamp"),
-        raw_model=model,
-        tokens=usage_tokens(usage),
-        workspace_id=optional_str(record.get("workspace_id")),
-        api_key_id=optional_str(record.get("api_key_id")),
-        customer=optional_str(first_key(record, "customer", "customer_id")),
-        extra=extra,
-    )
+    event_id = optional_text(message.get("id") if message is not record else record.get("id"))
+    at = timestamp_text(when, "timestamp")
+    counts = usage_counts(usage)
+    return checked((
+        event_id, at, model, model_of(model), *counts, "",
+        optional_text(record.get("workspace_id")), optional_text(record.get("api_key_id")),
+        optional_text(first_key(record, "customer", "customer_id")), extra_text(extra),
+    ))
 
 
-def usage_tokens(usage: Mapping[str, Any]) -> TokenCounts:
-    """Token counts from an Anthropic `usage` object (nested cache_creation wins over the flat total)."""
+def usage_counts(usage: Mapping[str, Any]) -> tuple[int, int, int, int, int, int]:
+    """Token counts from an Anthropic `usage` object (nested cache_creation wins over the flat total),
+    in `TokenCounts` field order."""
     split = usage.get("cache_creation")
     write_5m = write_1h = unsplit = 0
     flat = token_count(usage.get("cache_creation_input_tokens"), "cache_creation_input_tokens")
@@ -118,11 +126,16 @@ def usage_tokens(usage: Mapping[str, Any]) -> TokenCounts:
         raise RecordError("usage.cache_creation is not an object")
     else:
         unsplit = flat
-    return TokenCounts(
-        uncached_input=token_count(usage.get("input_tokens"), "input_tokens"),
-        output=token_count(usage.get("output_tokens"), "output_tokens"),
-        cache_read=token_count(usage.get("cache_read_input_tokens"), "cache_read_input_tokens"),
-        cache_write_5m=write_5m,
-        cache_write_1h=write_1h,
-        cache_write_unsplit=unsplit,
+    return (
+        token_count(usage.get("input_tokens"), "input_tokens"),
+        token_count(usage.get("output_tokens"), "output_tokens"),
+        token_count(usage.get("cache_read_input_tokens"), "cache_read_input_tokens"),
+        write_5m,
+        write_1h,
+        unsplit,
     )
+
+
+def usage_tokens(usage: Mapping[str, Any]) -> TokenCounts:
+    """`usage_counts` as `TokenCounts`."""
+    return TokenCounts(*usage_counts(usage))

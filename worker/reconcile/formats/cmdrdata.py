@@ -12,31 +12,40 @@ The id is `metadata.response_id` (else `id`). `custom_metadata` is kept in `extr
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from worker.reconcile.events import TrackedEvent
+from worker.reconcile.events import EventRow, extra_text
 from worker.reconcile.formats._common import (
+    ModelOf,
     ParseResult,
     RecordError,
+    RowResult,
     Source,
+    as_events,
+    checked,
     first_key,
-    iter_json_values,
-    iter_lines,
-    money,
+    money_text,
+    no_model,
     optional_str,
+    optional_text,
     require_mapping,
-    run_records,
-    timestamp,
+    run_rows,
+    timestamp_text,
 )
-from worker.reconcile.formats.anthropic import usage_tokens
+from worker.reconcile.formats.anthropic import usage_counts
 
 NAME = "cmdrdata"
 
 
 def parse(source: Source) -> ParseResult:
     """Yield one event per line, lazily."""
-    return run_records(iter_json_values(iter_lines(source)), _convert)
+    return as_events(rows(source))
+
+
+def rows(source: Source, model_of: ModelOf = no_model) -> RowResult:
+    """`parse` as rows."""
+    return run_rows(source, _row, model_of)
 
 
 def sniff(record: Mapping[str, Any]) -> int:
@@ -53,7 +62,7 @@ def sniff(record: Mapping[str, Any]) -> int:
     return 0
 
 
-def _convert(value: Any) -> Iterator[TrackedEvent]:
+def _row(value: Any, model_of: ModelOf) -> EventRow:
     record = require_mapping(value)
     provider = record.get("provider")
     model = optional_str(record.get("model"))
@@ -68,14 +77,12 @@ def _convert(value: Any) -> Iterator[TrackedEvent]:
             extra[name] = metadata[name]
     if isinstance(record.get("custom_metadata"), Mapping):
         extra["custom_metadata"] = dict(record["custom_metadata"])
-    yield TrackedEvent(
-        event_id=optional_str(first_key(metadata, "response_id") or record.get("id")),
-        occurred_at=timestamp(record.get("timestamp"), "timestamp"),
-        raw_model=model,
-        tokens=usage_tokens(record),
-        cost_usd=money(first_key(record, "cost_usd", "cost"), "cost"),
-        workspace_id=optional_str(record.get("workspace_id")),
-        api_key_id=optional_str(record.get("api_key_id")),
-        customer=optional_str(record.get("customer_id")),
-        extra=extra,
-    )
+    event_id = optional_text(first_key(metadata, "response_id") or record.get("id"))
+    at = timestamp_text(record.get("timestamp"), "timestamp")
+    counts = usage_counts(record)
+    cost = money_text(first_key(record, "cost_usd", "cost"), "cost")
+    return checked((
+        event_id, at, model, model_of(model), *counts, cost,
+        optional_text(record.get("workspace_id")), optional_text(record.get("api_key_id")),
+        optional_text(record.get("customer_id")), extra_text(extra),
+    ))

@@ -14,8 +14,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from decimal import Decimal
 from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
 from typing import Any
 
 from worker.reconcile.formats import anthropic, cmdrdata, fluxgate, generic, marginfront, otlp

@@ -15,22 +15,27 @@ are not in the cost report) and `feature` go to `extra`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from worker.reconcile.events import TokenCounts, TrackedEvent
+from worker.reconcile.events import EventRow, extra_text
 from worker.reconcile.formats._common import (
+    MAX_TOKENS,
+    ModelOf,
     ParseResult,
     RecordError,
+    RowResult,
     Source,
+    as_events,
+    checked,
     first_key,
-    iter_json_values,
-    iter_lines,
-    money,
+    money_text,
+    no_model,
     optional_str,
+    optional_text,
     require_mapping,
-    run_records,
-    timestamp,
+    run_rows,
+    timestamp_text,
     token_count,
 )
 
@@ -39,7 +44,12 @@ NAME = "fluxgate"
 
 def parse(source: Source) -> ParseResult:
     """Yield one event per tracked call, lazily."""
-    return run_records(iter_json_values(iter_lines(source)), _convert)
+    return as_events(rows(source))
+
+
+def rows(source: Source, model_of: ModelOf = no_model) -> RowResult:
+    """`parse` as rows."""
+    return run_rows(source, _row, model_of)
 
 
 def sniff(record: Mapping[str, Any]) -> int:
@@ -62,7 +72,7 @@ def _flatten(record: Mapping[str, Any]) -> Mapping[str, Any]:
     return record
 
 
-def _convert(value: Any) -> Iterator[TrackedEvent]:
+def _row(value: Any, model_of: ModelOf) -> EventRow:
     record = _flatten(require_mapping(value))
     model = optional_str(record.get("model"))
     if model is None:
@@ -70,22 +80,20 @@ def _convert(value: Any) -> Iterator[TrackedEvent]:
     output = token_count(record.get("outputTokens"), "outputTokens")
     if record.get("outputTokensIncludeReasoning") is not True:
         output += token_count(record.get("reasoningTokens"), "reasoningTokens")
+        if output > MAX_TOKENS:
+            raise RecordError(f"outputTokens + reasoningTokens is too large: {output}")
     user = record.get("user")
     customer = first_key(user, "email", "id") if isinstance(user, Mapping) else user
     extra = {name: record[name] for name in ("status", "feature", "serviceTier", "sessionId") if name in record}
-    yield TrackedEvent(
-        event_id=optional_str(first_key(record, "trackingId", "id")),
-        occurred_at=timestamp(record.get("createdAt"), "createdAt", unit="ms"),
-        raw_model=model,
-        tokens=TokenCounts(
-            uncached_input=token_count(record.get("inputTokens"), "inputTokens"),
-            output=output,
-            cache_read=token_count(record.get("cacheReadTokens"), "cacheReadTokens"),
-            cache_write_unsplit=token_count(record.get("cacheWriteTokens"), "cacheWriteTokens"),
-        ),
-        cost_usd=money(record.get("cost"), "cost"),
-        workspace_id=optional_str(first_key(record, "workspaceId", "workspace_id")),
-        api_key_id=optional_str(first_key(record, "apiKeyId", "api_key_id")),
-        customer=optional_str(customer),
-        extra=extra,
-    )
+    event_id = optional_text(first_key(record, "trackingId", "id"))
+    at = timestamp_text(record.get("createdAt"), "createdAt", unit="ms")
+    uncached = token_count(record.get("inputTokens"), "inputTokens")
+    cache_read = token_count(record.get("cacheReadTokens"), "cacheReadTokens")
+    cache_write = token_count(record.get("cacheWriteTokens"), "cacheWriteTokens")
+    return checked((
+        event_id, at, model, model_of(model), uncached, output, cache_read, 0, 0, cache_write,
+        money_text(record.get("cost"), "cost"),
+        optional_text(first_key(record, "workspaceId", "workspace_id")),
+        optional_text(first_key(record, "apiKeyId", "api_key_id")),
+        optional_text(customer), extra_text(extra),
+    ))

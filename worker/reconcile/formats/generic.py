@@ -27,18 +27,24 @@ import csv
 from collections.abc import Mapping
 from typing import Any
 
-from worker.reconcile.events import BadRecord, TokenCounts, TrackedEvent
+from worker.reconcile.events import BadRecord, EventRow, TrackedEvent, event_from_row
 from worker.reconcile.formats._common import (
+    MAX_EVENT_ID,
+    MAX_MODEL_ID,
+    MAX_TOKENS,
+    ModelOf,
     ParseResult,
     RecordError,
+    RowResult,
     Source,
-    iter_json_values,
+    as_events,
     iter_lines,
-    money,
-    optional_str,
+    money_text,
+    no_model,
+    optional_text,
     require_mapping,
-    run_records,
-    timestamp,
+    run_rows,
+    timestamp_text,
     token_count,
 )
 
@@ -56,11 +62,21 @@ _DISTINCT = ("cache_read_tokens", "cache_write_tokens", "cache_write_5m_tokens",
 
 def parse_jsonl(source: Source) -> ParseResult:
     """Yield one event per JSON line, lazily."""
-    return run_records(iter_json_values(iter_lines(source)), lambda value: [convert(require_mapping(value))])
+    return as_events(rows_jsonl(source))
 
 
 def parse_csv(source: Source) -> ParseResult:
     """Yield one event per CSV row, lazily; the first non-empty row is the header."""
+    return as_events(rows_csv(source))
+
+
+def rows_jsonl(source: Source, model_of: ModelOf = no_model) -> RowResult:
+    """`parse_jsonl` as rows."""
+    return run_rows(source, convert_row, model_of)
+
+
+def rows_csv(source: Source, model_of: ModelOf = no_model) -> RowResult:
+    """`parse_csv` as rows."""
     lines = iter_lines(source)
     reader = csv.reader(text + "\n" for _, text in lines)
     header: list[str] | None = None
@@ -85,7 +101,7 @@ def parse_csv(source: Source) -> ParseResult:
             yield BadRecord(reader.line_num, f"expected {len(header)} columns, found {len(row)}")
             continue
         try:
-            yield convert(dict(zip(header, row, strict=True)))
+            yield convert_row(dict(zip(header, row, strict=True)), model_of)
         except RecordError as exc:
             yield BadRecord(reader.line_num, str(exc))
 
@@ -105,26 +121,62 @@ def sniff_csv_header(line: str) -> bool:
     return all(name in cells for name in REQUIRED)
 
 
-def convert(record: Mapping[str, Any]) -> TrackedEvent:
-    """One generic record (a CSV row as a dict, or a JSON object) as an event."""
-    model = optional_str(record.get("model"))
-    if model is None:
+def convert_row(record: Any, model_of: ModelOf = no_model) -> EventRow:
+    """One generic record (a CSV row as a dict, or a decoded JSON object) as a row.
+
+    The hot path of the benchmark import: plain ints are taken as they are, in line, and every
+    other value goes through the checking helpers.
+    """
+    if type(record) is not dict:
+        record = require_mapping(record)
+    get = record.get
+    model = get("model")
+    model = model.strip() if type(model) is str else optional_text(model)
+    if not model:
         raise RecordError("missing model")
-    return TrackedEvent(
-        event_id=optional_str(record.get("event_id")),
-        occurred_at=timestamp(record.get("timestamp"), "timestamp"),
-        raw_model=model,
-        tokens=TokenCounts(
-            uncached_input=token_count(record.get("input_tokens"), "input_tokens"),
-            output=token_count(record.get("output_tokens"), "output_tokens"),
-            cache_read=token_count(record.get("cache_read_tokens"), "cache_read_tokens"),
-            cache_write_5m=token_count(record.get("cache_write_5m_tokens"), "cache_write_5m_tokens"),
-            cache_write_1h=token_count(record.get("cache_write_1h_tokens"), "cache_write_1h_tokens"),
-            cache_write_unsplit=token_count(record.get("cache_write_tokens"), "cache_write_tokens"),
-        ),
-        cost_usd=money(record.get("cost_usd"), "cost_usd"),
-        workspace_id=optional_str(record.get("workspace_id")),
-        api_key_id=optional_str(record.get("api_key_id")),
-        customer=optional_str(record.get("customer")),
+    if len(model) > MAX_MODEL_ID:
+        raise RecordError(f"model id longer than {MAX_MODEL_ID} characters")
+    at = timestamp_text(get("timestamp"), "timestamp")
+    a = get("input_tokens")
+    if not (type(a) is int and 0 <= a <= MAX_TOKENS):
+        a = token_count(a, "input_tokens")
+    b = get("output_tokens")
+    if not (type(b) is int and 0 <= b <= MAX_TOKENS):
+        b = token_count(b, "output_tokens")
+    c = get("cache_read_tokens")
+    if not (type(c) is int and 0 <= c <= MAX_TOKENS):
+        c = token_count(c, "cache_read_tokens")
+    d = get("cache_write_5m_tokens")
+    if not (type(d) is int and 0 <= d <= MAX_TOKENS):
+        d = token_count(d, "cache_write_5m_tokens")
+    e = get("cache_write_1h_tokens")
+    if not (type(e) is int and 0 <= e <= MAX_TOKENS):
+        e = token_count(e, "cache_write_1h_tokens")
+    f = get("cache_write_tokens")
+    if not (type(f) is int and 0 <= f <= MAX_TOKENS):
+        f = token_count(f, "cache_write_tokens")
+    cost = get("cost_usd")
+    event_id = get("event_id")
+    event_id = event_id.strip() if type(event_id) is str else optional_text(event_id)
+    if len(event_id) > MAX_EVENT_ID:
+        raise RecordError(f"event id longer than {MAX_EVENT_ID} characters")
+    workspace = get("workspace_id")
+    api_key = get("api_key_id")
+    customer = get("customer")
+    return (
+        event_id,
+        at,
+        model,
+        model_of(model),
+        a, b, c, d, e, f,
+        "" if cost is None else money_text(cost, "cost_usd"),
+        workspace.strip() if type(workspace) is str else optional_text(workspace),
+        api_key.strip() if type(api_key) is str else optional_text(api_key),
+        customer.strip() if type(customer) is str else optional_text(customer),
+        "",
     )
 
+
+def convert(record: Mapping[str, Any]) -> TrackedEvent:
+    """One generic record as a `TrackedEvent` (model not normalized)."""
+    return event_from_row(convert_row(record))

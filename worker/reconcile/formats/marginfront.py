@@ -23,18 +23,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from worker.reconcile.events import BadRecord, TokenCounts, TrackedEvent
+from worker.reconcile.events import BadRecord, EventRow, extra_text
 from worker.reconcile.formats._common import (
+    ModelOf,
     ParseResult,
     RecordError,
+    RowResult,
     Source,
+    as_events,
+    checked,
     first_key,
-    iter_json_values,
-    iter_lines,
+    json_records,
     money,
+    no_model,
     optional_str,
+    optional_text,
     require_mapping,
-    timestamp,
+    timestamp_text,
     token_count,
 )
 
@@ -45,11 +50,16 @@ _DISTINCT = ("customerExternalId", "agentCode", "signalName")
 
 def parse(source: Source) -> ParseResult:
     """Yield the events of each record, envelope by envelope, lazily."""
-    for item in iter_json_values(iter_lines(source)):
-        if isinstance(item, BadRecord):
+    return as_events(rows(source))
+
+
+def rows(source: Source, model_of: ModelOf = no_model) -> RowResult:
+    """`parse` as rows."""
+    for item in json_records(source):
+        if type(item) is BadRecord:
             yield item
             continue
-        number, value = item
+        number, value = item  # type: ignore[misc]
         if isinstance(value, Mapping) and "records" in value:
             records = value["records"]
             if not isinstance(records, list):
@@ -57,12 +67,12 @@ def parse(source: Source) -> ParseResult:
                 continue
             for index, record in enumerate(records):
                 try:
-                    yield _convert(record)
+                    yield _row(record, model_of)
                 except RecordError as exc:
                     yield BadRecord(number, f"records[{index}]: {exc}")
         else:
             try:
-                yield _convert(value)
+                yield _row(value, model_of)
             except RecordError as exc:
                 yield BadRecord(number, str(exc))
 
@@ -81,7 +91,7 @@ def sniff(record: Mapping[str, Any]) -> int:
     return 0
 
 
-def _convert(value: Any) -> TrackedEvent:
+def _row(value: Any, model_of: ModelOf) -> EventRow:
     record = require_mapping(value, "record")
     metadata_value = record.get("metadata") or {}
     metadata = require_mapping(metadata_value, "metadata")
@@ -103,19 +113,20 @@ def _convert(value: Any) -> TrackedEvent:
     for name in ("sessionId", "session.id", "serviceTier"):
         if name in metadata:
             extra[name] = metadata[name]
-    return TrackedEvent(
-        event_id=optional_str(event_id),
-        occurred_at=timestamp(when, "usageDate"),
-        raw_model=model,
-        tokens=TokenCounts(
-            uncached_input=token_count(record.get("inputTokens"), "inputTokens"),
-            output=token_count(record.get("outputTokens"), "outputTokens"),
-            cache_read=token_count(record.get("cacheReadTokens"), "cacheReadTokens"),
-            cache_write_unsplit=token_count(record.get("cacheWriteTokens"), "cacheWriteTokens"),
-        ),
-        cost_usd=cost,
-        workspace_id=optional_str(first_key(record, "workspaceId", "workspace_id")),
-        api_key_id=optional_str(first_key(record, "apiKeyId", "api_key_id")),
-        customer=optional_str(record.get("customerExternalId")),
-        extra=extra,
-    )
+    return checked((
+        optional_text(event_id),
+        timestamp_text(when, "usageDate"),
+        model,
+        model_of(model),
+        token_count(record.get("inputTokens"), "inputTokens"),
+        token_count(record.get("outputTokens"), "outputTokens"),
+        token_count(record.get("cacheReadTokens"), "cacheReadTokens"),
+        0,
+        0,
+        token_count(record.get("cacheWriteTokens"), "cacheWriteTokens"),
+        "" if cost is None else format(cost, "f"),
+        optional_text(first_key(record, "workspaceId", "workspace_id")),
+        optional_text(first_key(record, "apiKeyId", "api_key_id")),
+        optional_text(record.get("customerExternalId")),
+        extra_text(extra),
+    ))

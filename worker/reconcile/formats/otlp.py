@@ -20,20 +20,25 @@ Zero increments produce no event. A pretty-printed export is read whole.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from worker.reconcile.events import BadRecord, TokenCounts, TrackedEvent
+from worker.reconcile.events import BadRecord, EventRow, extra_text
 from worker.reconcile.formats._common import (
+    MAX_TOKENS,
+    ModelOf,
     ParseResult,
     RecordError,
+    RowResult,
     Source,
-    iter_json_values,
-    iter_lines,
+    as_events,
+    checked,
+    json_records,
     money,
-    timestamp,
+    no_model,
+    timestamp_text,
     token_count,
 )
 
@@ -43,16 +48,22 @@ COST_METRIC = "claude_code.cost.usage"
 _CUMULATIVE = 2
 _TOKEN_TYPES = {"input": "uncached_input", "output": "output", "cacheRead": "cache_read",
                 "cacheCreation": "cache_write_unsplit"}
+_ROW_ORDER = ("uncached_input", "output", "cache_read", "cache_write_5m", "cache_write_1h", "cache_write_unsplit")
 
 
 def parse(source: Source) -> ParseResult:
     """Yield the events of each export line, lazily."""
+    return as_events(rows(source))
+
+
+def rows(source: Source, model_of: ModelOf = no_model) -> RowResult:
+    """`parse` as rows."""
     state: dict[tuple[Any, ...], tuple[str, Decimal]] = {}
-    for item in iter_json_values(iter_lines(source)):
-        if isinstance(item, BadRecord):
+    for item in json_records(source):
+        if type(item) is BadRecord:
             yield item
             continue
-        number, value = item
+        number, value = item  # type: ignore[misc]
         try:
             groups = _groups(value, state)
         except RecordError as exc:
@@ -60,12 +71,12 @@ def parse(source: Source) -> ParseResult:
             continue
         for group in groups.values():
             try:
-                event = group.event()
+                row = group.row(model_of)
             except RecordError as exc:
                 yield BadRecord(number, str(exc))
                 continue
-            if event is not None:
-                yield event
+            if row is not None:
+                yield row
 
 
 def sniff(record: Mapping[str, Any]) -> int:
@@ -82,21 +93,30 @@ class _Group:
     counts: dict[str, int] = field(default_factory=dict)
     cost: Decimal | None = None
 
-    def event(self) -> TrackedEvent | None:
+    def row(self, model_of: ModelOf) -> EventRow | None:
         if not any(self.counts.values()) and not self.cost:
             return None
         if self.model is None:
             raise RecordError(f"{TOKEN_METRIC} data point without a model attribute")
+        model = self.model
         parts = [self.session or "-", self.model, self.email or "-", self.time_nanos]
-        return TrackedEvent(
-            event_id="otlp:" + ":".join(parts),
-            occurred_at=timestamp(self.time_nanos, "timeUnixNano", unit="ns"),
-            raw_model=self.model,
-            tokens=TokenCounts(**self.counts),
-            cost_usd=self.cost,
-            customer=self.email,
-            extra={"session.id": self.session} if self.session else {},
-        )
+        at = timestamp_text(self.time_nanos, "timeUnixNano", unit="ns")
+        counts = self.counts
+        for name, count in counts.items():
+            if count > MAX_TOKENS:  # a sum of data points in range can exceed it
+                raise RecordError(f"{TOKEN_METRIC}[{name}] is too large: {count}")
+        return checked((
+            "otlp:" + ":".join(parts),
+            at,
+            model,
+            model_of(model),
+            *(counts.get(name, 0) for name in _ROW_ORDER),
+            "" if self.cost is None else format(self.cost, "f"),
+            "",
+            "",
+            self.email or "",
+            extra_text({"session.id": self.session} if self.session else {}),
+        ))
 
 
 def _attributes(values: Any) -> dict[str, Any]:

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from tests.conftest import PG_URL, private_pg_schema
 import worker.reconcile.runs  # noqa: F401 - registers reconcile_runs (a dashboard panel reads it)
+from tests.conftest import PG_URL, private_pg_schema
 from worker.cli import cli
 from worker.settings import Settings, load_settings
 from worker.storage.db import make_engine, upgrade

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 
 from tests.conftest import PG_URL, private_pg_schema
 from worker.app import App
@@ -35,7 +35,7 @@ from worker.secret import AdminKey
 from worker.settings import Settings
 from worker.simulator import SimulatorHandle, running_simulator
 from worker.storage import repo
-from worker.storage.tables import cost_rows, integrations, revisions, sync_runs, usage_rows
+from worker.storage.tables import cost_rows, integrations, revisions, usage_rows
 from worker.vault import MasterKey
 
 pytestmark = pytest.mark.slow

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import select
 
 from tests.fake_api import COST_PATH, FAKE_ADMIN_KEY, USAGE_PATH, FakeAdminApi
-from worker.app import App
 from worker.api import Organization
-from worker.integrations import connect, check_connection
+from worker.app import App
+from worker.integrations import check_connection, connect
 from worker.secret import AdminKey
 from worker.storage import repo
 from worker.storage.tables import cost_rows, integrations, sync_runs, usage_rows

@@ -17,7 +17,7 @@ from worker.secret import AdminKey
 from worker.settings import Tier
 from worker.storage import repo
 from worker.storage.tables import integrations
-from worker.sync.windows import window_ending, latest_slot
+from worker.sync.windows import latest_slot, window_ending
 from worker.vault import Keyring, Sealed, VaultError, integration_aad
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
+from billgen import FIELDS, PRICES, TOKEN_TYPES, Call
 from sqlalchemy import Engine
 
-from billgen import FIELDS, PRICES, TOKEN_TYPES, Call
 from worker.api.models import CostRow, UsageRow
 from worker.reconcile import TokenCounts
 from worker.storage import repo

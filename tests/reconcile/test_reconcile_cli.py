@@ -11,11 +11,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from billgen import Call, days, generate_calls
 from click.testing import CliRunner, Result
+from seed import Record, seed_bill, write
 from sqlalchemy import Engine, func, select
 
-from billgen import Call, days, generate_calls
-from seed import Record, seed_bill, write
 from worker.cli import cli
 from worker.reconcile import TokenCounts
 from worker.reconcile.store import count_events, events

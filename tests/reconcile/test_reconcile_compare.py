@@ -6,8 +6,8 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
-
 from billgen import PRICES, Call, bill, days, generate_calls
+
 from worker.reconcile import (
     BilledCell,
     Cause,

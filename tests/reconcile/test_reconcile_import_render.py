@@ -9,8 +9,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
-
 from billgen import bill, days, generate_calls
+
 from worker.reconcile import (
     BadRecord,
     InMemorySink,

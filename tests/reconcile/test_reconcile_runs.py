@@ -10,11 +10,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from billgen import Call, days, generate_calls
 from click.testing import CliRunner, Result
+from seed import Record, seed_bill, write
 from sqlalchemy import select
 
-from billgen import Call, days, generate_calls
-from seed import Record, seed_bill, write
 from worker.app import App
 from worker.cli import cli
 from worker.http import HealthServer

@@ -4,10 +4,13 @@ after a restart, isolation of failures, and the APScheduler job settings."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import signal
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,9 +20,13 @@ import pytest
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from tests.fake_api import FakeAdminApi
+from tests.fake_api import FAKE_ADMIN_KEY, FakeAdminApi
 from tests.test_sync import TODAY, integration, onboard
-from worker.app import App
+from worker.api import Organization
+from worker.app import App, DbExecutor, db_threads
+from worker.integrations import connect
+from worker.secret import AdminKey
+from worker.storage import repo
 from worker.sync.scheduler import SyncService
 
 
@@ -70,6 +77,113 @@ class TestDispatch:
             replica.close()
         assert integration(app, iid).status == "ok"
         restarted.close()
+
+    def test_daily_job_and_poll_firing_together_start_one_sync(self, app: App, fake: FakeAdminApi) -> None:
+        """The cron job and the poll are separate APScheduler jobs: at 06:00 both may read the due rows before
+        either has started a task. One sync per integration starts; a second one (same lease owner) would lose
+        the slot claim and release the lease under the first, whose next page then failed as LeaseLost."""
+        iid = onboard(app, fake)
+        service = SyncService(app, transport=fake.transport())
+        dispatch(service)
+        app.clock.advance((datetime(2026, 3, 11, 6, 0, 1, tzinfo=UTC) - app.clock.now()).total_seconds())  # type: ignore[attr-defined]
+
+        async def go() -> None:
+            await asyncio.gather(service.dispatch_due(), service.dispatch_due())
+            await asyncio.gather(*service.tasks.values())
+        asyncio.run(go())
+        assert service.outcomes[("daily", "ok")] == 1
+        assert service.outcomes[("daily", "skipped")] == 0
+        with app.engine.begin() as conn:
+            runs = repo.recent_runs(conn, iid)
+        assert [(r["kind"], r["outcome"]) for r in runs if r["kind"] == "daily"] == [("daily", "ok")]
+
+    def test_syncs_share_one_tls_context(self, app: App, fake: FakeAdminApi, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Each sync has its own small connection pool, all on one TLS context: httpx builds a context per
+        transport otherwise (the CA bundle loaded again: ~25 ms of CPU and ~1 MiB for every organization)."""
+        from worker.sync import engine
+
+        iids = [onboard(app, fake)]
+        iids.append(connect(app, AdminKey(FAKE_ADMIN_KEY), Organization("org-2", "Two", "organization"),
+                            label="two", tier="free"))
+        made: list[dict[str, object]] = []
+
+        class Recording(httpx.MockTransport):
+            def __init__(self, **kwargs: object) -> None:
+                made.append(kwargs)
+                super().__init__(lambda request: fake.handle(request, request.url.path))
+        monkeypatch.setattr(engine.httpx, "AsyncHTTPTransport", Recording)
+        service = SyncService(app)  # no test transport: the syncs make their own
+        assert sorted(dispatch(service)) == ["backfill", "backfill"]
+        assert len(made) == 2
+        contexts = [m.get("verify") for m in made]
+        assert isinstance(contexts[0], ssl.SSLContext) and contexts[1] is contexts[0]
+        assert all(integration(app, i).status == "ok" for i in iids)
+
+    def test_pages_in_flight_are_bounded_across_syncs(self, app: App, fake: FakeAdminApi,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+        """Pages requested and not yet stored, over all the syncs of the service, never exceed its page slots
+        (memory stays flat with the fleet's size); a slot is taken after the rate wait and given back after
+        the store, or when a sync fails mid-page."""
+        from worker.sync.engine import IntegrationSync
+
+        iids = [onboard(app, fake)] + [
+            connect(app, AdminKey(FAKE_ADMIN_KEY), Organization(f"org-{i}", f"Org {i}", "organization"),
+                    label=f"org {i}", tier="free") for i in range(2, 5)]
+        blocked = iids[-1]
+        outstanding = [0, 0]  # now, most ever
+        store = IntegrationSync._store
+
+        def counted_store(self: IntegrationSync, *args: object) -> int:
+            outstanding[0] -= 1
+            return store(self, *args)  # type: ignore[arg-type]
+        monkeypatch.setattr(IntegrationSync, "_store", counted_store)
+
+        class Counting(httpx.AsyncBaseTransport):
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                task = asyncio.current_task()
+                if task is not None and task is service.tasks.get(blocked):  # fails after taking its slot
+                    return httpx.Response(403, json={"type": "error", "error": {
+                        "type": "permission_error", "message": "no"}}, headers={"request-id": "req_x"})
+                outstanding[0] += 1
+                outstanding[1] = max(outstanding[1], outstanding[0])
+                await asyncio.sleep(0.01)  # the other syncs get to send meanwhile
+                return await fake.transport().handle_async_request(request)
+
+        service = SyncService(app, transport=Counting())
+        service.page_slots = asyncio.Semaphore(2)
+        assert dispatch(service) == ["backfill"] * 4
+        assert outstanding == [0, 2]
+        assert service.page_slots._value == 2  # every slot given back, the blocked sync's too
+        assert integration(app, blocked).status == "error"
+
+    def test_stopped_while_opening_leaves_no_lease_or_running_record(self, app: App, fake: FakeAdminApi,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+        """A sync cancelled (SIGTERM) while its opening transaction (lease, slot, run record) runs on the database
+        thread: that transaction still commits, so the sync undoes it: run `interrupted`, lease released."""
+        from worker.sync.engine import IntegrationSync, sync_integration
+
+        iid = onboard(app, fake)
+        started, proceed = threading.Event(), threading.Event()
+        original = IntegrationSync._open
+
+        def slow_open(self: IntegrationSync) -> object:
+            started.set()
+            proceed.wait(5)
+            return original(self)
+        monkeypatch.setattr(IntegrationSync, "_open", slow_open)
+
+        async def go() -> None:
+            task = asyncio.create_task(sync_integration(app, iid, "backfill", transport=fake.transport()))
+            await asyncio.to_thread(started.wait, 5)
+            task.cancel()
+            await asyncio.sleep(0.01)
+            proceed.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        asyncio.run(go())
+        assert integration(app, iid).lease_owner is None
+        with app.engine.begin() as conn:
+            assert [(r["kind"], r["outcome"]) for r in repo.recent_runs(conn, iid)] == [("backfill", "interrupted")]
 
     def test_a_failing_integration_does_not_stop_the_others(self, app: App, fake: FakeAdminApi) -> None:
         """Two integrations due; one is blocked (403), the other still syncs."""
@@ -150,3 +264,69 @@ def test_run_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> Non
             proc.kill()
             proc.wait()
         proc.stderr.close()  # type: ignore[union-attr]
+
+
+class TestDbExecutor:
+    """The threads database calls of the service run on: small transactions before page stores."""
+
+    def test_small_calls_go_before_queued_bulk_calls(self) -> None:
+        executor = DbExecutor(threads=1, bulk_threads=1)
+        gate = threading.Event()
+        order: list[str] = []
+        blocker = executor.submit(gate.wait)
+        futures = [executor.submit(lambda n=name: order.append(n), bulk=name.startswith("bulk"))
+                   for name in ("bulk 1", "small 1", "bulk 2", "small 2")]
+        gate.set()
+        for f in [blocker, *futures]:
+            f.result(5)
+        assert order == ["small 1", "small 2", "bulk 1", "bulk 2"]
+        executor.shutdown()
+
+    def test_bulk_calls_are_bounded_and_never_block_small_ones(self) -> None:
+        executor = DbExecutor(threads=3, bulk_threads=1)
+        release = threading.Event()
+        running: list[int] = [0, 0]
+        lock = threading.Lock()
+
+        def bulk() -> None:
+            with lock:
+                running[0] += 1
+                running[1] = max(running[1], running[0])
+            release.wait(5)
+            with lock:
+                running[0] -= 1
+        bulks = [executor.submit(bulk, bulk=True) for _ in range(3)]
+        assert executor.submit(lambda: "small").result(5) == "small"  # while a bulk call holds a thread
+        release.set()
+        for f in bulks:
+            f.result(5)
+        assert running == [0, 1]
+        executor.shutdown()
+
+    def test_errors_reach_the_caller_and_idle_threads_exit(self) -> None:
+        executor = DbExecutor(threads=2, bulk_threads=1, idle_seconds=0.05)
+
+        def fail() -> None:
+            raise ValueError("boom")
+        with pytest.raises(ValueError, match="boom"):
+            executor.submit(fail).result(5)
+        deadline = time.monotonic() + 5
+        while executor._workers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert executor._workers == 0
+        assert executor.submit(lambda: 1).result(5) == 1  # a new thread starts on demand
+        executor.shutdown()
+        with pytest.raises(RuntimeError):
+            executor.submit(lambda: 1)
+
+    def test_app_db_runs_in_the_callers_context(self, app: App) -> None:
+        """Log fields bound in the task (contextvars) are seen by the call on the database thread."""
+        var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+        async def go() -> tuple[str, str]:
+            var.set("task")
+            return await app.db(var.get), await app.db(threading.current_thread)  # type: ignore[return-value]
+        seen, thread = asyncio.run(go())
+        assert seen == "task"
+        assert thread.name.startswith("cost-worker-db")  # type: ignore[attr-defined]
+        assert db_threads("sqlite") == (1, 1) and db_threads("postgresql")[0] > 1

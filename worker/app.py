@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import logging
 import os
 import socket
 import sys
+import threading
+import time
 import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
@@ -20,6 +29,107 @@ from worker.storage.db import make_engine, upgrade
 from worker.vault import InvalidMasterKey, Keyring, MasterKey, read_master_key_file, write_master_key_file
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class DbExecutor:
+    """Threads for the blocking database calls of async code, small transactions first.
+
+    Two lanes: `bulk` calls (page stores, each a transaction of hundreds of rows) and the rest (leases,
+    rate-bucket slots, run records, polls). A free thread always takes a waiting small call before a
+    bulk one, and at most `bulk_threads` bulk calls run at once, so what sits on a request's path never
+    queues behind a backlog of pages. Threads start on demand and exit after `idle_seconds` idle.
+    """
+
+    def __init__(self, threads: int, bulk_threads: int, name: str = "cost-worker-db",
+                 idle_seconds: float = 30.0) -> None:
+        self.threads, self.bulk_threads = threads, min(bulk_threads, threads)
+        self.name, self.idle_seconds = name, idle_seconds
+        self._cond = threading.Condition()
+        self._small: deque[tuple[Future[Any], Callable[[], Any]]] = deque()
+        self._bulk: deque[tuple[Future[Any], Callable[[], Any]]] = deque()
+        self._running_bulk = 0
+        self._workers = 0
+        self._idle = 0
+        self._closed = False
+        self._threads: set[threading.Thread] = set()
+
+    def submit(self, fn: Callable[[], T], *, bulk: bool = False) -> Future[T]:
+        future: Future[T] = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the database executor is shut down")
+            (self._bulk if bulk else self._small).append((future, fn))
+            if self._idle:
+                self._cond.notify()
+            elif self._workers < self.threads:
+                self._workers += 1
+                thread = threading.Thread(target=self._work, name=f"{self.name}-{self._workers}", daemon=True)
+                self._threads.add(thread)
+                thread.start()
+        return future
+
+    def _next(self) -> tuple[Future[Any], Callable[[], Any], bool] | None:
+        """The next call to run (small first), or None when this thread should exit; under the lock."""
+        while True:
+            if self._small:
+                return (*self._small.popleft(), False)
+            if self._bulk and self._running_bulk < self.bulk_threads:
+                self._running_bulk += 1
+                return (*self._bulk.popleft(), True)
+            if self._closed:
+                return None
+            self._idle += 1
+            woken = self._cond.wait(self.idle_seconds)
+            self._idle -= 1
+            if not woken and not self._small and not (self._bulk and self._running_bulk < self.bulk_threads):
+                return None
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                item = self._next()
+                if item is None:
+                    self._workers -= 1
+                    self._threads.discard(threading.current_thread())
+                    return
+            future, fn, bulk = item
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:  # handed to the awaiting task
+                        future.set_exception(exc)
+            finally:
+                if bulk:
+                    with self._cond:
+                        self._running_bulk -= 1
+                        if self._bulk and self._idle:
+                            self._cond.notify()
+
+    def shutdown(self, timeout: float = 2.0) -> None:
+        """Take no more calls; wait up to `timeout` seconds for the queued ones to finish (a transaction
+        cut short by the process exiting would roll back, but a released lease would be lost)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            threads = list(self._threads)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def db_threads(dialect: str) -> tuple[int, int]:
+    """(threads, of which at most this many store pages at once) for a database.
+
+    SQLite admits one writer at a time and every transaction here takes the write lock at its BEGIN
+    (IMMEDIATE): more threads add no throughput, only contention for that lock and the GIL, and with
+    one thread the small-first order is exact. PostgreSQL locks rows, so a few threads overlap their
+    round trips; fewer than SQLAlchemy's pool (5), so a call never waits for a connection.
+    """
+    return (1, 1) if dialect == "sqlite" else (4, 2)
+
 
 GENERATED_KEY_WARNING = (
     "WARNING: no master key configured; generated one at {path}. It encrypts every stored Admin key: "
@@ -69,6 +179,23 @@ class App:
     def budget(self) -> RateBudget:
         return RateBudget(self.settings.requests_per_minute, self.settings.burst)
 
+    @cached_property
+    def db_executor(self) -> DbExecutor:
+        return DbExecutor(*db_threads(self.engine.dialect.name))
+
+    async def db(self, fn: Callable[..., T], *args: Any, bulk: bool = False) -> T:
+        """Run a blocking database call off the event loop, in the caller's context (its log fields).
+
+        On `db_executor`, not asyncio's default executor: that one (min(32, cpus + 4) threads, FIFO)
+        also resolves host names for new connections, queued calls of a fleet waited behind each
+        other's page stores, and SQLite writers on several threads polled for its lock with sleeps.
+        `bulk` marks a page store (see `DbExecutor`).
+        """
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.wrap_future(self.db_executor.submit(call, bulk=bulk))
+
     def close(self) -> None:
+        if "db_executor" in self.__dict__:
+            self.db_executor.shutdown()
         if "engine" in self.__dict__:
             self.engine.dispose()

@@ -9,6 +9,8 @@ while waiting leaves a slot unused, which errs on the polite side.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from sqlalchemy import Engine, bindparam, text
 
@@ -63,20 +65,24 @@ def reserve(engine: Engine, bucket: str, budget: RateBudget, now: float) -> floa
 
 
 class OrgGate:
-    """A RequestGate (see worker.api.client) over one bucket: waits for a reserved slot via the injected clock."""
+    """A RequestGate (see worker.api.client) over one bucket: waits for a reserved slot via the injected clock.
 
-    def __init__(self, engine: Engine, bucket: str, budget: RateBudget, clock: Clock) -> None:
-        self.engine, self.bucket, self.budget, self.clock = engine, bucket, budget, clock
+    `run` runs the blocking database calls off the event loop (default `asyncio.to_thread`; the service
+    passes `App.db`, its own database threads)."""
+
+    def __init__(self, engine: Engine, bucket: str, budget: RateBudget, clock: Clock,
+                 run: Callable[..., Awaitable[Any]] = asyncio.to_thread) -> None:
+        self.engine, self.bucket, self.budget, self.clock, self.run = engine, bucket, budget, clock, run
 
     async def acquire(self) -> float:
-        wait = await asyncio.to_thread(reserve, self.engine, self.bucket, self.budget, self.clock.time())
+        wait = await self.run(reserve, self.engine, self.bucket, self.budget, self.clock.time())
         if wait > 0:
             await self.clock.sleep(wait)
         return wait
 
     async def done(self) -> None:
         """Called when a request sent through this gate has its answer (or failed)."""
-        await asyncio.to_thread(settle, self.engine, self.bucket, self.budget, self.clock.time())
+        await self.run(settle, self.engine, self.bucket, self.budget, self.clock.time())
 
     def charge(self) -> float:
         """Record a request already sent outside this gate (the /me call made before the org was known)."""

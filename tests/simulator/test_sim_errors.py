@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -169,6 +170,22 @@ class TestRateLimit:
         with httpx.Client(base_url=limited.base_url) as c:
             assert c.post("/_sim/reset-stats").status_code == 200
             assert c.get("/_sim/stats").json()["total"]["requests"] == 0
+
+    def test_stats_time_each_keys_first_and_last_request(self, limited: SimulatorHandle) -> None:
+        """Per key, the wall-clock times of its first and last request (any status): a benchmark timing a
+        fleet from outside reads when every organization was first answered and how close two came."""
+        before = time.time()
+        with client(limited, 0) as a, client(limited, 1) as b:
+            a.get(ME)
+            time.sleep(0.05)
+            b.get(ME)
+            a.get(ME)
+            stats = a.get("/_sim/stats").json()
+        after = time.time()
+        first, second = stats["keys"][limited.keys[0]], stats["keys"][limited.keys[1]]
+        assert before <= first["first_at"] < second["first_at"] <= second["last_at"] <= first["last_at"] <= after
+        assert first["last_at"] - first["first_at"] >= 0.05
+        assert second["first_at"] == second["last_at"]
 
     def test_slow_rate_retry_after(self, clock: FakeClock) -> None:
         """retry-after is the whole seconds until the next token (rounded up)."""

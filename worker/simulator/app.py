@@ -75,17 +75,22 @@ class _Counter:
 
 
 class Stats:
-    """Requests and 429s per key (and per path under each key) and per path."""
+    """Requests and 429s per key (and per path under each key) and per path; per key also the wall-clock
+    times (epoch seconds) of its first and last request, for benchmarks timing a fleet from outside."""
 
     def __init__(self) -> None:
         self.keys: dict[str, tuple[int | None, _Counter, dict[str, _Counter]]] = {}
+        self.times: dict[str, list[float]] = {}  # key label -> [first, last]
         self.paths: dict[str, _Counter] = {}
         self.total = _Counter()
 
     def record(self, key_label: str, org: int | None, path: str, status: int) -> None:
+        now = time.time()
         entry = self.keys.get(key_label)
         if entry is None:
             entry = self.keys[key_label] = (org, _Counter(), {})
+            self.times[key_label] = [now, now]
+        self.times[key_label][1] = now
         entry[1].add(status)
         entry[2].setdefault(path, _Counter()).add(status)
         self.paths.setdefault(path, _Counter()).add(status)
@@ -98,6 +103,8 @@ class Stats:
                 label: {
                     "org": org,
                     **c.as_json(),
+                    "first_at": self.times[label][0],
+                    "last_at": self.times[label][1],
                     "paths": {p: pc.as_json() for p, pc in by.items()},
                 }
                 for label, (org, c, by) in self.keys.items()

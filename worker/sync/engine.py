@@ -4,13 +4,20 @@ Every fetched page is stored in one transaction that replaces its days, advances
 checkpoint (backfill only) and updates the run record, after checking this process still holds the
 integration's lease. A crash or restart therefore resumes at the page that was in flight and skips
 nothing; re-reading a day is idempotent.
+
+A run opens with one transaction (lease, daily-slot claim, run record) and closes with one (run
+record and status). Its database calls run on the app's database threads (`App.db`: small
+transactions before page stores); syncs run together share a bound on the pages held between their
+request and their store (`PageGate`), and every sync's transport shares one TLS context.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -42,6 +49,21 @@ class LeaseLost(Exception):
     """Another process took over this integration's lease (ours expired): stop without writing."""
 
 
+class _SlotTaken(Exception):
+    """Another process ran this daily slot: roll back the lease just taken."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run reads: the backfill left (endpoint, checkpoint) and the re-read window (inclusive)."""
+
+    today: date
+    backfill: list[tuple[Endpoint, date]]
+    reread: tuple[date, date] | None
+    first: date
+    last: date
+
+
 @dataclass
 class SyncOutcome:
     integration_id: int
@@ -63,8 +85,7 @@ class ObservedTransport(httpx.AsyncBaseTransport):
                  on_answer: Callable[[str, str], None] | None = None) -> None:
         self.on_answer = on_answer
         self.owned = inner is None
-        self.inner = inner or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=4, max_keepalive_connections=2))
+        self.inner = inner or api_transport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -91,8 +112,56 @@ class ObservedTransport(httpx.AsyncBaseTransport):
             await self.inner.aclose()
 
 
-async def _db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return await asyncio.to_thread(fn, *args, **kwargs)
+PAGES_IN_FLIGHT = 128  # per process: pages requested and not yet stored (see PageGate)
+
+
+class PageGate:
+    """A sync's request gate: its organization's rate budget, then one of the process's page slots.
+
+    A page is in memory from its request until it is stored: parsed rows of about 100-200 KB for a
+    3-day cost page, ten times that for 31 days. Without a bound, a fleet answered at once held a page
+    per organization while they queued for the database, so memory grew with the fleet. The slot is
+    taken after the rate wait (holding one through a minute's wait would idle it), at most one per
+    sync (a retry keeps it), and given back once the page is stored or the run ends.
+    """
+
+    def __init__(self, gate: OrgGate, slots: asyncio.Semaphore | None) -> None:
+        self.gate, self.slots = gate, slots
+        self.holding = False
+
+    async def acquire(self) -> float:
+        waited = await self.gate.acquire()
+        if self.slots is not None and not self.holding:
+            await self.slots.acquire()
+            self.holding = True
+        return waited
+
+    async def done(self) -> None:
+        await self.gate.done()
+
+    def release(self) -> None:
+        if self.holding and self.slots is not None:
+            self.holding = False
+            self.slots.release()
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The process's one TLS context for the Admin API (the CA bundle loaded once)."""
+    return httpx.create_ssl_context()
+
+
+def api_transport() -> httpx.AsyncHTTPTransport:
+    """A sync's own small connection pool, on the process's one TLS context.
+
+    httpx builds a TLS context per transport unless given one: loading the CA bundle costs about
+    25 ms of CPU and 1 MiB of memory each, so a fleet's 06:00 dispatch spent most of its time there
+    (serially, on the event loop) and held a context per organization in flight. One pool for all
+    syncs is no better: httpcore assigns each request by scanning every connection and queued
+    request of the pool, quadratic with a thousand organizations at once.
+    """
+    return httpx.AsyncHTTPTransport(verify=tls_context(),
+                                    limits=httpx.Limits(max_connections=4, max_keepalive_connections=2))
 
 
 class IntegrationSync:
@@ -100,8 +169,11 @@ class IntegrationSync:
 
     def __init__(self, app: App, integration_id: int, kind: Kind, progress: Progress,
                  transport: httpx.AsyncBaseTransport | None = None, daily_slot: datetime | None = None,
-                 on_answer: Callable[[str, str], None] | None = None) -> None:
+                 on_answer: Callable[[str, str], None] | None = None,
+                 page_slots: asyncio.Semaphore | None = None) -> None:
         self.app, self.id, self.kind, self.progress = app, integration_id, kind, progress
+        self.page_slots = page_slots
+        self.gate: PageGate | None = None
         self.transport = ObservedTransport(transport, on_answer)
         self.daily_slot = daily_slot
         self.stats = RequestStats()
@@ -111,6 +183,10 @@ class IntegrationSync:
         self.limits: dict[str, int] = {}
         self.label = f"integration {integration_id}"
 
+    async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A blocking database call on the app's database threads (see `App.db`)."""
+        return await self.app.db(functools.partial(fn, *args, **kwargs))
+
     # --- lease -----------------------------------------------------------------------------------
 
     def _take_lease(self) -> bool:
@@ -119,10 +195,6 @@ class IntegrationSync:
             return repo.take_lease(conn, self.id, self.app.owner, now,
                                    now + timedelta(seconds=self.app.settings.lease_seconds))
 
-    def _claim_slot(self) -> bool:
-        with self.app.engine.begin() as conn:
-            return repo.claim_daily_slot(conn, self.id, self.daily_slot)  # type: ignore[arg-type]
-
     def _release_lease(self) -> None:
         with self.app.engine.begin() as conn:
             repo.release_lease(conn, self.id, self.app.owner)
@@ -130,7 +202,7 @@ class IntegrationSync:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.app.settings.lease_seconds / 3)
-            if not await _db(self._take_lease):
+            if not await self._db(self._take_lease):
                 log.error("%s: lease lost to another process", self.label)
                 return
 
@@ -175,8 +247,12 @@ class IntegrationSync:
             pages: AsyncIterator[Page[Any]] = fetch(chunk_start, chunk_end, limit=self.limits.get(endpoint, width))
             async for page in pages:
                 self.limits[endpoint] = min(self.limits.get(endpoint, width), page.limit)
-                count = await _db(self._store, endpoint, page, checkpoint)
-                self.progress.page(self.label, len(page.buckets), count)
+                count = await self.app.db(self._store, endpoint, page, checkpoint, bulk=True)
+                days = len(page.buckets)
+                del page  # stored: neither it nor its slot is held through the next request's wait
+                if self.gate is not None:
+                    self.gate.release()
+                self.progress.page(self.label, days, count)
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -187,47 +263,82 @@ class IntegrationSync:
             return await self._run()
 
     async def _run(self) -> SyncOutcome:
-        if not await _db(self._take_lease):
+        t0 = time.monotonic()
+        opening = asyncio.ensure_future(self._db(self._open))
+        try:
+            opened = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # Stopped while the opening transaction ran on its thread: it may still commit. Then undo it,
+            # so no lease or `running` record outlives this process.
+            opened = await opening
+            if isinstance(opened, tuple):
+                await self._db(self._finish_run, "interrupted", "stopped by shutdown", t0)
+                await self._db(self._release_lease)
+            raise
+        if opened == "leased":
             return SyncOutcome(self.id, self.kind, True, "skipped: another process is syncing it", skipped=True)
-        if self.daily_slot is not None and not await _db(self._claim_slot):
-            await _db(self._release_lease)
+        if opened == "slot taken":
             return SyncOutcome(self.id, self.kind, True, "skipped: this daily slot already ran", skipped=True)
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
-            return await self._run_leased()
+            return await self._run_leased(*opened, t0)
         finally:
+            if self.gate is not None:
+                self.gate.release()  # a page that failed or was interrupted
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            await asyncio.shield(_db(self._release_lease))
+            await asyncio.shield(self._db(self._release_lease))
 
-    async def _run_leased(self) -> SyncOutcome:
+    def _open(self) -> tuple[repo.Integration, Plan] | str:
+        """Take the lease, claim the daily slot (if any), read the integration and start the run record, in
+        one transaction: a slot another process claimed first rolls the lease back with it ("slot taken")."""
         app = self.app
-        integ = await _db(self._load)
-        if integ is None:
-            return SyncOutcome(self.id, self.kind, False, f"{self.label}: no such integration")
-        self.label = f"[{integ.id}] {integ.label}"
-        today = app.clock.now().date()
-        backfill = [] if integ.backfill_done else [
+        now = app.clock.now()
+        try:
+            with app.engine.begin() as conn:
+                if not repo.take_lease(conn, self.id, app.owner, now,
+                                       now + timedelta(seconds=app.settings.lease_seconds)):
+                    return "leased"  # by another process, or the integration is gone
+                if self.daily_slot is not None and not repo.claim_daily_slot(conn, self.id, self.daily_slot):
+                    raise _SlotTaken
+                integ = repo.get_integration(conn, self.id)
+                assert integ is not None  # the lease UPDATE has just matched its row
+                plan = self._plan(integ, now.date())
+                self.run_id = repo.start_run(conn, self.id, self.kind, plan.first, plan.last, now)
+                if plan.backfill and integ.status == "pending":
+                    repo.update_integration(conn, self.id, status="backfilling", updated_at=now)
+        except _SlotTaken:
+            return "slot taken"
+        return integ, plan
+
+    def _plan(self, integ: repo.Integration, today: date) -> Plan:
+        backfill: list[tuple[Endpoint, date]] = [] if integ.backfill_done else [
             ("cost", integ.cost_checkpoint), ("usage", integ.usage_checkpoint)]
+        reread: tuple[date, date] | None
         if self.kind == "backfill":
             reread = (integ.backfill_end + ONE_DAY, today) if today > integ.backfill_end else None
         else:
-            reread = window_ending(today, app.settings.resync_days)
+            reread = window_ending(today, self.app.settings.resync_days)
         first = min([cp for _, cp in backfill] + ([reread[0]] if reread else []), default=today)
         last = max([integ.backfill_end] * bool(backfill) + ([reread[1]] if reread else []), default=today)
-        started = app.clock.now()
-        t0 = time.monotonic()
-        await _db(self._start_run, first, last, started, bool(backfill) and integ.status == "pending")
+        return Plan(today, backfill, reread, first, last)
+
+    async def _run_leased(self, integ: repo.Integration, plan: Plan, t0: float) -> SyncOutcome:
+        app = self.app
+        self.label = f"[{integ.id}] {integ.label}"
+        today, backfill, reread = plan.today, plan.backfill, plan.reread
         total_days = sum(days_between(cp, integ.backfill_end) for _, cp in backfill) // 2 + (
             days_between(*reread) if reread else 0)
         self.progress.start(self.label, self.kind, total_days)
         outcome, error, status = "error", None, "error"
         try:
             key = open_key(app.keyring, integ)
-            gate = OrgGate(app.engine, org_bucket(integ.organization_id), app.budget, app.clock)
+            self.gate = PageGate(OrgGate(app.engine, org_bucket(integ.organization_id), app.budget, app.clock,
+                                         run=app.db), self.page_slots)
             on_wait = lambda s: self.progress.wait(self.label, s)  # noqa: E731
-            async with make_client(app, key, gate, self.stats, self.transport, on_wait) as client:
+            async with make_client(app, key, self.gate, self.stats,  # type: ignore[arg-type]
+                                   self.transport, on_wait) as client:
                 bf_first = min((cp for _, cp in backfill), default=today)
                 for offset in range(0, days_between(bf_first, integ.backfill_end) if backfill else 0,
                                     app.settings.page_limit):
@@ -240,7 +351,7 @@ class IntegrationSync:
                         if lo < window_end:
                             await self._fetch(client, endpoint, lo, window_end, checkpoint=True)  # type: ignore[arg-type]
                 if backfill:
-                    await _db(self._mark, backfill_done=True)
+                    await self._db(self._mark, backfill_done=True)
                 if reread:
                     for endpoint in ("cost", "usage"):
                         await self._fetch(client, endpoint, reread[0], reread[1] + ONE_DAY, checkpoint=False)  # type: ignore[arg-type]
@@ -255,44 +366,44 @@ class IntegrationSync:
         except LeaseLost as exc:
             outcome, status, error, message = "interrupted", "", str(exc), str(exc)
         except asyncio.CancelledError:
-            await asyncio.shield(_db(self._finish_run, "interrupted", "stopped by shutdown", t0))
+            await asyncio.shield(self._db(self._finish_run, "interrupted", "stopped by shutdown", t0))
             self.progress.finish(self.label, False, "interrupted: will resume from the last stored page")
             raise
-        await _db(self._finish_run, outcome, error, t0)
         if status == "ok":
-            await _db(self._mark, status="ok", last_success_at=app.clock.now(), last_error=None)
+            await self._db(self._finish_run, outcome, error, t0, status="ok", last_success_at=app.clock.now(),
+                           last_error=None)
         elif status == "error":
-            await _db(self._mark, status="error", last_error=error)
+            await self._db(self._finish_run, outcome, error, t0, status="error", last_error=error)
             log.error("%s: %s", self.label, message, extra={"integration_id": self.id})
+        else:
+            await self._db(self._finish_run, outcome, error, t0)
         self.progress.finish(self.label, outcome == "ok", message)
         return SyncOutcome(self.id, self.kind, outcome == "ok", message, run_id=self.run_id, rows=self.rows)
-
-    def _load(self) -> repo.Integration | None:
-        with self.app.engine.begin() as conn:
-            return repo.get_integration(conn, self.id)
-
-    def _start_run(self, first: date, last: date, started: datetime, now_backfilling: bool) -> None:
-        with self.app.engine.begin() as conn:
-            self.run_id = repo.start_run(conn, self.id, self.kind, first, last, started)
-            if now_backfilling:
-                repo.update_integration(conn, self.id, status="backfilling", updated_at=started)
 
     def _mark(self, **values: Any) -> None:
         with self.app.engine.begin() as conn:
             repo.update_integration(conn, self.id, updated_at=self.app.clock.now(), **values)
 
-    def _finish_run(self, outcome: str, error: str | None, t0: float) -> None:
+    def _finish_run(self, outcome: str, error: str | None, t0: float, **integration: Any) -> None:
+        """Close the run record and, when given, update the integration's status (one transaction)."""
+        now = self.app.clock.now()
         with self.app.engine.begin() as conn:
-            repo.update_run(conn, self.run_id, outcome=outcome, error=error, finished_at=self.app.clock.now(),  # type: ignore[arg-type]
+            repo.update_run(conn, self.run_id,  # type: ignore[arg-type]
+                            outcome=outcome, error=error, finished_at=now,
                             duration_seconds=round(time.monotonic() - t0, 3), **self._run_counters())
+            if integration:
+                repo.update_integration(conn, self.id, updated_at=now, **integration)
 
 
 async def sync_integration(app: App, integration_id: int, kind: Kind, *, progress: Progress | None = None,
                            transport: httpx.AsyncBaseTransport | None = None,
                            daily_slot: datetime | None = None,
-                           on_answer: Callable[[str, str], None] | None = None) -> SyncOutcome:
-    """Run one sync of one integration (skipped when another process holds its lease)."""
-    sync = IntegrationSync(app, integration_id, kind, progress or LogProgress(), transport, daily_slot, on_answer)
+                           on_answer: Callable[[str, str], None] | None = None,
+                           page_slots: asyncio.Semaphore | None = None) -> SyncOutcome:
+    """Run one sync of one integration (skipped when another process holds its lease). Syncs run together
+    share `page_slots` (see PageGate)."""
+    sync = IntegrationSync(app, integration_id, kind, progress or LogProgress(), transport, daily_slot,
+                           on_answer, page_slots)
     return await sync.run()
 
 
@@ -306,10 +417,12 @@ async def sync_now(app: App, integration_ids: list[int] | None, *, progress: Pro
     """
     with app.engine.begin() as conn:
         ids = integration_ids or [i.id for i in repo.list_integrations(conn)]
+    page_slots = asyncio.Semaphore(PAGES_IN_FLIGHT)
 
     async def one(iid: int) -> SyncOutcome:
         while True:
-            result = await sync_integration(app, iid, "manual", progress=progress, transport=transport)
+            result = await sync_integration(app, iid, "manual", progress=progress, transport=transport,
+                                            page_slots=page_slots)
             if not result.skipped:
                 return result
             await app.clock.sleep(lease_poll_seconds)

@@ -6,7 +6,8 @@
 - `poll` runs every few seconds: it starts backfills of integrations connected from any process, and
   runs any daily slot not yet handled, which is how a restart after a missed 06:00 runs it once.
 Both only dispatch; per-integration state in the database (lease, last_daily_slot) makes every
-dispatch idempotent, so a duplicate fire is a no-op. That is also how replicas on one PostgreSQL
+dispatch idempotent, so a duplicate fire is a no-op (and within a process, a dispatch never starts a
+second task for an integration already running: the two jobs can fire together at 06:00). That is also how replicas on one PostgreSQL
 cooperate: APScheduler's job stores cannot be shared, so every replica runs its own scheduler and
 the rows decide. A replica only runs an integration whose lease it took (an atomic conditional
 UPDATE, checked under SELECT ... FOR UPDATE in each page's transaction), a daily slot runs for the
@@ -37,9 +38,8 @@ from sqlalchemy import Connection, select, update
 from worker.app import App
 from worker.http import Metric
 from worker.logs import bind
-from worker.storage import repo
 from worker.storage.tables import integrations, sync_runs
-from worker.sync.engine import SyncOutcome, sync_integration
+from worker.sync.engine import PAGES_IN_FLIGHT, SyncOutcome, sync_integration
 from worker.sync.progress import LogProgress
 from worker.sync.windows import latest_slot
 
@@ -71,6 +71,7 @@ class SyncService:
         self.tasks: dict[int, asyncio.Task[SyncOutcome | None]] = {}
         self.progress = LogProgress()
         self.semaphore = asyncio.Semaphore(app.settings.max_concurrent_syncs)
+        self.page_slots = asyncio.Semaphore(PAGES_IN_FLIGHT)  # pages requested and not yet stored, all syncs
         self.dispatches = 0
         self.stopping = False
         self.scheduler: AsyncIOScheduler | None = None
@@ -120,20 +121,22 @@ class SyncService:
     def _due(self) -> list[tuple[int, str, object]]:
         now = self.app.clock.now()
         slot = latest_slot(now, self.app.settings.daily_sync_time)
+        c = integrations.c
         with self.app.engine.begin() as conn:
             reaped = reap_abandoned_runs(conn, now)
+            # Only what dispatch needs (not whole rows with their sealed keys): this runs every poll.
+            rows = conn.execute(select(c.id, c.status, c.backfill_done, c.last_daily_slot)
+                                .order_by(c.id)).all()
         if reaped:
             log.warning("marked %d run record(s) of a stopped process as interrupted", reaped)
-        with self.app.engine.begin() as conn:
-            integrations = repo.list_integrations(conn)
         due: list[tuple[int, str, object]] = []
-        for integ in integrations:
-            if integ.id in self.tasks:
+        for iid, status, backfill_done, last_daily_slot in rows:
+            if iid in self.tasks:
                 continue
-            if not integ.backfill_done and integ.status in BACKFILL_STATUSES:
-                due.append((integ.id, "backfill", None))
-            elif integ.last_daily_slot is None or integ.last_daily_slot < slot:
-                due.append((integ.id, "daily", slot))
+            if not backfill_done and status in BACKFILL_STATUSES:
+                due.append((iid, "backfill", None))
+            elif last_daily_slot is None or last_daily_slot < slot:
+                due.append((iid, "daily", slot))
         return due
 
     async def dispatch_due(self) -> None:
@@ -146,7 +149,7 @@ class SyncService:
         if current is not None:
             self._polls.add(current)
         try:
-            due = await asyncio.to_thread(self._due)
+            due = await self.app.db(self._due)
         except Exception:
             log.exception("could not read integrations; retrying at the next poll")
             return
@@ -155,6 +158,11 @@ class SyncService:
         if self.stopping:  # SIGTERM arrived while reading: take no new work
             return
         for integration_id, kind, slot in due:
+            if integration_id in self.tasks:
+                # Another dispatch read the same rows meanwhile (the daily job and the poll fire together) and
+                # started it: a second task would share the lease (same owner), lose the slot claim and
+                # release the lease under the first one.
+                continue
             task = asyncio.create_task(self._guarded(integration_id, kind, slot))
             self.tasks[integration_id] = task
             task.add_done_callback(lambda _t, i=integration_id: self.tasks.pop(i, None))
@@ -166,6 +174,7 @@ class SyncService:
                 outcome = await sync_integration(
                     self.app, integration_id, kind, progress=self.progress,  # type: ignore[arg-type]
                     transport=self.transport, daily_slot=slot,  # type: ignore[arg-type]
+                    page_slots=self.page_slots,
                     on_answer=lambda endpoint, status: self.count_request(integration_id, endpoint, status))
             except asyncio.CancelledError:
                 self.outcomes[(kind, "interrupted")] += 1

@@ -330,3 +330,30 @@ class TestDbExecutor:
         assert seen == "task"
         assert thread.name.startswith("cost-worker-db")  # type: ignore[attr-defined]
         assert db_threads("sqlite") == (1, 1) and db_threads("postgresql")[0] > 1
+
+
+def test_reaping_reads_only_running_records(app: App) -> None:
+    """Every poll's search for `running` records of dead processes seeks the partial index instead of
+    scanning a year of runs (SQLite's plan; PostgreSQL plans tiny test tables as scans either way)."""
+    if app.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's plan")
+    from sqlalchemy import event
+
+    from worker.sync.scheduler import reap_abandoned_runs
+
+    seen: list[tuple[str, object]] = []
+
+    def capture(_conn: object, _cursor: object, statement: str, parameters: object, *_: object) -> None:
+        if statement.startswith("UPDATE sync_runs"):
+            seen.append((statement, parameters))
+
+    event.listen(app.engine, "before_cursor_execute", capture)
+    try:
+        with app.engine.begin() as conn:
+            reap_abandoned_runs(conn, datetime.now(UTC))
+    finally:
+        event.remove(app.engine, "before_cursor_execute", capture)
+    (statement, parameters), = seen
+    with app.engine.connect() as conn:
+        plan = " ".join(str(r) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters))
+    assert "USING INDEX ix_sync_runs_running" in plan, plan

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from worker.storage.types import ExactDecimal, UTCDateTime
@@ -154,6 +155,9 @@ sync_runs = Table(
     Column("outcome", String(20), nullable=False),  # running | ok | error | interrupted
     Column("error", Text),
     Index("ix_sync_runs_integration_started", "integration_id", "started_at"),
+    # Every poll looks for `running` records of dead processes: a few rows among a year of runs.
+    Index("ix_sync_runs_running", "integration_id", sqlite_where=text("outcome = 'running'"),
+          postgresql_where=text("outcome = 'running'")),
 )
 
 # GCRA state of each organization's request budget, shared by every process on this database.

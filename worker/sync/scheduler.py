@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, literal_column, select, update
 
 from worker.app import App
 from worker.http import Metric
@@ -59,7 +59,10 @@ def reap_abandoned_runs(conn: Connection, now: datetime) -> int:
     held = select(integrations.c.id).where(integrations.c.lease_owner.is_not(None),
                                            integrations.c.lease_expires_at >= now)
     result = conn.execute(update(sync_runs)
-                          .where(sync_runs.c.outcome == "running", sync_runs.c.integration_id.not_in(held))
+                          # A literal, not a parameter: PostgreSQL's generic plan for a prepared statement
+                          # cannot use the partial index ix_sync_runs_running for `outcome = $1`.
+                          .where(sync_runs.c.outcome == literal_column("'running'"),
+                                 sync_runs.c.integration_id.not_in(held))
                           .values(outcome="interrupted", error=ABANDONED, finished_at=now))
     return int(result.rowcount or 0)
 

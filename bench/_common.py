@@ -8,6 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from conftest import private_pg_schema  # noqa: E402 - the tests' fresh PostgreSQL schema, dropped afterwards
 from e2e.procs import Simulator, Worker, min_report_requests, window  # noqa: E402
 
 
@@ -19,4 +20,4 @@ def table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join("| " + ln + " |" for ln in lines)
 
 
-__all__ = ["ROOT", "Simulator", "Worker", "min_report_requests", "table", "window"]
+__all__ = ["ROOT", "Simulator", "Worker", "min_report_requests", "private_pg_schema", "table", "window"]

@@ -36,16 +36,15 @@ import signal
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from _common import Simulator, table
+from _common import Simulator, private_pg_schema, table
 from e2e.procs import WORKER, clean_env, normalize
-from sqlalchemy import create_engine, func, select, text, update
+from sqlalchemy import create_engine, func, select, update
 
 from worker.api import Organization
 from worker.app import App
@@ -79,17 +78,8 @@ def database(base_url: str | None, tmp: Path) -> Iterator[str]:
     if base_url is None:
         yield f"sqlite:///{tmp / 'cw.db'}"
         return
-    schema = f"fleet_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base_url else "?"
-    try:
-        yield f"{base_url}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with private_pg_schema(base_url) as url:
+        yield url
 
 
 def proc_status(pid: int) -> dict[str, int]:

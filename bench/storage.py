@@ -29,17 +29,16 @@ import random
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, table
+from _common import ROOT, private_pg_schema, table
 
 sys.path.insert(0, str(ROOT))
-from sqlalchemy import Engine, create_engine, text  # noqa: E402
+from sqlalchemy import Engine, text  # noqa: E402
 
 from worker.api.models import CostRow, DayBucket, Page, UsageRow, cents_to_dollars  # noqa: E402
 from worker.storage import repo  # noqa: E402
@@ -167,16 +166,8 @@ def database(kind: str, pg_url: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory() as tmp:
             yield f"sqlite:///{Path(tmp) / 'cw.db'}"
         return
-    schema = f"cw_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(pg_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{pg_url}{'&' if '?' in pg_url else '?'}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with private_pg_schema(pg_url) as url:
+        yield url
 
 
 def clear(engine: Engine) -> None:

@@ -11,11 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from worker.app import App
 from worker.clock import FakeClock
 from worker.settings import Settings
+from worker.storage.db import make_engine, upgrade
 from worker.vault import MasterKey
 
 PG_URL = os.environ.get("COST_WORKER_TEST_DATABASE_URL")
@@ -53,6 +54,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     assert PG_URL
     with private_pg_schema(PG_URL) as url:
         yield url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """A migrated engine on the fresh database of `db_url`."""
+    eng = make_engine(db_url)
+    upgrade(eng)
+    yield eng
+    eng.dispose()
 
 
 @pytest.fixture

@@ -8,15 +8,7 @@ import pytest
 
 from worker.clock import FakeClock
 from worker.ratelimit import OrgGate, RateBudget, reserve
-from worker.storage.db import make_engine, upgrade
-
-
-@pytest.fixture
-def engine(db_url: str):  # type: ignore[no-untyped-def]
-    eng = make_engine(db_url)
-    upgrade(eng)
-    yield eng
-    eng.dispose()
+from worker.storage.db import make_engine
 
 
 def _acquire_many(gate: OrgGate, n: int) -> list[float]:

@@ -19,14 +19,6 @@ NOW = datetime(2026, 3, 10, tzinfo=UTC)
 
 
 @pytest.fixture
-def engine(db_url: str):  # type: ignore[no-untyped-def]
-    eng = make_engine(db_url)
-    upgrade(eng)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
 def integration_id(engine: Engine) -> int:
     with engine.begin() as conn:
         return repo.insert_integration(

@@ -19,7 +19,6 @@ from sqlalchemy import Engine, func, select
 from worker.cli import cli
 from worker.reconcile import TokenCounts
 from worker.reconcile.store import count_events, events
-from worker.storage.db import make_engine, upgrade
 from worker.vault import MasterKey
 
 SONNET = "claude-sonnet-4-6"
@@ -33,14 +32,6 @@ WEB_SEARCH = {D[9]: Decimal("0.50")}
 @pytest.fixture(scope="module")
 def calls() -> list[Call]:
     return generate_calls(DATES, [SONNET, HAIKU])
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    upgrade(eng)
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture
@@ -337,26 +328,15 @@ class TestParsingProcess:
     """`events import` parses in a forked process when it can; the result is the same either way."""
 
     @pytest.fixture(params=[True, False], ids=["forked", "in-process"])
-    def forks(self, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-        import os
-
+    def forks(self, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+              forked_pids: list[int]) -> Iterator[list[int]]:
         from worker.reconcile import importer
 
         if request.param and not importer.can_fork():
             pytest.skip("this process cannot fork safely (not POSIX, or other threads are running)")
-        pids: list[int] = []
-        real_fork = os.fork
-
-        def fork() -> int:
-            pid = real_fork()
-            if pid:
-                pids.append(pid)
-            return pid
-
-        monkeypatch.setattr(os, "fork", fork)
         monkeypatch.setattr(importer, "can_fork", lambda: request.param)
-        yield pids
-        assert bool(pids) is request.param
+        yield forked_pids
+        assert bool(forked_pids) is request.param
 
     def test_file_and_stdin_import_the_same_events(self, env: dict[str, str], engine: Engine, calls: list[Call],
                                                    tmp_path: Path, forks: list[int]) -> None:

@@ -289,21 +289,11 @@ class _Unpicklable(Exception):
 
 class TestParsedInChild:
     @pytest.fixture
-    def forks(self, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    def forks(self, forked_pids: list[int]) -> list[int]:
         """The pids forked by `parsed_in_child`."""
         if not can_fork():
             pytest.skip("this process cannot fork safely (not POSIX, or other threads are running)")
-        pids: list[int] = []
-        real_fork = os.fork
-
-        def fork() -> int:
-            pid = real_fork()
-            if pid:
-                pids.append(pid)
-            return pid
-
-        monkeypatch.setattr(os, "fork", fork)
-        return pids
+        return forked_pids
 
     @staticmethod
     def _reaped(pid: int) -> bool:

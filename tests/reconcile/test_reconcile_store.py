@@ -5,7 +5,6 @@ period's sources, the aggregates against the in-memory reference, the covering i
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -19,14 +18,6 @@ from worker.reconcile.store import CommittingSink, SqlEventSink, events, sources
 from worker.storage.db import _alembic_config, make_engine, upgrade
 
 DAY = date(2026, 3, 2)
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    upgrade(eng)
-    yield eng
-    eng.dispose()
 
 
 def row(event_id: str, *, at: str = "2026-03-02 10:00:00.000000", model: str = "m", cost: str = "",

@@ -20,7 +20,6 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-import worker.reconcile.runs  # noqa: F401 - registers reconcile_runs (a dashboard panel reads it)
 from tests.conftest import PG_URL, private_pg_schema
 from worker.cli import cli
 from worker.settings import Settings, load_settings

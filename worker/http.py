@@ -12,8 +12,8 @@
 
 A small asyncio HTTP/1.1 server (one request per connection) on the service's event loop; database
 reads run in threads (`asyncio.to_thread`) with a time limit, so a slow database never blocks the
-scheduler. Reconciliation's series (`cost_worker_reconcile_*`, the latest drift per integration) come
-from `worker.reconcile.runs`; `register_collector` is the hook for further database-backed series.
+scheduler. Reconciliation's series (`cost_worker_reconcile_*`, the latest drift per integration) are
+read from `reconcile_runs`; `register_collector` is the hook for further database-backed series.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, func, or_, select, text
 
 from worker import __version__
 from worker.storage.db import current_revision, head_revision
-from worker.storage.tables import integrations, sync_runs
+from worker.storage.tables import integrations, reconcile_runs, sync_runs
 
 if TYPE_CHECKING:
     from worker.app import App
@@ -179,6 +179,42 @@ def integration_metrics(conn: Connection, now: datetime) -> list[Metric]:
             duration, runs, last_duration, last_finished, last_outcome]
 
 
+ALL_INTEGRATIONS = "all"
+"""The integration_id label of reconcile runs over every integration's bill."""
+
+
+def reconcile_metrics(conn: Connection) -> list[Metric]:
+    """Series of the latest reconcile run per scope (each integration, and "all")."""
+    drift = Metric("cost_worker_reconcile_drift_usd", "gauge",
+                   "Latest reconcile: tracked minus billed cost (USD) over its period; integration_id=all "
+                   "when it covered every integration.")
+    unexplained = Metric("cost_worker_reconcile_unexplained_usd", "gauge",
+                         "Latest reconcile: the part of the drift no cause explains (USD).")
+    billed = Metric("cost_worker_reconcile_billed_usd", "gauge", "Latest reconcile: billed cost of its period (USD).")
+    tracked = Metric("cost_worker_reconcile_tracked_usd", "gauge",
+                     "Latest reconcile: tracked cost of its period (USD).")
+    drift_rows = Metric("cost_worker_reconcile_drift_rows", "gauge",
+                        "Latest reconcile: rows (day, model, ...) drifting beyond the tolerance.")
+    finished = Metric("cost_worker_reconcile_last_run_timestamp_seconds", "gauge",
+                      "Unix time the latest reconcile finished.")
+    period = Metric("cost_worker_reconcile_period_days", "gauge", "Days the latest reconcile covered.")
+    r = reconcile_runs.c
+    latest = (select(func.max(r.id)).group_by(r.integration_id)).scalar_subquery()
+    # A removed integration's runs stay stored but stop being exported.
+    live = or_(r.integration_id.is_(None), r.integration_id.in_(select(integrations.c.id)))
+    for run in conn.execute(select(reconcile_runs).where(r.id.in_(latest), live)
+                            .order_by(r.integration_id.is_not(None), r.integration_id)):
+        scope = ALL_INTEGRATIONS if run.integration_id is None else str(run.integration_id)
+        drift.add(run.delta_usd, integration_id=scope)
+        unexplained.add(run.unexplained_usd, integration_id=scope)
+        billed.add(run.billed_cost_usd, integration_id=scope)
+        tracked.add(run.tracked_cost_usd, integration_id=scope)
+        drift_rows.add(run.drift_rows, integration_id=scope)
+        finished.add(run.finished_at.timestamp(), integration_id=scope)
+        period.add((run.until - run.since).days + 1, integration_id=scope)
+    return [drift, unexplained, billed, tracked, drift_rows, finished, period]
+
+
 def _days(start: date, end: date) -> int:
     return max(0, (end - start).days)
 
@@ -258,8 +294,6 @@ class HealthServer:
         return Reply(200, render(families), CONTENT_TYPE_METRICS)
 
     def _database_metrics(self) -> list[Metric]:
-        from worker.reconcile.runs import reconcile_metrics
-
         with self.app.engine.connect() as conn:
             families = integration_metrics(conn, self.app.clock.now())
             families.extend(reconcile_metrics(conn))

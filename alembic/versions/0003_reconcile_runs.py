@@ -3,7 +3,7 @@
 Revision ID: 0003_reconcile_runs
 Revises: 0002_events
 
-Written by hand (the table is described in worker/reconcile/runs.py on the shared metadata).
+Written by hand (the table is described in worker/storage/tables.py).
 """
 
 from alembic import op

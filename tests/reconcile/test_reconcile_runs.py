@@ -19,7 +19,7 @@ from worker.app import App
 from worker.cli import cli
 from worker.http import HealthServer
 from worker.integrations import remove
-from worker.reconcile.runs import reconcile_runs
+from worker.storage.tables import reconcile_runs
 from worker.sync.scheduler import SyncService
 from worker.vault import MasterKey
 

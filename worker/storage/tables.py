@@ -168,4 +168,26 @@ rate_buckets = Table(
     Column("tat", Float, nullable=False),  # theoretical arrival time, epoch seconds
 )
 
-__all__ = ["cost_rows", "integrations", "metadata", "rate_buckets", "revisions", "sync_runs", "usage_rows"]
+# One row per `cost-worker reconcile`: its summary, read by /metrics (latest drift per integration).
+reconcile_runs = Table(
+    "reconcile_runs",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("finished_at", UTCDateTime, nullable=False),
+    Column("integration_id", Integer),  # NULL: every integration's bill
+    Column("sources", Text, nullable=False),  # the --source names, comma-separated; '' = all sources
+    Column("since", Date, nullable=False),
+    Column("until", Date, nullable=False),
+    Column("group_by", String(20), nullable=False),
+    Column("tolerance_pct", ExactDecimal, nullable=False),
+    Column("billed_cost_usd", ExactDecimal, nullable=False),
+    Column("tracked_cost_usd", ExactDecimal, nullable=False),
+    Column("delta_usd", ExactDecimal, nullable=False),  # tracked - billed
+    Column("unexplained_usd", ExactDecimal, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("drift_rows", Integer, nullable=False),
+    Index("ix_reconcile_runs_integration_id", "integration_id"),
+)
+
+__all__ = ["cost_rows", "integrations", "metadata", "rate_buckets", "reconcile_runs", "revisions",
+           "sync_runs", "usage_rows"]

@@ -33,7 +33,7 @@ import httpx
 from _common import ROOT, Simulator, Worker, table
 
 sys.path.insert(0, str(ROOT / "tests"))
-from e2e.procs import WORKER, clean_env  # noqa: E402
+from e2e.procs import WORKER, clean_env
 
 MIB = 1024 * 1024
 

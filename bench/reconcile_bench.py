@@ -167,7 +167,7 @@ def main() -> None:
             sums = generate(path, size)
             generated = time.perf_counter() - begin
             runs = []
-            for attempt in range(max(args.repeat, 1)):
+            for _ in range(max(args.repeat, 1)):
                 database = work / f"bench_{size}.db"
                 for leftover in work.glob(f"bench_{size}.db*"):  # each import starts from an empty database
                     leftover.unlink()

@@ -38,13 +38,13 @@ from typing import Any
 from _common import ROOT, private_pg_schema, table
 
 sys.path.insert(0, str(ROOT))
-from sqlalchemy import Engine, text  # noqa: E402
+from sqlalchemy import Engine, text
 
-from worker.api.models import CostRow, DayBucket, Page, UsageRow, cents_to_dollars  # noqa: E402
-from worker.storage import repo  # noqa: E402
-from worker.storage.db import make_engine, upgrade  # noqa: E402
-from worker.storage.rows import cost_table_rows, usage_table_rows  # noqa: E402
-from worker.storage.tables import cost_rows, usage_rows  # noqa: E402
+from worker.api.models import CostRow, DayBucket, Page, UsageRow, cents_to_dollars
+from worker.storage import repo
+from worker.storage.db import make_engine, upgrade
+from worker.storage.rows import cost_table_rows, usage_table_rows
+from worker.storage.tables import cost_rows, usage_rows
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 NOW = datetime(2026, 3, 10, 6, tzinfo=UTC)

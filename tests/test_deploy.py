@@ -276,7 +276,7 @@ class TestGrafana:
             columns = {c.name for t in used for c in tables[t].columns}
             for _qualifier, column in re.findall(r"\b([a-z])\.([a-z_]+)", plain):
                 assert column in {c.name for t in tables.values() for c in t.columns}, (column, sql)
-            words = {w for w in re.findall(r"(?<![.\w])([a-z_][a-z0-9_]*)\b(?!\.)", plain, re.I)}
+            words = set(re.findall(r"(?<![.\w])([a-z_][a-z0-9_]*)\b(?!\.)", plain, re.I))
             unknown = {w for w in words if w.lower() not in SQL_WORDS | aliases | columns | set(tables)}
             assert not unknown, (unknown, sql)
 

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -325,8 +325,8 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def run_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    yield {**os.environ, "COST_WORKER_DATA_DIR": str(tmp_path), "COST_WORKER_LOG_FORMAT": "json",
+def run_env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "COST_WORKER_DATA_DIR": str(tmp_path), "COST_WORKER_LOG_FORMAT": "json",
            "COST_WORKER_POLL_SECONDS": "1"}
 
 
@@ -391,7 +391,7 @@ class TestProcess:
     def test_port_in_use_is_a_clear_usage_error(self, run_env: dict[str, str]) -> None:
         """A taken port stops `run` with exit 2 and one line naming COST_WORKER_HTTP_PORT."""
         with socket.socket() as busy:
-            busy.bind(("0.0.0.0", 0))  # noqa: S104
+            busy.bind(("0.0.0.0", 0))
             busy.listen()
             port = busy.getsockname()[1]
             result = subprocess.run([sys.executable, "-m", "worker", "run"], capture_output=True, text=True,

@@ -24,14 +24,14 @@ class TestGate:
         (60.0, 1, [0, 1, 1, 1, 1]),
         (0.5, 2, [0, 0, 120, 120, 120]),
     ])
-    def test_spacing(self, engine, rpm: float, burst: int, expected: list[float]) -> None:  # type: ignore[no-untyped-def]
+    def test_spacing(self, engine, rpm: float, burst: int, expected: list[float]) -> None:
         """Waits follow the budget exactly: `burst` back to back, then one every 60/rpm seconds."""
         clock = FakeClock(1_000_000.0)
         waits = _acquire_many(OrgGate(engine, "org:a", RateBudget(rpm, burst), clock), 5)
         assert waits == pytest.approx(expected)
         assert clock.time() == pytest.approx(1_000_000.0 + sum(expected))
 
-    def test_refills_when_idle(self, engine) -> None:  # type: ignore[no-untyped-def]
+    def test_refills_when_idle(self, engine) -> None:
         """After a quiet period the next request goes at once."""
         clock = FakeClock(1_000_000.0)
         gate = OrgGate(engine, "org:a", RateBudget(1.0, 1), clock)
@@ -39,7 +39,7 @@ class TestGate:
         clock.advance(61)
         assert _acquire_many(gate, 1) == [0]
 
-    def test_buckets_are_per_organization(self, engine) -> None:  # type: ignore[no-untyped-def]
+    def test_buckets_are_per_organization(self, engine) -> None:
         """Two organizations never wait for each other."""
         clock = FakeClock(1_000_000.0)
         a = OrgGate(engine, "org:a", RateBudget(1.0, 1), clock)
@@ -47,7 +47,7 @@ class TestGate:
         assert _acquire_many(a, 1) == [0]
         assert _acquire_many(b, 1) == [0]
 
-    def test_shared_across_processes_and_restarts(self, db_url: str, engine) -> None:  # type: ignore[no-untyped-def]
+    def test_shared_across_processes_and_restarts(self, db_url: str, engine) -> None:
         """A second engine on the same database (another process, or a restart) sees the first one's request."""
         clock = FakeClock(1_000_000.0)
         budget = RateBudget(1.0, 1)
@@ -60,14 +60,14 @@ class TestGate:
         finally:
             other.dispose()
 
-    def test_concurrent_waiters_queue(self, engine) -> None:  # type: ignore[no-untyped-def]
+    def test_concurrent_waiters_queue(self, engine) -> None:
         """Concurrent requests to one organization are spaced, never sent together."""
         clock = FakeClock(1_000_000.0)
         budget = RateBudget(1.0, 1)
         offsets = sorted(reserve(engine, "org:a", budget, clock.time()) for _ in range(4))
         assert offsets == pytest.approx([0, 60, 120, 180])
 
-    def test_next_slot_counts_from_the_answer(self, engine) -> None:  # type: ignore[no-untyped-def]
+    def test_next_slot_counts_from_the_answer(self, engine) -> None:
         """A slow request (connection set-up, latency) pushes the next one to a full interval after its answer."""
         clock = FakeClock(1_000_000.0)
         gate = OrgGate(engine, "org:a", RateBudget(1.0, 1), clock)
@@ -81,7 +81,7 @@ class TestGate:
         assert asyncio.run(go()) == [0, pytest.approx(60)]  # 60 s after the answer, not 59.3 after the slot
         assert clock.time() == pytest.approx(1_000_000.0 + 0.7 + 60)
 
-    def test_charge_counts_a_request_made_elsewhere(self, engine) -> None:  # type: ignore[no-untyped-def]
+    def test_charge_counts_a_request_made_elsewhere(self, engine) -> None:
         """charge() books a request already sent, so the next one waits its turn."""
         clock = FakeClock(1_000_000.0)
         gate = OrgGate(engine, "org:a", RateBudget(1.0, 1), clock)

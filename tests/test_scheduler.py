@@ -187,10 +187,10 @@ class TestDispatch:
 
     def test_a_failing_integration_does_not_stop_the_others(self, app: App, fake: FakeAdminApi) -> None:
         """Two integrations due; one is blocked (403), the other still syncs."""
+        from tests.fake_api import FAKE_ADMIN_KEY
         from worker.api import Organization
         from worker.integrations import connect
         from worker.secret import AdminKey
-        from tests.fake_api import FAKE_ADMIN_KEY
 
         good = onboard(app, fake)
         bad = connect(app, AdminKey(FAKE_ADMIN_KEY), Organization("org-bad", "Bad", "organization"),

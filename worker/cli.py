@@ -85,7 +85,7 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit, KeyboardInterrupt):
             raise
-        except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
+        except Exception as exc:
             known = _classify(exc)
             if known:
                 raise Failure(scrub(known[0]), known[1]) from None

@@ -234,7 +234,7 @@ _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Re
 class HealthServer:
     """/healthz, /readyz and /metrics for one `run` process."""
 
-    def __init__(self, app: App, service: SyncService, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104
+    def __init__(self, app: App, service: SyncService, port: int, host: str = "0.0.0.0") -> None:
         self.app, self.service, self.host, self.port = app, service, host, port
         self._server: asyncio.Server | None = None
         self._head: str | None = None
@@ -264,7 +264,7 @@ class HealthServer:
             current = await asyncio.wait_for(asyncio.to_thread(self._check_database), DB_TIMEOUT)
         except TimeoutError:
             return Reply(503, f"not ready: the database did not answer within {DB_TIMEOUT:.0f}s\n")
-        except Exception as exc:  # noqa: BLE001 - any database failure means "not ready"
+        except Exception as exc:
             from worker.logs import scrub
 
             first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -284,7 +284,7 @@ class HealthServer:
         try:
             families += await asyncio.wait_for(asyncio.to_thread(self._database_metrics), DB_TIMEOUT)
             up = 1
-        except Exception:  # noqa: BLE001 - the process series are still worth serving
+        except Exception:
             log.warning("metrics: could not read the database", exc_info=True)
             up = 0
         families.insert(0, Metric("cost_worker_database_up", "gauge",
@@ -316,7 +316,7 @@ class HealthServer:
             await writer.drain()
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
-        except Exception:  # noqa: BLE001 - one bad request must never stop the server
+        except Exception:
             log.exception("health server: request failed")
         finally:
             writer.close()

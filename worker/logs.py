@@ -17,23 +17,26 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 _SECRET = re.compile(r"sk-ant-[A-Za-z0-9_\-]{16,}")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
-_CONTEXT: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("cost_worker_log_context", default={})
+# Immutable default: bind() always sets a new mapping, never mutates the shared one.
+_CONTEXT: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "cost_worker_log_context", default=MappingProxyType({}))
 
 
 def scrub(text: str) -> str:
     return _SECRET.sub(lambda m: m.group(0)[:12] + "***", text)
 
 
-def bind(**fields: Any) -> contextvars.Token[dict[str, Any]]:
+def bind(**fields: Any) -> contextvars.Token[Mapping[str, Any]]:
     """Add fields to every record logged from now on in this context (a task, or threads it starts)."""
     return _CONTEXT.set({**_CONTEXT.get(), **fields})
 
@@ -97,7 +100,7 @@ class TextFormatter(logging.Formatter):
         head, sep, tail = line.partition("\n")  # fields go on the message line, before any traceback
         return f"{head} [{extras}]{sep}{tail}"
 
-    def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
+    def formatException(self, ei: Any) -> str:
         return scrub(super().formatException(ei))
 
 

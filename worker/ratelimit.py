@@ -60,7 +60,7 @@ def reserve(engine: Engine, bucket: str, budget: RateBudget, now: float) -> floa
     with engine.begin() as conn:
         conn.execute(text(_INSERT[engine.dialect.name]), {"bucket": bucket})
         tat = conn.execute(_RESERVE, {"now": now, "interval": budget.interval, "bucket": bucket}).scalar_one()
-    allowed_at = tat - budget.interval - budget.tolerance
+    allowed_at = float(tat) - budget.interval - budget.tolerance
     return max(0.0, allowed_at - now)
 
 
@@ -75,7 +75,7 @@ class OrgGate:
         self.engine, self.bucket, self.budget, self.clock, self.run = engine, bucket, budget, clock, run
 
     async def acquire(self) -> float:
-        wait = await self.run(reserve, self.engine, self.bucket, self.budget, self.clock.time())
+        wait: float = await self.run(reserve, self.engine, self.bucket, self.budget, self.clock.time())
         if wait > 0:
             await self.clock.sleep(wait)
         return wait

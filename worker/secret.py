@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import NoReturn
 
 ADMIN_KEY_PREFIX = "sk-ant-admin"
 CONSOLE_HINT = "create one in the Anthropic Console under Settings > Admin API Keys (organization admins only)"
@@ -57,5 +58,5 @@ class AdminKey:
     def __hash__(self) -> int:
         return hash(self.fingerprint)
 
-    def __reduce__(self) -> object:  # never pickle a plaintext key
+    def __reduce__(self) -> NoReturn:  # never pickle a plaintext key
         raise TypeError("AdminKey cannot be pickled")

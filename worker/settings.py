@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     max_concurrent_syncs: int = Field(default=1000, ge=1)
     http_port: int = Field(default=8080, ge=0, le=65535)  # /healthz, /readyz, /metrics of `run`; 0 = off
     # All interfaces by default: probes and scrapes reach a container on its pod/bridge address.
-    http_host: str = "0.0.0.0"  # noqa: S104
+    http_host: str = "0.0.0.0"
     log_format: Literal["auto", "text", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -23,6 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -143,7 +144,7 @@ class MasterKey:
     def __hash__(self) -> int:
         return hash(self._id)
 
-    def __reduce__(self) -> object:  # pickles end up in caches, queues and core dumps
+    def __reduce__(self) -> NoReturn:  # pickles end up in caches, queues and core dumps
         raise TypeError("MasterKey cannot be pickled")
 
 
@@ -281,7 +282,7 @@ class Keyring:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("Keyring cannot be pickled")
 
 

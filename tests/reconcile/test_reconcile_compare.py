@@ -11,6 +11,7 @@ from billgen import PRICES, Call, bill, days, generate_calls
 from worker.reconcile import (
     BilledCell,
     Cause,
+    Reconciliation,
     Status,
     TokenCounts,
     TokenType,
@@ -65,39 +66,42 @@ class TestCleanEvents:
         assert call.cost() == manual
 
 
-class TestInjectedDrift:
-    @pytest.fixture(scope="class")
-    def result(self, calls: list[Call]):  # type: ignore[no-untyped-def]
-        web_search = {D[9]: Decimal("0.50")}
-        builder = bill(calls, web_search=web_search)
-        events: list[TrackedEvent] = []
-        for call in calls:
-            day, model = call.at.date(), call.model
-            if day == D[2] and model == SONNET:
-                index = int(call.id.rsplit("_", 1)[1])
-                if index % 5 == 0:  # drop 20%
-                    continue
-            if day == D[3] and model == SONNET:  # x4, re-sent with fresh tracking ids
-                events += [call.event(event_id=f"{call.id}#{n}") for n in range(1, 4)]
-            if day == D[4] and model == SONNET:  # cache writes priced at zero
-                events.append(call.event(cost_usd=call.cost(zero_cache_writes=True)))
+@pytest.fixture(scope="module")
+def result(calls: list[Call]) -> Reconciliation:
+    """One comparison with every kind of drift injected (module-scoped: built once)."""
+    web_search = {D[9]: Decimal("0.50")}
+    builder = bill(calls, web_search=web_search)
+    events: list[TrackedEvent] = []
+    for call in calls:
+        day, model = call.at.date(), call.model
+        if day == D[2] and model == SONNET:
+            index = int(call.id.rsplit("_", 1)[1])
+            if index % 5 == 0:  # drop 20%
                 continue
-            if day == D[5] and model == HAIKU:  # cache writes not tracked at all
-                tokens = TokenCounts(call.tokens.uncached_input, call.tokens.output, call.tokens.cache_read)
-                events.append(call.event(tokens=tokens, cost_usd=None))
-                continue
-            if day == D[7] and model == SONNET:  # stamped 8 h early (local time read as UTC)
-                events.append(call.event(occurred_at=call.at - timedelta(hours=8)))
-                continue
-            if day == D[10] and model == HAIKU:  # nothing tracked
-                continue
-            events.append(call.event())
-        extra = on(calls, 8, SONNET)[:5]
-        events += [c.event(event_id=f"opus-{c.id}", raw_model="claude-opus-4-6", model=None) for c in extra]
-        tracked = aggregate_events(events)
-        return compare(builder.cells(), tracked.values(), builder.fees(), tolerance_pct=Decimal("1"))
+        if day == D[3] and model == SONNET:  # x4, re-sent with fresh tracking ids
+            events += [call.event(event_id=f"{call.id}#{n}") for n in range(1, 4)]
+        if day == D[4] and model == SONNET:  # cache writes priced at zero
+            events.append(call.event(cost_usd=call.cost(zero_cache_writes=True)))
+            continue
+        if day == D[5] and model == HAIKU:  # cache writes not tracked at all
+            tokens = TokenCounts(call.tokens.uncached_input, call.tokens.output, call.tokens.cache_read)
+            events.append(call.event(tokens=tokens, cost_usd=None))
+            continue
+        if day == D[7] and model == SONNET:  # stamped 8 h early (local time read as UTC)
+            events.append(call.event(occurred_at=call.at - timedelta(hours=8)))
+            continue
+        if day == D[10] and model == HAIKU:  # nothing tracked
+            continue
+        events.append(call.event())
+    extra = on(calls, 8, SONNET)[:5]
+    events += [c.event(event_id=f"opus-{c.id}", raw_model="claude-opus-4-6", model=None) for c in extra]
+    tracked = aggregate_events(events)
+    return compare(builder.cells(), tracked.values(), builder.fees(), tolerance_pct=Decimal("1"))
 
-    def test_exactly_the_injected_rows_and_causes(self, result) -> None:  # type: ignore[no-untyped-def]
+
+class TestInjectedDrift:
+
+    def test_exactly_the_injected_rows_and_causes(self, result: Reconciliation) -> None:
         """Each injected drift, and nothing else, is named with its cause."""
         assert drifting(result) == {
             (D[2], SONNET): (Cause.MISSING_EVENTS,),
@@ -112,14 +116,14 @@ class TestInjectedDrift:
         }
         assert result.exit_code == 3
 
-    def test_deltas_are_priced_from_the_bill(self, result, calls: list[Call]) -> None:  # type: ignore[no-untyped-def]
+    def test_deltas_are_priced_from_the_bill(self, result: Reconciliation, calls: list[Call]) -> None:
         """Cost-less events are priced at the day's implied rates: the gap is the cache-write cost."""
         row = next(r for r in result.rows if r.date == D[5] and r.model == HAIKU)
         writes = sum((c.cost() - c.cost(zero_cache_writes=True) for c in on(calls, 5, HAIKU)), Decimal(0))
         assert row.cost_delta_usd == -writes
         assert row.token_delta(TokenType.CACHE_WRITE) == -row.billed(TokenType.CACHE_WRITE)
 
-    def test_summary(self, result) -> None:  # type: ignore[no-untyped-def]
+    def test_summary(self, result: Reconciliation) -> None:
         """Bill, tracked total, and a remainder that only tolerated noise could leave."""
         summary = result.summary
         assert summary.delta_usd == summary.tracked_cost_usd - summary.billed_cost_usd
@@ -127,7 +131,7 @@ class TestInjectedDrift:
         assert summary.unexplained_usd == 0
         assert summary.drift_rows == 9
 
-    def test_duplicated_ratio_and_untracked_cost(self, result, calls: list[Call]) -> None:  # type: ignore[no-untyped-def]
+    def test_duplicated_ratio_and_untracked_cost(self, result: Reconciliation, calls: list[Call]) -> None:
         """x4 shows as +300%; the untracked day's delta is its whole bill."""
         dup = next(r for r in result.rows if r.date == D[3] and r.model == SONNET)
         assert dup.cost_delta_pct == Decimal("300.00")

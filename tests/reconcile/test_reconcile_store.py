@@ -86,7 +86,7 @@ class TestSink:
 def _events(rng: random.Random, count: int) -> list[TrackedEvent]:
     models = ["claude-sonnet-4-6", "claude-haiku-4-5-20251001", "Claude-Sonnet-4.6", "acme"]
     result = []
-    for i in range(count):
+    for _ in range(count):
         at = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(minutes=rng.randrange(6 * 24 * 60))
         tokens = TokenCounts(*(rng.randrange(0, 1000) for _ in range(6)))
         cost = None if rng.random() < 0.4 else Decimal(rng.randrange(1, 10**6)).scaleb(-rng.randrange(0, 12))

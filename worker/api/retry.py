@@ -28,7 +28,7 @@ class RetryPolicy:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
         if retry_after is not None:
             return retry_after + rng.uniform(0.0, self.retry_after_jitter)
-        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
+        ceiling = min(self.cap, self.base * 2.0 ** (attempt - 1))
         # "Equal jitter": at least half the exponential step, so the wait still grows.
         return ceiling / 2 + rng.uniform(0.0, ceiling / 2)
 

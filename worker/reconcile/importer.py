@@ -287,10 +287,10 @@ def _child(items: Iterable[Any], write_fd: int) -> None:  # pragma: no cover - r
                 _send(out, _END, None)
             except BrokenPipeError:
                 code = 1  # the parent stopped reading: nothing to tell it
-            except BaseException as exc:  # noqa: BLE001 - everything goes to the parent
+            except BaseException as exc:
                 code = 1
                 _send_error(out, exc)
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         code = 1
     finally:
         os._exit(code)  # no atexit handlers, no inherited buffers flushed, no connections closed
@@ -300,11 +300,11 @@ def _send_error(out: Any, exc: BaseException) -> None:  # pragma: no cover - in 
     try:
         try:
             payload: Any = pickle.loads(pickle.dumps(exc))
-        except Exception:  # noqa: BLE001 - an exception that does not pickle
+        except Exception:
             payload = RuntimeError("parsing failed in the import's parsing process:\n"
                                    + "".join(traceback.format_exception(exc)))
         _send(out, _ERROR, payload)
-    except BaseException:  # noqa: BLE001, S110 - the parent is gone
+    except BaseException:
         pass
 
 

@@ -29,6 +29,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     BigInteger,
     Column,
     Connection,
@@ -315,6 +316,7 @@ def tracked_aggregates(
     e = events.c
     key = e.workspace_id if by is GroupBy.WORKSPACE else e.api_key_id if by is GroupBy.API_KEY else None
     tokens = [func.sum(getattr(e, name)) for name in TOKEN_COLUMNS]
+    unpriced: list[ColumnElement[Any]]  # FILTER or CASE: the same column type either way
     if _FILTER_CLAUSE or conn.dialect.name != "sqlite":
         unpriced = [func.sum(getattr(e, name)).filter(e.cost_usd.is_(None)) for name in TOKEN_COLUMNS]
     else:  # SQLite before 3.30

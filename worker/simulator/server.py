@@ -103,7 +103,7 @@ class SimulatorServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         try:
             while await self._one_request(reader, writer):
                 pass
@@ -113,7 +113,7 @@ class SimulatorServer:
             # Only close() cancels; ending quietly keeps asyncio's stream callback from logging it.
             pass
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

@@ -60,7 +60,7 @@ class Integration:
         return f"integration {self.id} ({self.label})"
 
 
-_FIELDS = [c for c in Integration.__dataclass_fields__]
+_FIELDS = list(Integration.__dataclass_fields__)
 
 
 def _integration(row: Any) -> Integration:
@@ -179,7 +179,7 @@ def _marker(conn: Connection) -> str:
 def _sqlite_cost_rows(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """Cost rows as SQLite stores them (ISO day, exact decimal text), in COST_COLUMNS order."""
     dates: dict[Any, str] = {}
-    out = []
+    out: list[tuple[Any, ...]] = []
     append = out.append
     for r in rows:
         day, amount = r["day"], r["amount_usd"]

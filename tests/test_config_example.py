@@ -8,7 +8,7 @@ from pathlib import Path
 from worker.settings import Settings, load_settings
 
 EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
-README = Path(__file__).parent.parent / "README.md"
+SETTINGS_DOC = Path(__file__).parent.parent / "docs" / "settings.md"
 DOCUMENTED_ONLY = {"data_dir", "master_key", "master_key_file"}  # commented out: their defaults depend on the machine
 
 
@@ -29,8 +29,8 @@ def test_example_values_are_the_defaults(tmp_path: Path) -> None:
         assert getattr(from_file, name) == getattr(defaults, name), name
 
 
-def test_readme_documents_every_setting() -> None:
-    """README names each setting's environment variable."""
-    text = README.read_text()
+def test_docs_document_every_setting() -> None:
+    """docs/settings.md names each setting's environment variable."""
+    text = SETTINGS_DOC.read_text()
     for name in Settings.model_fields:
         assert f"COST_WORKER_{name.upper()}" in text, name

@@ -29,9 +29,9 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     BigInteger,
     Column,
+    ColumnElement,
     Connection,
     Date,
     Index,

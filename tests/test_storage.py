@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, insert, select
@@ -263,7 +264,7 @@ class TestLeases:
             assert repo.claim_daily_slot(conn, integration_id, datetime(2026, 3, 11, 6, tzinfo=UTC))
 
 
-def test_sqlite_file_created_in_new_directory(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sqlite_file_created_in_new_directory(tmp_path: Path) -> None:
     """The default SQLite file's directory is created on first use."""
     eng = make_engine(f"sqlite:///{tmp_path / 'a' / 'b' / 'cw.db'}")
     upgrade(eng)

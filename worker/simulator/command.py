@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from datetime import date, datetime
 
 import click
@@ -86,7 +87,7 @@ async def _run(app: SimulatorApp, host: str, port: int) -> None:
         for org in app.data.orgs:
             click.echo(f"org {org.index}: {org.name}  id={org.id}  admin_key={org.admin_key}")
         click.echo(f"listening on {server.base_url}")
-        click.get_text_stream("stdout").flush()
+        sys.stdout.flush()  # the parent process waits for this line
 
     try:
         await serve(app, host, port, stop, on_ready)

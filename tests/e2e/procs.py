@@ -29,6 +29,9 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("COST_WORKER_") and k != "ANTHROPIC_ADMIN_KEY"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    # As in pytest's own process: a deprecated API used by a child fails it (the child prints the warning
+    # as a traceback and exits non-zero), so deprecations surface here before the release that removes them.
+    env["PYTHONWARNINGS"] = "error::DeprecationWarning"
     env.update(extra)
     return env
 

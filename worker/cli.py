@@ -17,34 +17,19 @@ import sys
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from worker import __version__
+from worker.cli_support import EXIT_FAILED, EXIT_USAGE, Failure, fail, failure, get_app, parse_day
 
 if TYPE_CHECKING:
     from worker.app import App
 
 log = logging.getLogger("worker.cli")
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
 ADMIN_KEY_ENV = "ANTHROPIC_ADMIN_KEY"
-
-
-class Failure(click.ClickException):
-    """A one-line error with an exit code (1: an operation failed, 2: bad usage or input)."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    raise Failure(message, code)
 
 
 class LazyGroup(click.Group):
@@ -88,7 +73,7 @@ class LazyGroup(click.Group):
         except Exception as exc:
             known = _classify(exc)
             if known:
-                raise Failure(scrub(known[0]), known[1]) from None
+                raise failure(scrub(known[0]), known[1]) from None
             log.debug("internal error", exc_info=True)
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise Failure(f"internal error: {type(exc).__name__}: {scrub(first)} "
@@ -101,25 +86,6 @@ class LazyGroup(click.Group):
             module, attr, _help = self.lazy[name]
             return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
         return super().get_command(ctx, name)
-
-
-def get_app(ctx: click.Context) -> App:
-    """The App for this invocation (settings loaded, logging set up; the database migrates on first use)."""
-    return _app(ctx)
-
-
-def _app(ctx: click.Context) -> App:
-    obj = ctx.find_root().obj
-    if "app" not in obj:
-        from worker.app import App
-        from worker.logs import setup_logging
-        from worker.settings import load_settings
-
-        settings = load_settings(obj.get("config"))
-        setup_logging(settings.log_format, settings.log_level)
-        obj["app"] = App(settings, obj.get("config"))
-        ctx.call_on_close(obj["app"].close)
-    return obj["app"]  # type: ignore[no-any-return]
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -162,7 +128,7 @@ def _run_connection_test(app: App, key: Any) -> Any:
 @click.pass_context
 def test_connection_cmd(ctx: click.Context) -> None:
     """Check an Admin key: GET /v1/organizations/me, then one small cost report. Prints the organization."""
-    app = _app(ctx)
+    app = get_app(ctx)
     key = read_admin_key()
     org = _run_connection_test(app, key)
     click.echo(f"Connection OK: organization {org.name!r} ({org.id}); cost report access confirmed.")
@@ -177,7 +143,7 @@ def connect_cmd(ctx: click.Context, label: str | None, tier: str) -> None:
     """Test an Admin key, store it encrypted, and queue the tier's backfill. Prints the integration id."""
     from worker.integrations import connect
 
-    app = _app(ctx)
+    app = get_app(ctx)
     key = read_admin_key()
     org = _run_connection_test(app, key)
     integration_id = connect(app, key, org, label=label, tier=tier)  # type: ignore[arg-type]
@@ -205,7 +171,7 @@ def integrations_list(ctx: click.Context, fmt: str) -> None:
     """Show every integration with its status, key hint and last sync."""
     from worker.storage import repo
 
-    app = _app(ctx)
+    app = get_app(ctx)
     with app.engine.begin() as conn:
         items = repo.list_integrations(conn)
     rows = [{
@@ -232,8 +198,8 @@ def integrations_remove(ctx: click.Context, integration_id: int) -> None:
     """Delete an integration, its encrypted key and every row synced for it."""
     from worker.integrations import remove
 
-    if not remove(_app(ctx).engine, integration_id):
-        _fail(f"no integration {integration_id} (see `cost-worker integrations list`)", EXIT_USAGE)
+    if not remove(get_app(ctx).engine, integration_id):
+        fail(f"no integration {integration_id} (see `cost-worker integrations list`)", EXIT_USAGE)
     click.echo(f"removed integration {integration_id} and its stored data")
 
 
@@ -245,10 +211,10 @@ def integrations_replace_key(ctx: click.Context, integration_id: int) -> None:
     from worker.integrations import replace_key
     from worker.storage import repo
 
-    app = _app(ctx)
+    app = get_app(ctx)
     with app.engine.begin() as conn:  # before reading the key or sending a request
         if repo.get_integration(conn, integration_id) is None:
-            _fail(f"no integration {integration_id} (see `cost-worker integrations list`)", EXIT_USAGE)
+            fail(f"no integration {integration_id} (see `cost-worker integrations list`)", EXIT_USAGE)
     key = read_admin_key()
     org = _run_connection_test(app, key)
     before = replace_key(app, integration_id, key, org)
@@ -267,14 +233,14 @@ def sync_now_cmd(ctx: click.Context, ids: tuple[int, ...]) -> None:
     from worker.sync.engine import sync_now
     from worker.sync.progress import BarProgress, LogProgress
 
-    app = _app(ctx)
+    app = get_app(ctx)
     with app.engine.begin() as conn:
         known = {i.id for i in repo.list_integrations(conn)}
     missing = [i for i in ids if i not in known]
     if missing:
-        _fail(f"no integration {missing[0]} (see `cost-worker integrations list`)", EXIT_USAGE)
+        fail(f"no integration {missing[0]} (see `cost-worker integrations list`)", EXIT_USAGE)
     if not known:
-        _fail("no integrations: add one with `cost-worker connect`", EXIT_USAGE)
+        fail("no integrations: add one with `cost-worker connect`", EXIT_USAGE)
     progress = BarProgress() if sys.stderr.isatty() else LogProgress()
     outcomes = asyncio.run(sync_now(app, list(ids) or None, progress=progress))
     failed = [o for o in outcomes if not o.ok]
@@ -291,7 +257,7 @@ def run_cmd(ctx: click.Context) -> None:
     from worker.http import HealthServer
     from worker.sync.scheduler import SyncService
 
-    app = _app(ctx)
+    app = get_app(ctx)
     lock = _sqlite_run_lock(app.settings.effective_database_url)  # held until the process exits
     app.engine  # migrate before serving  # noqa: B018
     if app.settings.master_key is None and app.settings.master_key_file is None:
@@ -309,7 +275,7 @@ def run_cmd(ctx: click.Context) -> None:
             try:
                 await http.start()
             except OSError as exc:
-                _fail(f"cannot serve /healthz and /metrics on {s.http_host} port {s.http_port}: "
+                fail(f"cannot serve /healthz and /metrics on {s.http_host} port {s.http_port}: "
                       f"{exc.strerror or exc} (set COST_WORKER_HTTP_PORT to a free port or 0 to turn the server "
                       "off; COST_WORKER_HTTP_HOST to an address of this machine)", EXIT_USAGE)
         try:
@@ -345,7 +311,7 @@ def _sqlite_run_lock(url: str) -> Any:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         lock.close()
-        _fail(f"another `cost-worker run` is already using {db_file}: SQLite allows one `run` process "
+        fail(f"another `cost-worker run` is already using {db_file}: SQLite allows one `run` process "
               "(use PostgreSQL for several replicas; `sync-now` works beside it)", EXIT_USAGE)
     lock.truncate(0)
     lock.write(f"{os.getpid()}\n")
@@ -354,16 +320,6 @@ def _sqlite_run_lock(url: str) -> Any:
 
 
 # --- reports ------------------------------------------------------------------------------------
-
-def parse_day(_ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
-    """Click callback for a UTC day option (YYYY-MM-DD)."""
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"expected a date YYYY-MM-DD, got {value!r}") from None
-
 
 @cli.command("report")
 @click.option("--since", required=True, callback=parse_day, help="First UTC day (YYYY-MM-DD).")
@@ -376,11 +332,11 @@ def report_cmd(ctx: click.Context, since: date, until: date, integration_id: int
     from worker.storage import repo
 
     if until < since:
-        _fail("--until is before --since", EXIT_USAGE)
-    app = _app(ctx)
+        fail("--until is before --since", EXIT_USAGE)
+    app = get_app(ctx)
     with app.engine.begin() as conn:
         if integration_id is not None and repo.get_integration(conn, integration_id) is None:
-            _fail(f"no integration {integration_id}", EXIT_USAGE)
+            fail(f"no integration {integration_id}", EXIT_USAGE)
         rows = repo.report(conn, since, until, integration_id)
     fields = ["date", "model", "cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"]
     records = [{"date": r.date.isoformat(), "model": r.model, "cost_usd": _money(r.cost_usd),
@@ -431,7 +387,7 @@ def db_upgrade(ctx: click.Context) -> None:
     """Apply every pending migration (also done at start by every command)."""
     from worker.storage.db import current_revision, safe_url
 
-    app = _app(ctx)
+    app = get_app(ctx)
     click.echo(f"database {safe_url(app.settings.effective_database_url)} at revision {current_revision(app.engine)}")
 
 
@@ -458,7 +414,7 @@ def keys_rotate(ctx: click.Context) -> None:
     """Re-encrypt every stored Admin key under the current master key (resumable; old keys still decrypt)."""
     from worker.integrations import rotate_keys
 
-    app = _app(ctx)
+    app = get_app(ctx)
     result = rotate_keys(app.engine, app.keyring)
     click.echo(f"master key {app.keyring.current_id}: {result.rotated} re-encrypted, "
                f"{result.already_current} already current, {len(result.failed)} failed")

@@ -17,7 +17,7 @@ from typing import IO, TYPE_CHECKING
 
 import click
 
-from worker.cli import parse_day
+from worker.cli_support import EXIT_USAGE, UsageFailure, get_app, parse_day
 from worker.reconcile.aggregate import GroupBy
 from worker.reconcile.compare import DEFAULT_TOLERANCE_PCT
 from worker.reconcile.formats import AUTO, FORMATS
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["events_group", "reconcile_command"]
 
-EXIT_USAGE = 2
 IMPORT_BATCH = 20_000
 """Events per batch: one upsert, and one transaction unless --strict."""
 SOURCE_MAX = 100
@@ -49,7 +48,6 @@ def _tolerance(_ctx: click.Context, param: click.Parameter, value: str) -> Decim
 
 def _normalizer(app: App, conn: Connection, integration_id: int | None = None) -> ModelNormalizer:
     """Bill ids (then known Claude ids) for matching; the config's [models] table wins over both."""
-    from worker.cli import Failure
     from worker.reconcile.models import KNOWN_CLAUDE_MODELS, ModelNormalizer
     from worker.reconcile.store import bill_models
     from worker.settings import config_section
@@ -57,8 +55,7 @@ def _normalizer(app: App, conn: Connection, integration_id: int | None = None) -
     aliases = config_section(app.config_path, "models")
     bad = [str(k) for k, v in aliases.items() if not isinstance(v, str) or not v.strip()]
     if bad:
-        raise Failure(f"[models] in the config maps tracker ids to bill ids (strings); bad entry: {bad[0]}",
-                      EXIT_USAGE)
+        raise UsageFailure(f"[models] in the config maps tracker ids to bill ids (strings); bad entry: {bad[0]}")
     return ModelNormalizer(bill_models(conn, integration_id), {str(k): v.strip() for k, v in aliases.items()},
                            fallback_models=KNOWN_CLAUDE_MODELS)
 
@@ -81,10 +78,8 @@ def events_group() -> None:
 @click.pass_context
 def import_command(ctx: click.Context, files: tuple[str, ...], fmt: str, source: str | None, strict: bool) -> None:
     """Import tracked events from FILE... (`-` for stdin), streaming; prints what was read and stored."""
-    from worker.cli import Failure, get_app
-
     if source is not None and not (0 < len(source.strip()) <= SOURCE_MAX):
-        raise Failure(f"--source must be 1 to {SOURCE_MAX} characters", EXIT_USAGE)
+        raise UsageFailure(f"--source must be 1 to {SOURCE_MAX} characters")
     from worker.reconcile.store import bulk_import
 
     app = get_app(ctx)
@@ -181,7 +176,6 @@ def _counts(counter: Counter[str]) -> str:
 def reconcile_command(ctx: click.Context, since: date, until: date, integration_id: int | None,
                       sources: tuple[str, ...], by: str, tolerance: Decimal, fmt: str) -> None:
     """Billed vs tracked per UTC day and model: deltas, status and likely causes. Exit 3 on drift."""
-    from worker.cli import Failure, get_app
     from worker.reconcile.compare import compare
     from worker.reconcile.render import render, render_summary
     from worker.reconcile.runs import record_run
@@ -189,15 +183,15 @@ def reconcile_command(ctx: click.Context, since: date, until: date, integration_
     from worker.storage import repo
 
     if until < since:
-        raise Failure("--until is before --since", EXIT_USAGE)
+        raise UsageFailure("--until is before --since")
     app = get_app(ctx)
     with app.engine.connect() as conn, conn.begin():
         if integration_id is not None and repo.get_integration(conn, integration_id) is None:
-            raise Failure(f"no integration {integration_id}", EXIT_USAGE)
+            raise UsageFailure(f"no integration {integration_id}")
         stored = sources_between(conn, since, until)
         if not sources and len(stored) > 1:
-            raise Failure(f"events from several sources in this period ({', '.join(stored)}): "
-                          "pass --source (repeatable)", EXIT_USAGE)
+            raise UsageFailure(f"events from several sources in this period ({', '.join(stored)}): "
+                               "pass --source (repeatable)")
         for missing in sorted(set(sources) - set(stored)) if sources else []:
             _warn(f"source {missing!r} has no events between {since} and {until}")
         if not stored:

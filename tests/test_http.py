@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -28,7 +27,7 @@ from sqlalchemy.exc import OperationalError
 from tests.fake_api import COST_PATH, FAKE_ADMIN_KEY, USAGE_PATH, FakeAdminApi
 from tests.test_sync import TODAY, integration, onboard
 from worker.app import App
-from worker.http import HealthServer, Metric, register_collector
+from worker.http import HealthServer, Metric
 from worker.logs import setup_logging
 from worker.storage import repo
 from worker.storage.db import head_revision
@@ -234,23 +233,6 @@ class TestMetrics:
         assert value(m, "cost_worker_backfill_progress_ratio", integration_id=str(iid)) == pytest.approx(10 / total)
         assert value(m, "cost_worker_backfill_days_remaining", integration_id=str(iid)) == total - 10
         assert value(m, "cost_worker_integration_status", integration_id=str(iid), status="pending") == 1
-
-    def test_registered_collectors_add_series(self, app: App, fake: FakeAdminApi) -> None:
-        """The hook for reconciliation's drift: a registered collector's series appear in /metrics."""
-        from worker import http as http_module
-
-        @register_collector
-        def drift(_conn: Any) -> list[Metric]:
-            return [Metric("cost_worker_drift_usd", "gauge", "test").add(1.25, integration_id="1")]
-
-        async def go() -> httpx.Response:
-            async with serving(app, fake, scheduler=False) as (_s, _server, get):
-                return await get("/metrics")
-        try:
-            m = parse_metrics(asyncio.run(go()).text)
-        finally:
-            http_module._COLLECTORS.remove(drift)
-        assert value(m, "cost_worker_drift_usd", integration_id="1") == 1.25
 
     def test_label_values_are_escaped(self) -> None:
         """Quotes, backslashes and newlines in labels keep the text format valid."""

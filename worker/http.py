@@ -13,7 +13,7 @@
 A small asyncio HTTP/1.1 server (one request per connection) on the service's event loop; database
 reads run in threads (`asyncio.to_thread`) with a time limit, so a slow database never blocks the
 scheduler. Reconciliation's series (`cost_worker_reconcile_*`, the latest drift per integration) are
-read from `reconcile_runs`; `register_collector` is the hook for further database-backed series.
+read from `reconcile_runs`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
@@ -80,17 +80,6 @@ def _number(value: float) -> str:
 
 def render(metrics: Iterable[Metric]) -> str:
     return "\n".join(line for m in metrics for line in m.render()) + "\n"
-
-
-# A collector reads the database (in a worker thread) and returns metric families.
-Collector = Callable[[Connection], Iterable[Metric]]
-_COLLECTORS: list[Collector] = []
-
-
-def register_collector(collector: Collector) -> Collector:
-    """Add a collector of database-backed series to /metrics (usable as a decorator)."""
-    _COLLECTORS.append(collector)
-    return collector
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -297,8 +286,6 @@ class HealthServer:
         with self.app.engine.connect() as conn:
             families = integration_metrics(conn, self.app.clock.now())
             families.extend(reconcile_metrics(conn))
-            for collector in _COLLECTORS:
-                families.extend(collector(conn))
         return families
 
     # --- HTTP ------------------------------------------------------------------------------------

@@ -57,16 +57,6 @@ class TokenCounts:
             self.cache_write_unsplit + other.cache_write_unsplit,
         )
 
-    def scaled(self, factor: int) -> TokenCounts:
-        return TokenCounts(
-            self.uncached_input * factor,
-            self.output * factor,
-            self.cache_read * factor,
-            self.cache_write_5m * factor,
-            self.cache_write_1h * factor,
-            self.cache_write_unsplit * factor,
-        )
-
     @property
     def cache_write(self) -> int:
         return self.cache_write_5m + self.cache_write_1h + self.cache_write_unsplit

@@ -222,7 +222,7 @@ def _comparable(spec: _DayTable, values: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def _revision_text(spec: _DayTable, values: tuple[Any, ...]) -> str:
     if spec.money_at is not None:
-        return f"{money_text(values[0])} {values[1]}"  # == rows.cost_value
+        return f"{money_text(values[0])} {values[1]}"
     return usage_value(dict(zip(spec.values, values, strict=True)))
 
 

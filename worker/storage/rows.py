@@ -97,11 +97,6 @@ def grain_json(rec: Mapping[str, Any], grain: tuple[str, ...]) -> str:
     return json.dumps({c: rec[c] for c in grain}, sort_keys=True, separators=(",", ":"))
 
 
-def cost_value(rec: Mapping[str, Any]) -> str:
-    amount: Decimal = rec["amount_usd"]
-    return f"{format(amount, 'f')} {rec['currency']}"
-
-
 def usage_value(rec: Mapping[str, Any]) -> str:
     return json.dumps({c: rec[c] for c in USAGE_COUNTS} | ({"extra": rec["extra_counts"]} if rec["extra_counts"] else {}),
                       sort_keys=True, separators=(",", ":"))

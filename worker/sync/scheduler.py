@@ -75,7 +75,6 @@ class SyncService:
         self.progress = LogProgress()
         self.semaphore = asyncio.Semaphore(app.settings.max_concurrent_syncs)
         self.page_slots = asyncio.Semaphore(PAGES_IN_FLIGHT)  # pages requested and not yet stored, all syncs
-        self.dispatches = 0
         self.stopping = False
         self.scheduler: AsyncIOScheduler | None = None
         self.last_poll: float | None = None  # time.monotonic() of the latest dispatch
@@ -146,7 +145,6 @@ class SyncService:
         """Start a task for every integration with work due. One failing integration never stops the others."""
         if self.stopping:
             return
-        self.dispatches += 1
         self.last_poll = time.monotonic()
         current = asyncio.current_task()
         if current is not None:

@@ -33,11 +33,9 @@ from worker.reconcile.formats._common import (
     MAX_MODEL_ID,
     MAX_TOKENS,
     ModelOf,
-    ParseResult,
     RecordError,
     RowResult,
     Source,
-    as_events,
     iter_lines,
     money_text,
     no_model,
@@ -51,32 +49,17 @@ from worker.reconcile.formats._common import (
 CSV_NAME = "csv"
 JSONL_NAME = "jsonl"
 REQUIRED = ("timestamp", "model")
-COLUMNS = (
-    "timestamp", "model", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-    "cache_write_5m_tokens", "cache_write_1h_tokens", "cost_usd", "event_id", "workspace_id",
-    "api_key_id", "customer",
-)
 _DISTINCT = ("cache_read_tokens", "cache_write_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
              "cost_usd", "event_id")
 
 
-def parse_jsonl(source: Source) -> ParseResult:
-    """Yield one event per JSON line, lazily."""
-    return as_events(rows_jsonl(source))
-
-
-def parse_csv(source: Source) -> ParseResult:
-    """Yield one event per CSV row, lazily; the first non-empty row is the header."""
-    return as_events(rows_csv(source))
-
-
 def rows_jsonl(source: Source, model_of: ModelOf = no_model) -> RowResult:
-    """`parse_jsonl` as rows."""
+    """One row per JSON line, lazily."""
     return run_rows(source, convert_row, model_of)
 
 
 def rows_csv(source: Source, model_of: ModelOf = no_model) -> RowResult:
-    """`parse_csv` as rows."""
+    """One row per CSV row, lazily; the first non-empty row is the header."""
     lines = iter_lines(source)
     reader = csv.reader(text + "\n" for _, text in lines)
     header: list[str] | None = None

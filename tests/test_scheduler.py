@@ -339,7 +339,8 @@ def test_reaping_reads_only_running_records(app: App) -> None:
         pytest.skip("SQLite's plan")
     from sqlalchemy import event
 
-    from worker.sync.scheduler import reap_abandoned_runs
+    from worker.storage.repo import reap_abandoned_runs
+    from worker.sync.scheduler import ABANDONED
 
     seen: list[tuple[str, object]] = []
 
@@ -350,7 +351,7 @@ def test_reaping_reads_only_running_records(app: App) -> None:
     event.listen(app.engine, "before_cursor_execute", capture)
     try:
         with app.engine.begin() as conn:
-            reap_abandoned_runs(conn, datetime.now(UTC))
+            reap_abandoned_runs(conn, datetime.now(UTC), ABANDONED)
     finally:
         event.remove(app.engine, "before_cursor_execute", capture)
     (statement, parameters), = seen

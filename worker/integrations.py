@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 import httpx
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine
 
-from worker.api import AdminApiClient, Organization, RequestStats
+from worker.api import Organization
 from worker.app import App
 from worker.ratelimit import OrgGate, org_bucket
 from worker.secret import AdminKey
 from worker.settings import Tier
 from worker.storage import repo
-from worker.storage.tables import integrations
+from worker.sync.access import make_client
 from worker.sync.windows import latest_slot, window_ending
 from worker.vault import Keyring, Sealed, VaultError, integration_aad
 
@@ -27,16 +28,8 @@ class IntegrationError(Exception):
     """A user-facing failure about an integration (one line)."""
 
 
-def make_client(app: App, key: AdminKey, gate: OrgGate, stats: RequestStats | None = None,
-                transport: httpx.AsyncBaseTransport | None = None, on_wait: object = None) -> AdminApiClient:
-    s = app.settings
-    return AdminApiClient(key, base_url=s.api_base_url, gate=gate, clock=app.clock, timeout=s.http_timeout,
-                          transport=transport, max_attempts=s.max_attempts, max_retry_seconds=s.max_retry_seconds,
-                          stats=stats, on_wait=on_wait)  # type: ignore[arg-type]
-
-
 async def check_connection(app: App, key: AdminKey, *, transport: httpx.AsyncBaseTransport | None = None,
-                          on_wait: object = None) -> Organization:
+                           on_wait: Callable[[float], None] | None = None) -> Organization:
     """GET /me, then one cost_report request with limit=1 (proves report access). Raises ApiError."""
     # Before /me the organization is unknown: that first request is counted against a bucket of the key,
     # then charged to the organization's bucket so the report request after it waits its turn.
@@ -100,17 +93,6 @@ def replace_key(app: App, integration_id: int, key: AdminKey, org: Organization)
     return integ
 
 
-def open_key(keyring: Keyring, integration: repo.Integration) -> AdminKey:
-    """The integration's Admin key; a VaultError names the integration (never garbage sent to the API)."""
-    plaintext = keyring.open(Sealed(integration.key_id, integration.key_ciphertext),
-                             aad=integration_aad(integration.id), context=integration.display)
-    try:
-        return AdminKey(plaintext.decode())
-    except (UnicodeDecodeError, ValueError):
-        raise VaultError(f"{integration.display}: the stored key is not an Admin key; store one with "
-                         f"`cost-worker integrations replace-key {integration.id}`") from None
-
-
 @dataclass
 class RotationResult:
     rotated: int
@@ -135,11 +117,7 @@ def rotate_keys(engine: Engine, keyring: Keyring) -> RotationResult:
             continue
         with engine.begin() as conn:
             # Compare-and-set on the old key id: a concurrent rotation never overwrites newer work.
-            done = conn.execute(
-                update(integrations)
-                .where(integrations.c.id == integ.id, integrations.c.key_id == integ.key_id)
-                .values(key_ciphertext=sealed.blob, key_id=sealed.key_id)
-            ).rowcount
+            done = repo.reseal_key(conn, integ.id, integ.key_id, sealed.blob, sealed.key_id)
         result.rotated += done
     return result
 

@@ -1,16 +1,19 @@
-"""Data functions. Each takes a Connection inside a transaction the caller owns (`with engine.begin()`)."""
+"""Data functions. Each takes a Connection inside a transaction the caller owns (`with engine.begin()`).
+
+Every query of the `integrations` table is here; rows come back as this module's dataclasses.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date, datetime
 from decimal import Decimal
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, delete, func, insert, literal_column, or_, select, update
 
 from worker.storage.rows import (
     COST_COLUMNS,
@@ -68,6 +71,39 @@ def _integration(row: Any) -> Integration:
     return Integration(**{f: m[f] for f in _FIELDS})
 
 
+@dataclass(frozen=True)
+class IntegrationState:
+    """What /metrics shows of an integration (no key material)."""
+
+    id: int
+    label: str
+    tier: str
+    organization_id: str
+    status: str
+    last_success_at: datetime | None
+    backfill_start: date
+    backfill_end: date
+    cost_checkpoint: date
+    usage_checkpoint: date
+    backfill_done: bool
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class DispatchState:
+    """What the scheduler's poll reads of every integration to decide which sync is due."""
+
+    id: int
+    status: str
+    backfill_done: bool
+    last_daily_slot: datetime | None
+
+
+def _columns(cls: type[IntegrationState] | type[DispatchState]) -> list[Any]:
+    return [integrations.c[f.name] for f in fields(cls)]
+
+
 # --- integrations -------------------------------------------------------------------------------
 
 def insert_integration(conn: Connection, **values: Any) -> int:
@@ -83,6 +119,15 @@ def list_integrations(conn: Connection) -> list[Integration]:
     return [_integration(r) for r in conn.execute(select(integrations).order_by(integrations.c.id))]
 
 
+def integration_states(conn: Connection) -> list[IntegrationState]:
+    return [IntegrationState(*r) for r in conn.execute(select(*_columns(IntegrationState)).order_by(integrations.c.id))]
+
+
+def dispatch_states(conn: Connection) -> list[DispatchState]:
+    """Only what dispatch needs (not whole rows with their sealed keys): this runs every poll."""
+    return [DispatchState(*r) for r in conn.execute(select(*_columns(DispatchState)).order_by(integrations.c.id))]
+
+
 def find_by_organization(conn: Connection, organization_id: str) -> list[Integration]:
     rows = conn.execute(select(integrations).where(integrations.c.organization_id == organization_id))
     return [_integration(r) for r in rows]
@@ -90,6 +135,16 @@ def find_by_organization(conn: Connection, organization_id: str) -> list[Integra
 
 def update_integration(conn: Connection, integration_id: int, **values: Any) -> None:
     conn.execute(update(integrations).where(integrations.c.id == integration_id).values(**values))
+
+
+def reseal_key(conn: Connection, integration_id: int, old_key_id: str, ciphertext: bytes, key_id: str) -> int:
+    """Store a re-sealed key if the row still holds the one sealed under `old_key_id` (compare-and-set: a
+    concurrent rotation never overwrites newer work). Returns the rows changed (0 or 1)."""
+    return int(conn.execute(
+        update(integrations)
+        .where(integrations.c.id == integration_id, integrations.c.key_id == old_key_id)
+        .values(key_ciphertext=ciphertext, key_id=key_id)
+    ).rowcount)
 
 
 def delete_integration(conn: Connection, integration_id: int) -> bool:
@@ -126,6 +181,22 @@ def release_lease(conn: Connection, integration_id: int, owner: str) -> None:
 def holds_lease(conn: Connection, integration_id: int, owner: str) -> bool:
     row = conn.execute(select(integrations.c.lease_owner).where(integrations.c.id == integration_id)).first()
     return row is not None and row[0] == owner
+
+
+def lock_lease_owner(conn: Connection, integration_id: int) -> str | None:
+    """The lease's owner, the row locked until the transaction ends (SELECT ... FOR UPDATE on PostgreSQL;
+    SQLite's BEGIN IMMEDIATE already serializes writers)."""
+    owner: str | None = conn.execute(select(integrations.c.lease_owner).where(integrations.c.id == integration_id)
+                                     .with_for_update()).scalar_one_or_none()
+    return owner
+
+
+def advance_checkpoint(conn: Connection, integration_id: int, endpoint: str, next_day: date) -> None:
+    """Move the endpoint's backfill checkpoint (the next day to fetch) forward to `next_day`, never back."""
+    column = {"cost": "cost_checkpoint", "usage": "usage_checkpoint"}[endpoint]
+    current = conn.execute(select(integrations.c[column]).where(integrations.c.id == integration_id)).scalar_one()
+    if next_day > current:
+        update_integration(conn, integration_id, **{column: next_day})
 
 
 def claim_daily_slot(conn: Connection, integration_id: int, slot: datetime) -> bool:
@@ -309,6 +380,23 @@ def start_run(conn: Connection, integration_id: int, kind: str, window_start: da
 
 def update_run(conn: Connection, run_id: int, **values: Any) -> None:
     conn.execute(update(sync_runs).where(sync_runs.c.id == run_id).values(**values))
+
+
+def reap_abandoned_runs(conn: Connection, now: datetime, error: str) -> int:
+    """Mark `running` run records of integrations nobody holds a lease on as `interrupted` with `error`.
+
+    A live sync holds its integration's lease from before its run record starts until after it is
+    finished, so a `running` record without a live lease belongs to a process that was killed.
+    """
+    held = select(integrations.c.id).where(integrations.c.lease_owner.is_not(None),
+                                           integrations.c.lease_expires_at >= now)
+    result = conn.execute(update(sync_runs)
+                          # A literal, not a parameter: PostgreSQL's generic plan for a prepared statement
+                          # cannot use the partial index ix_sync_runs_running for `outcome = $1`.
+                          .where(sync_runs.c.outcome == literal_column("'running'"),
+                                 sync_runs.c.integration_id.not_in(held))
+                          .values(outcome="interrupted", error=error, finished_at=now))
+    return int(result.rowcount or 0)
 
 
 def recent_runs(conn: Connection, integration_id: int | None = None, limit: int = 20) -> list[dict[str, Any]]:

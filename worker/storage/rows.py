@@ -1,13 +1,17 @@
-"""Conversions between the API's parsed rows and table rows: '' for absent dimensions, canonical JSON extras."""
+"""Table rows from report rows: '' for absent dimensions, canonical JSON extras, same grains summed.
+
+Storage says what it reads from a report row (`CostRecord`, `UsageRecord`) instead of importing the
+API's types: any object with those attributes is stored (worker.api.models' rows are).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
-from worker.api.models import CostRow, UsageRow
 from worker.storage.types import EXACT
 
 COST_GRAIN = ("workspace_id", "model", "cost_type", "token_type", "service_tier", "context_window",
@@ -15,6 +19,68 @@ COST_GRAIN = ("workspace_id", "model", "cost_type", "token_type", "service_tier"
 USAGE_GRAIN = ("workspace_id", "model", "service_tier", "context_window", "api_key_id", "inference_geo", "extra_key")
 USAGE_COUNTS = ("uncached_input_tokens", "cache_read_input_tokens", "cache_creation_5m_input_tokens",
                 "cache_creation_1h_input_tokens", "output_tokens", "web_search_requests")
+
+
+class CostRecord(Protocol):
+    """One charge of a day's cost report: an exact amount in dollars and its dimensions (None: absent)."""
+
+    @property
+    def day(self) -> date: ...
+    @property
+    def workspace_id(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def cost_type(self) -> str | None: ...
+    @property
+    def token_type(self) -> str | None: ...
+    @property
+    def service_tier(self) -> str | None: ...
+    @property
+    def context_window(self) -> str | None: ...
+    @property
+    def inference_geo(self) -> str | None: ...
+    @property
+    def description(self) -> str | None: ...
+    @property
+    def amount_usd(self) -> Decimal: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def extra(self) -> Mapping[str, Any]: ...
+
+
+class UsageRecord(Protocol):
+    """One line of a day's message usage report: token counts and their dimensions (None: absent)."""
+
+    @property
+    def day(self) -> date: ...
+    @property
+    def workspace_id(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def service_tier(self) -> str | None: ...
+    @property
+    def context_window(self) -> str | None: ...
+    @property
+    def api_key_id(self) -> str | None: ...
+    @property
+    def inference_geo(self) -> str | None: ...
+    @property
+    def uncached_input_tokens(self) -> int: ...
+    @property
+    def cache_read_input_tokens(self) -> int: ...
+    @property
+    def cache_creation_5m_input_tokens(self) -> int: ...
+    @property
+    def cache_creation_1h_input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def web_search_requests(self) -> int: ...
+    @property
+    def extra(self) -> Mapping[str, Any]: ...
 
 
 def canonical_json(value: Mapping[str, Any]) -> str:
@@ -29,7 +95,7 @@ COST_COLUMNS = ("integration_id", "day", *COST_GRAIN, "amount_usd", "currency")
 USAGE_COLUMNS = ("integration_id", "day", *USAGE_GRAIN, *USAGE_COUNTS, "extra_counts")
 
 
-def cost_table_rows(integration_id: int, rows: Iterable[CostRow]) -> list[dict[str, Any]]:
+def cost_table_rows(integration_id: int, rows: Iterable[CostRecord]) -> list[dict[str, Any]]:
     """Table rows for one or more days; rows with the same grain are summed (both are charges).
 
     Hot path of every stored page (a year of a large organization is ~10^6 rows): one key tuple per
@@ -59,7 +125,7 @@ def _split_usage_extra(extra: Mapping[str, Any]) -> tuple[dict[str, int], str]:
     return counts, canonical_json({k: v for k, v in extra.items() if k not in counts})
 
 
-def usage_table_rows(integration_id: int, rows: Iterable[UsageRow]) -> list[dict[str, Any]]:
+def usage_table_rows(integration_id: int, rows: Iterable[UsageRecord]) -> list[dict[str, Any]]:
     merged: dict[tuple[Any, ...], list[Any]] = {}
     for r in rows:
         extra = r.extra

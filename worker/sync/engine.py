@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
 import logging
 import ssl
@@ -25,16 +26,14 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 import httpx
-from sqlalchemy import select
 
 from worker.api import AdminApiClient, ApiError, IntegrationBlocked, Page, RequestStats
 from worker.app import App
-from worker.integrations import make_client, open_key
 from worker.logs import bind, bound
 from worker.ratelimit import OrgGate, org_bucket
 from worker.storage import repo
 from worker.storage.rows import cost_table_rows, usage_table_rows
-from worker.storage.tables import integrations
+from worker.sync.access import make_client, open_key
 from worker.sync.progress import LogProgress, Progress
 from worker.sync.windows import ONE_DAY, chunks, days_between, window_ending
 from worker.vault import VaultError
@@ -43,6 +42,7 @@ log = logging.getLogger("worker.sync")
 
 Kind = Literal["backfill", "daily", "manual"]
 Endpoint = Literal["cost", "usage"]
+ENDPOINTS: tuple[Endpoint, ...] = ("cost", "usage")
 
 
 class LeaseLost(Exception):
@@ -62,6 +62,41 @@ class Plan:
     reread: tuple[date, date] | None
     first: date
     last: date
+
+
+# --- the states of a run: opened or skipped, then how it ended ------------------------------------
+
+class Skip(enum.Enum):
+    """Why a sync did not start; the value is its outcome's message."""
+
+    LEASED = "skipped: another process is syncing it"
+    SLOT_TAKEN = "skipped: this daily slot already ran"
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A run that started: lease taken, run record `running`, the integration as read in that transaction."""
+
+    integration: repo.Integration
+    plan: Plan
+
+
+RunOutcome = Literal["ok", "error", "interrupted"]
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How a started run ended: its run record's outcome and error, the message `sync-now` prints, and the
+    integration's new status (None leaves it as it is: an interrupted run resumes where it was)."""
+
+    outcome: RunOutcome
+    message: str
+    error: str | None = None
+    status: Literal["ok", "error"] | None = None
+
+    @classmethod
+    def interrupted(cls, reason: str) -> RunEnd:
+        return cls("interrupted", reason, reason)
 
 
 @dataclass
@@ -213,10 +248,7 @@ class IntegrationSync:
         all_rows = [r for b in page.buckets for r in b.rows]
         now = self.app.clock.now()
         with self.app.engine.begin() as conn:
-            # Row lock on PostgreSQL (SQLite's BEGIN IMMEDIATE already serializes writers).
-            owner = conn.execute(select(integrations.c.lease_owner).where(integrations.c.id == self.id)
-                                 .with_for_update()).scalar_one_or_none()
-            if owner != self.app.owner:
+            if repo.lock_lease_owner(conn, self.id) != self.app.owner:
                 raise LeaseLost(f"{self.label}: another process took over the sync")
             if endpoint == "cost":
                 count = repo.replace_cost_days(conn, self.id, days, cost_table_rows(self.id, all_rows), now, self.run_id)
@@ -224,9 +256,7 @@ class IntegrationSync:
                 count = repo.replace_usage_days(conn, self.id, days, usage_table_rows(self.id, all_rows), now,
                                                 self.run_id)
             if checkpoint and days:
-                column = "cost_checkpoint" if endpoint == "cost" else "usage_checkpoint"
-                current = conn.execute(select(integrations.c[column]).where(integrations.c.id == self.id)).scalar_one()
-                repo.update_integration(conn, self.id, **{column: max(current, max(days) + ONE_DAY)})
+                repo.advance_checkpoint(conn, self.id, endpoint, max(days) + ONE_DAY)
             self.pages += 1
             self.rows += count
             repo.update_run(conn, self.run_id, **self._run_counters())  # type: ignore[arg-type]
@@ -271,17 +301,15 @@ class IntegrationSync:
             # Stopped while the opening transaction ran on its thread: it may still commit. Then undo it,
             # so no lease or `running` record outlives this process.
             opened = await opening
-            if isinstance(opened, tuple):
-                await self._db(self._finish_run, "interrupted", "stopped by shutdown", t0)
+            if isinstance(opened, Opened):
+                await self._db(self._close, RunEnd.interrupted("stopped by shutdown"), t0)
                 await self._db(self._release_lease)
             raise
-        if opened == "leased":
-            return SyncOutcome(self.id, self.kind, True, "skipped: another process is syncing it", skipped=True)
-        if opened == "slot taken":
-            return SyncOutcome(self.id, self.kind, True, "skipped: this daily slot already ran", skipped=True)
+        if isinstance(opened, Skip):
+            return SyncOutcome(self.id, self.kind, True, opened.value, skipped=True)
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
-            return await self._run_leased(*opened, t0)
+            return await self._run_leased(opened.integration, opened.plan, t0)
         finally:
             if self.gate is not None:
                 self.gate.release()  # a page that failed or was interrupted
@@ -290,16 +318,16 @@ class IntegrationSync:
                 await heartbeat
             await asyncio.shield(self._db(self._release_lease))
 
-    def _open(self) -> tuple[repo.Integration, Plan] | str:
+    def _open(self) -> Opened | Skip:
         """Take the lease, claim the daily slot (if any), read the integration and start the run record, in
-        one transaction: a slot another process claimed first rolls the lease back with it ("slot taken")."""
+        one transaction: a slot another process claimed first rolls the lease back with it."""
         app = self.app
         now = app.clock.now()
         try:
             with app.engine.begin() as conn:
                 if not repo.take_lease(conn, self.id, app.owner, now,
                                        now + timedelta(seconds=app.settings.lease_seconds)):
-                    return "leased"  # by another process, or the integration is gone
+                    return Skip.LEASED  # by another process, or the integration is gone
                 if self.daily_slot is not None and not repo.claim_daily_slot(conn, self.id, self.daily_slot):
                     raise _SlotTaken
                 integ = repo.get_integration(conn, self.id)
@@ -309,8 +337,8 @@ class IntegrationSync:
                 if plan.backfill and integ.status == "pending":
                     repo.update_integration(conn, self.id, status="backfilling", updated_at=now)
         except _SlotTaken:
-            return "slot taken"
-        return integ, plan
+            return Skip.SLOT_TAKEN
+        return Opened(integ, plan)
 
     def _plan(self, integ: repo.Integration, today: date) -> Plan:
         backfill: list[tuple[Endpoint, date]] = [] if integ.backfill_done else [
@@ -331,14 +359,12 @@ class IntegrationSync:
         total_days = sum(days_between(cp, integ.backfill_end) for _, cp in backfill) // 2 + (
             days_between(*reread) if reread else 0)
         self.progress.start(self.label, self.kind, total_days)
-        outcome, error, status = "error", None, "error"
         try:
             key = open_key(app.keyring, integ)
             self.gate = PageGate(OrgGate(app.engine, org_bucket(integ.organization_id), app.budget, app.clock,
                                          run=app.db), self.page_slots)
             on_wait = lambda s: self.progress.wait(self.label, s)  # noqa: E731
-            async with make_client(app, key, self.gate, self.stats,  # type: ignore[arg-type]
-                                   self.transport, on_wait) as client:
+            async with make_client(app, key, self.gate, self.stats, self.transport, on_wait) as client:
                 bf_first = min((cp for _, cp in backfill), default=today)
                 for offset in range(0, days_between(bf_first, integ.backfill_end) if backfill else 0,
                                     app.settings.page_limit):
@@ -349,50 +375,47 @@ class IntegrationSync:
                     for endpoint, checkpoint in backfill:
                         lo = max(window_start, checkpoint)
                         if lo < window_end:
-                            await self._fetch(client, endpoint, lo, window_end, checkpoint=True)  # type: ignore[arg-type]
+                            await self._fetch(client, endpoint, lo, window_end, checkpoint=True)
                 if backfill:
                     await self._db(self._mark, backfill_done=True)
                 if reread:
-                    for endpoint in ("cost", "usage"):
-                        await self._fetch(client, endpoint, reread[0], reread[1] + ONE_DAY, checkpoint=False)  # type: ignore[arg-type]
-            outcome, status = "ok", "ok"
-            message = f"{self.kind} sync ok: {self.pages} pages, {self.rows} rows, {self.stats.requests} requests"
+                    for endpoint in ENDPOINTS:
+                        await self._fetch(client, endpoint, reread[0], reread[1] + ONE_DAY, checkpoint=False)
+            end = RunEnd("ok", f"{self.kind} sync ok: {self.pages} pages, {self.rows} rows, "
+                               f"{self.stats.requests} requests", status="ok")
         except IntegrationBlocked as exc:
-            error = str(exc)
-            message = f"blocked: {error}"
+            end = RunEnd("error", f"blocked: {exc}", str(exc), "error")
         except (ApiError, VaultError) as exc:
-            error = str(exc)
-            message = f"failed: {error} (retried at the next daily sync or with `cost-worker sync-now`)"
+            end = RunEnd("error", f"failed: {exc} (retried at the next daily sync or with `cost-worker sync-now`)",
+                         str(exc), "error")
         except LeaseLost as exc:
-            outcome, status, error, message = "interrupted", "", str(exc), str(exc)
+            end = RunEnd.interrupted(str(exc))
         except asyncio.CancelledError:
-            await asyncio.shield(self._db(self._finish_run, "interrupted", "stopped by shutdown", t0))
+            await asyncio.shield(self._db(self._close, RunEnd.interrupted("stopped by shutdown"), t0))
             self.progress.finish(self.label, False, "interrupted: will resume from the last stored page")
             raise
-        if status == "ok":
-            await self._db(self._finish_run, outcome, error, t0, status="ok", last_success_at=app.clock.now(),
-                           last_error=None)
-        elif status == "error":
-            await self._db(self._finish_run, outcome, error, t0, status="error", last_error=error)
-            log.error("%s: %s", self.label, message, extra={"integration_id": self.id})
-        else:
-            await self._db(self._finish_run, outcome, error, t0)
-        self.progress.finish(self.label, outcome == "ok", message)
-        return SyncOutcome(self.id, self.kind, outcome == "ok", message, run_id=self.run_id, rows=self.rows)
+        await self._db(self._close, end, t0)
+        if end.outcome == "error":
+            log.error("%s: %s", self.label, end.message, extra={"integration_id": self.id})
+        self.progress.finish(self.label, end.outcome == "ok", end.message)
+        return SyncOutcome(self.id, self.kind, end.outcome == "ok", end.message, run_id=self.run_id, rows=self.rows)
 
     def _mark(self, **values: Any) -> None:
         with self.app.engine.begin() as conn:
             repo.update_integration(conn, self.id, updated_at=self.app.clock.now(), **values)
 
-    def _finish_run(self, outcome: str, error: str | None, t0: float, **integration: Any) -> None:
-        """Close the run record and, when given, update the integration's status (one transaction)."""
+    def _close(self, end: RunEnd, t0: float) -> None:
+        """Close the run record and set the integration's status as `end` says (one transaction)."""
         now = self.app.clock.now()
+        assert self.run_id is not None  # opened
         with self.app.engine.begin() as conn:
-            repo.update_run(conn, self.run_id,  # type: ignore[arg-type]
-                            outcome=outcome, error=error, finished_at=now,
+            repo.update_run(conn, self.run_id, outcome=end.outcome, error=end.error, finished_at=now,
                             duration_seconds=round(time.monotonic() - t0, 3), **self._run_counters())
-            if integration:
-                repo.update_integration(conn, self.id, updated_at=now, **integration)
+            if end.status == "ok":
+                repo.update_integration(conn, self.id, status="ok", last_success_at=now, last_error=None,
+                                        updated_at=now)
+            elif end.status == "error":
+                repo.update_integration(conn, self.id, status="error", last_error=end.error, updated_at=now)
 
 
 async def sync_integration(app: App, integration_id: int, kind: Kind, *, progress: Progress | None = None,

@@ -17,24 +17,26 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import OperationalError
 
 from tests.fake_api import COST_PATH, FAKE_ADMIN_KEY, USAGE_PATH, FakeAdminApi
 from tests.test_sync import TODAY, integration, onboard
 from worker.app import App
-from worker.http import HealthServer, Metric
+from worker.http import HealthServer
 from worker.logs import setup_logging
 from worker.storage import repo
 from worker.storage.db import head_revision
-from worker.storage.tables import cost_rows, usage_rows
+from worker.storage.tables import cost_rows, reconcile_runs, usage_rows
 from worker.sync.engine import sync_now
 from worker.sync.scheduler import SyncService
 
+ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = re.compile(r'^(cost_worker_[a-z0-9_]+)(\{([a-z_]+="(?:[^"\\]|\\.)*",?)*\})? (-?[0-9.e+-]+|NaN)$')
 
 
@@ -234,11 +236,37 @@ class TestMetrics:
         assert value(m, "cost_worker_backfill_days_remaining", integration_id=str(iid)) == total - 10
         assert value(m, "cost_worker_integration_status", integration_id=str(iid), status="pending") == 1
 
-    def test_label_values_are_escaped(self) -> None:
-        """Quotes, backslashes and newlines in labels keep the text format valid."""
-        line = list(Metric("cost_worker_x", "gauge", "h").add(1, label='a "b"\\\nc').render())[-1]
-        assert line == 'cost_worker_x{label="a \\"b\\"\\\\\\nc"} 1'
-        assert SAMPLE.match(line)
+    def test_label_values_are_escaped(self, app: App, fake: FakeAdminApi) -> None:
+        """Quotes, backslashes and newlines in a label (prometheus_client escapes them) keep the text valid."""
+        iid = onboard(app, fake)
+        with app.engine.begin() as conn:
+            repo.update_integration(conn, iid, label='a "b"\\\nc')
+
+        async def go() -> httpx.Response:
+            async with serving(app, fake, scheduler=False) as (_s, _server, get):
+                return await get("/metrics")
+        body = asyncio.run(go()).text
+        [line] = [ln for ln in body.splitlines() if ln.startswith("cost_worker_integration_info{")]
+        assert 'label="a \\"b\\"\\\\\\nc"' in line
+        assert value(parse_metrics(body), "cost_worker_integration_info", integration_id=str(iid)) == 1
+
+    def test_every_documented_series_and_only_those(self, app: App, fake: FakeAdminApi) -> None:
+        """The metric families of a scrape (after a sync and a reconcile) are exactly docs/operations.md's table."""
+        iid = onboard(app, fake)
+        with app.engine.begin() as conn:
+            conn.execute(insert(reconcile_runs).values(
+                finished_at=app.clock.now(), integration_id=iid, sources="", since=TODAY, until=TODAY,
+                group_by="model", tolerance_pct=Decimal(1), billed_cost_usd=Decimal(1), tracked_cost_usd=Decimal(1),
+                delta_usd=Decimal(0), unexplained_usd=Decimal(0), rows=1, drift_rows=0))
+
+        async def go() -> httpx.Response:
+            async with serving(app, fake, scheduler=False) as (service, _server, get):
+                await until_idle(service)
+                return await get("/metrics")
+        served = set(re.findall(r"^# TYPE (\S+) ", asyncio.run(go()).text, re.MULTILINE))
+        table = [ln for ln in (ROOT / "docs" / "operations.md").read_text().splitlines() if ln.startswith("| `cost_worker_")]
+        documented = {name for ln in table for name in re.findall(r"`(cost_worker_[a-z_]+)", ln)}
+        assert served == documented
 
 
 class TestLogs:

@@ -27,18 +27,15 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import Connection, literal_column, select, update
 
 from worker.app import App
-from worker.http import Metric
 from worker.logs import bind
-from worker.storage.tables import integrations, sync_runs
+from worker.storage import repo
 from worker.sync.engine import PAGES_IN_FLIGHT, SyncOutcome, sync_integration
 from worker.sync.progress import LogProgress
 from worker.sync.windows import latest_slot
@@ -48,23 +45,6 @@ log = logging.getLogger("worker.scheduler")
 BACKFILL_STATUSES = ("pending", "backfilling")
 SHUTDOWN_SECONDS = 8.0  # syncs get this long to store or roll back their page; the process exits within 10 s
 ABANDONED = "abandoned: the process running it stopped without finishing (its lease expired)"
-
-
-def reap_abandoned_runs(conn: Connection, now: datetime) -> int:
-    """Mark `running` run records of integrations nobody holds a lease on as `interrupted`.
-
-    A live sync holds its integration's lease from before its run record starts until after it is
-    finished, so a `running` record without a live lease belongs to a process that was killed.
-    """
-    held = select(integrations.c.id).where(integrations.c.lease_owner.is_not(None),
-                                           integrations.c.lease_expires_at >= now)
-    result = conn.execute(update(sync_runs)
-                          # A literal, not a parameter: PostgreSQL's generic plan for a prepared statement
-                          # cannot use the partial index ix_sync_runs_running for `outcome = $1`.
-                          .where(sync_runs.c.outcome == literal_column("'running'"),
-                                 sync_runs.c.integration_id.not_in(held))
-                          .values(outcome="interrupted", error=ABANDONED, finished_at=now))
-    return int(result.rowcount or 0)
 
 
 class SyncService:
@@ -83,7 +63,7 @@ class SyncService:
         self.outcomes: Counter[tuple[str, str]] = Counter()  # (kind, ok|error|skipped|crashed) by this process
         self.requests: Counter[tuple[int, str, str]] = Counter()  # (integration, endpoint, status)
 
-    # --- health and metrics of this process -----------------------------------------------------
+    # --- health and this process's state (worker.metrics reads it) -------------------------------
 
     def health(self) -> tuple[bool, str]:
         """Alive when the scheduler runs and its poll started within max(30 s, 6 polls)."""
@@ -100,45 +80,32 @@ class SyncService:
     def count_request(self, integration_id: int, endpoint: str, status: str) -> None:
         self.requests[(integration_id, endpoint, status)] += 1
 
-    def process_metrics(self) -> Iterator[Metric]:
-        age = time.monotonic() - self.last_poll if self.last_poll is not None else -1
-        yield Metric("cost_worker_scheduler_last_poll_age_seconds", "gauge",
-                     "Seconds since this process's scheduler last polled for due work (-1: not yet).").add(age)
-        yield Metric("cost_worker_process_syncs_in_flight", "gauge",
-                     "Syncs this process is running now.").add(len(self.tasks))
-        runs = Metric("cost_worker_process_sync_runs_total", "counter",
-                      "Syncs this process finished, by kind and result (skipped: another process held the lease "
-                      "or had run the daily slot).")
-        for (kind, result), n in sorted(self.outcomes.items()):
-            runs.add(n, kind=kind, result=result)
-        yield runs
-        reqs = Metric("cost_worker_process_http_requests_total", "counter",
-                      "Admin API answers this process received, by integration, endpoint and HTTP status.")
-        for (iid, endpoint, status), n in sorted(self.requests.items()):
-            reqs.add(n, integration_id=str(iid), endpoint=endpoint, status=status)
-        yield reqs
+    @property
+    def last_poll_age(self) -> float | None:
+        return None if self.last_poll is None else time.monotonic() - self.last_poll
+
+    @property
+    def syncs_in_flight(self) -> int:
+        return len(self.tasks)
 
     # --- dispatch -------------------------------------------------------------------------------
 
     def _due(self) -> list[tuple[int, str, object]]:
         now = self.app.clock.now()
         slot = latest_slot(now, self.app.settings.daily_sync_time)
-        c = integrations.c
         with self.app.engine.begin() as conn:
-            reaped = reap_abandoned_runs(conn, now)
-            # Only what dispatch needs (not whole rows with their sealed keys): this runs every poll.
-            rows = conn.execute(select(c.id, c.status, c.backfill_done, c.last_daily_slot)
-                                .order_by(c.id)).all()
+            reaped = repo.reap_abandoned_runs(conn, now, ABANDONED)
+            states = repo.dispatch_states(conn)
         if reaped:
             log.warning("marked %d run record(s) of a stopped process as interrupted", reaped)
         due: list[tuple[int, str, object]] = []
-        for iid, status, backfill_done, last_daily_slot in rows:
-            if iid in self.tasks:
+        for i in states:
+            if i.id in self.tasks:
                 continue
-            if not backfill_done and status in BACKFILL_STATUSES:
-                due.append((iid, "backfill", None))
-            elif last_daily_slot is None or last_daily_slot < slot:
-                due.append((iid, "daily", slot))
+            if not i.backfill_done and i.status in BACKFILL_STATUSES:
+                due.append((i.id, "backfill", None))
+            elif i.last_daily_slot is None or i.last_daily_slot < slot:
+                due.append((i.id, "daily", slot))
         return due
 
     async def dispatch_due(self) -> None:

@@ -241,8 +241,11 @@ def sync_now_cmd(ctx: click.Context, ids: tuple[int, ...]) -> None:
         fail(f"no integration {missing[0]} (see `cost-worker integrations list`)", EXIT_USAGE)
     if not known:
         fail("no integrations: add one with `cost-worker connect`", EXIT_USAGE)
-    progress = BarProgress() if sys.stderr.isatty() else LogProgress()
-    outcomes = asyncio.run(sync_now(app, list(ids) or None, progress=progress))
+    if sys.stderr.isatty():
+        with BarProgress() as bars:  # one line per integration, redrawn in place
+            outcomes = asyncio.run(sync_now(app, list(ids) or None, progress=bars))
+    else:
+        outcomes = asyncio.run(sync_now(app, list(ids) or None, progress=LogProgress()))
     failed = [o for o in outcomes if not o.ok]
     for o in outcomes:
         click.echo(f"integration {o.integration_id}: {'ok' if o.ok else 'FAILED'}: {o.message}")

@@ -1,12 +1,18 @@
-"""Progress of a sync: a bar on a terminal, log lines elsewhere. Long backfills wait minutes per page."""
+"""Progress of a sync: a line per integration on a terminal (rich), log lines elsewhere. Long backfills wait
+minutes per page."""
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
 
 log = logging.getLogger("worker.sync")
 
@@ -59,23 +65,55 @@ class LogProgress:
 
 
 class BarProgress:
-    """For `sync-now` on a terminal: one redrawn line per integration (days, pages, rows, rate-limit wait)."""
+    """For `sync-now` on a terminal: one line per integration (days, pages, rows, time waited for the rate
+    limit), redrawn in place by rich; finished syncs print their message above the lines.
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
+    A context manager: the display runs between enter and exit. Meanwhile stderr (and the log handlers
+    writing to it) goes through rich, so a warning is printed above the lines instead of through them.
+    """
+
+    def __init__(self, console: Console | None = None) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, TextColumn
+        from rich.progress import Progress as Bars
+
+        self.console = console or Console(stderr=True)
+        self._bars = Bars(TextColumn("{task.description}", markup=False),
+                          TextColumn("{task.fields[kind]}", markup=False),
+                          BarColumn(bar_width=24),
+                          TextColumn("{task.fields[counts]}", markup=False),
+                          console=self.console, auto_refresh=False, redirect_stdout=False)
         self._t: dict[str, _Tally] = {}
+        self._tasks: dict[str, TaskID] = {}
+        self._handlers: list[tuple[logging.StreamHandler[TextIO], TextIO]] = []  # (handler, its own stream)
+
+    def __enter__(self) -> BarProgress:
+        original = sys.stderr
+        self._bars.start()
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is original:
+                handler.setStream(sys.stderr)  # rich's proxy while the display runs
+                self._handlers.append((handler, original))
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for handler, stream in self._handlers:
+            handler.setStream(stream)
+        self._handlers.clear()
+        self._bars.stop()
 
     def _draw(self, label: str, note: str = "") -> None:
         t = self._t[label]
         total = max(1, 2 * t.total_days)  # each day is read from both endpoints
         done = min(t.days, total)
-        width = 24
-        filled = int(width * done / total)
-        bar = "#" * filled + "-" * (width - filled)
-        line = (f"\r{label} {t.kind} [{bar}] {done // 2}/{t.total_days} days | {t.pages} pages | "
-                f"{t.rows} rows | waited {_fmt(t.waited)} {note}")
-        self.stream.write(line[:200].ljust(100))
-        self.stream.flush()
+        counts = (f"{done // 2}/{t.total_days} days | {t.pages} pages | {t.rows} rows | waited {_fmt(t.waited)}"
+                  + (f" {note}" if note else ""))
+        task = self._tasks.get(label)
+        if task is None:
+            self._tasks[label] = self._bars.add_task(label, total=total, completed=done, kind=t.kind, counts=counts)
+            self._bars.refresh()
+        else:
+            self._bars.update(task, total=total, completed=done, kind=t.kind, counts=counts, refresh=True)
 
     def start(self, label: str, kind: str, total_days: int) -> None:
         self._t[label] = _Tally(kind, total_days)
@@ -96,9 +134,19 @@ class BarProgress:
     def finish(self, label: str, ok: bool, message: str) -> None:
         if label in self._t:
             self._draw(label)
-        self.stream.write(f"\n{label}: {message}\n")
-        self.stream.flush()
+        from rich.text import Text
+
+        self.console.print(Text(f"{label}: {message}"))  # Text: a label's "[1]" is not markup
         self._t.pop(label, None)
+
+    def lines(self) -> list[str]:
+        """What the display shows now, one line per integration, as plain text."""
+        from rich.console import Console
+
+        snapshot = Console(width=self.console.width, color_system=None, force_terminal=False, record=True,
+                           file=io.StringIO())
+        snapshot.print(self._bars)
+        return [line.rstrip() for line in snapshot.export_text().splitlines() if line.strip()]
 
 
 def _fmt(seconds: float) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
-from billgen import FIELDS, PRICES, TOKEN_TYPES, Call
+from billgen import FIELDS, TOKEN_TYPES, Call
 from sqlalchemy import Engine
 
 from worker.api.models import CostRow, UsageRow
@@ -29,16 +29,18 @@ def seed_bill(engine: Engine, calls: Iterable[Call], fees: dict[date, Decimal] |
     for call in calls:
         day = call.at.date()
         t = call.tokens
-        usage.append(UsageRow(day=day, workspace_id=call.workspace_id, model=call.model, service_tier="standard",
-                              context_window="0-200k", api_key_id=f"apikey_{call.workspace_id[-1]}",
+        usage.append(UsageRow(day=day, workspace_id=call.workspace_id, model=call.model,
+                              service_tier=call.service_tier, context_window=call.context_window, api_key_id=f"apikey_{call.workspace_id[-1]}",
                               inference_geo=None, uncached_input_tokens=t.uncached_input,
                               cache_read_input_tokens=t.cache_read, cache_creation_5m_input_tokens=t.cache_write_5m,
                               cache_creation_1h_input_tokens=t.cache_write_1h, output_tokens=t.output,
                               web_search_requests=0))
-        for price, name, token_type in zip(PRICES[call.model], FIELDS, TOKEN_TYPES, strict=True):
-            costs.append(CostRow(day=day, workspace_id=call.workspace_id, description=f"{call.model} {token_type}",
+        for price, name, token_type in zip(call.unit_prices(), FIELDS, TOKEN_TYPES, strict=True):
+            costs.append(CostRow(day=day, workspace_id=call.workspace_id,
+                                 description=f"{call.model} {call.service_tier} {call.context_window} {token_type}",
                                  cost_type="tokens", model=call.model, token_type=token_type,
-                                 service_tier="standard", context_window="0-200k", inference_geo=None,
+                                 service_tier=call.service_tier, context_window=call.context_window,
+                                 inference_geo=None,
                                  amount_usd=price * getattr(t, name), currency="USD"))
     for day, amount in (fees or {}).items():
         costs.append(CostRow(day=day, workspace_id=None, description="Web search", cost_type="web_search",

@@ -6,7 +6,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
-from billgen import PRICES, Call, bill, days, generate_calls
+from billgen import PRICES, Call, bill, days, generate_calls, random_org
 
 from worker.reconcile import (
     BilledCell,
@@ -220,6 +220,48 @@ class TestDayBoundary:
         result = compare(bill(calls).cells(), aggregate_events(shifted).values())
         assert drifting(result) == {(dates[0], SONNET): (Cause.DAY_BOUNDARY,), (dates[1], SONNET): (Cause.DAY_BOUNDARY,)}
         assert result.summary.unexplained_usd == 0
+
+    ORGS = range(60)
+    """Generated organizations per variant: on today's rules about half of the cost-less ones fail."""
+
+    @pytest.mark.parametrize("variant", ["evening_to_next_day", "morning_to_previous_day", "evening_lost"])
+    def test_a_shifted_day_over_generated_organizations(self, variant: str) -> None:
+        """One day's calls cross midnight (clock 8 h ahead: 16:00-24:00 into the next day; 8 h behind:
+        00:00-08:00 into the previous one) in 60 generated organizations, half tracked with costs and
+        half without: both rows name `day_boundary` (or stay within tolerance), every other row is ok.
+        The same calls lost instead of moved are never taken for a shift."""
+        dates = days(date(2026, 3, 1), 4)
+        shifted_day = dates[1] if variant != "morning_to_previous_day" else dates[2]
+        found = 0
+        for seed in self.ORGS:
+            calls = random_org(seed, dates)
+            with_cost = seed % 2 == 0
+            events = []
+            for call in calls:
+                event = call.event(with_cost=with_cost)
+                if call.at.date() == shifted_day:
+                    if variant == "evening_to_next_day" and call.at.hour >= 16:
+                        event = call.event(with_cost=with_cost, occurred_at=call.at + timedelta(hours=8))
+                    elif variant == "morning_to_previous_day" and call.at.hour < 8:
+                        event = call.event(with_cost=with_cost, occurred_at=call.at - timedelta(hours=8))
+                    elif variant == "evening_lost" and call.at.hour >= 16:
+                        continue
+                events.append(event)
+            builder = bill(calls)
+            result = compare(builder.cells(), aggregate_events(events).values(), prices=builder.prices())
+            pair = {dates[1], dates[2]}
+            for row in result.rows:
+                where = f"org {seed} ({'with' if with_cost else 'without'} costs) {row.date} {row.model}"
+                if row.date not in pair:
+                    assert row.status is Status.OK, where
+                elif variant == "evening_lost":
+                    assert Cause.DAY_BOUNDARY not in row.causes, where
+                    assert row.status is Status.OK or row.date == dates[1], where
+                else:
+                    assert row.status is Status.OK or row.causes == (Cause.DAY_BOUNDARY,), f"{where}: {row.causes}"
+                    found += row.causes == (Cause.DAY_BOUNDARY,)
+        if variant != "evening_lost":
+            assert found >= len(self.ORGS)  # the shift is material: most organizations show it on both days
 
 
 class TestBillBuilder:

@@ -16,10 +16,13 @@ Causes (drift rows only; a row can name several; thresholds are the module const
 
 - `fees_not_tracked`: a non-token cost row (web search, code execution, session usage); trackers
   count tokens, not these fees.
-- `day_boundary`: a drifting row whose cost delta and token delta are cancelled, within
-  `DAY_MATCH` of the larger, by the opposite delta of the same model and key on the adjacent day:
-  events stamped in the wrong timezone. Checked first (a whole day shifted leaves one day
-  `untracked`-looking and its neighbour doubled); it replaces every other cause.
+- `day_boundary`: a drifting row whose deltas are cancelled by the opposite deltas of the same
+  model and key on the adjacent day (drifting or not): events stamped in the wrong timezone.
+  Matched per token type (each type's deltas cancel within `DAY_MATCH` of the larger, or leave
+  no more than the tolerance) and on cost (the cost deltas cancel within `DAY_MATCH`, or each is
+  its token deltas at its own day's implied prices: cost-less events are priced at the day they
+  were stamped on). Checked first (a whole day shifted leaves one day `untracked`-looking and its
+  neighbour doubled); it replaces every other cause.
 - `untracked`: billed, but no tracked event at all.
 - `not_billed`: tracked, but nothing billed for that day and model (failed or blocked calls,
   another platform such as Bedrock/Vertex, Priority Tier which the cost report omits, or a
@@ -210,7 +213,7 @@ def compare(
 
     tol = tolerance_pct / 100
     drafts = [_draft(key, cell, prices, tol) for key, cell in cells.items()]
-    paired = _day_boundary_pairs([d for d in drafts if d.drift])
+    paired = _day_boundary_pairs(drafts, prices, tol)
     rows = [d.finish(tol, d.key in paired) for d in drafts]
     rows += _fee_rows(fees, keyed, tol)
     rows.sort(key=lambda r: (r.date, r.cost_type != TOKENS, r.model or "", r.cost_type, r.key or ""))
@@ -304,21 +307,69 @@ def _drifts(draft: _Draft, prices: PriceBook, tol: Decimal) -> bool:
     return False
 
 
-def _day_boundary_pairs(drifting: list[_Draft]) -> set[CellKey]:
+def _day_boundary_pairs(drafts: list[_Draft], prices: PriceBook, tol: Decimal) -> set[CellKey]:
+    """The cells whose drift is the same calls stamped on the neighbouring UTC day (see `_shifted`).
+
+    Every row takes part, drifting or not: a day's evening moved into a much busier next day can
+    leave that day within tolerance while its own row drifts (the drifting one still names the
+    cause). Days pair left to right; a row pairs at most once.
+    """
     series: dict[tuple[str, str | None], list[_Draft]] = defaultdict(list)
-    for draft in drifting:
+    for draft in drafts:
         series[(draft.key[1], draft.key[2])].append(draft)
     paired: set[CellKey] = set()
-    for drafts in series.values():
-        drafts.sort(key=lambda d: d.key[0])
-        for first, second in zip(drafts, drafts[1:], strict=False):
+    for row in series.values():
+        row.sort(key=lambda d: d.key[0])
+        for first, second in zip(row, row[1:], strict=False):
             if first.key in paired or second.key[0] - first.key[0] != timedelta(days=1):
                 continue
-            if _cancel(first.delta, second.delta) and _cancel(
-                Decimal(first.token_delta), Decimal(second.token_delta)
-            ):
+            if (first.drift or second.drift) and _shifted(first, second, prices, tol):
                 paired.update((first.key, second.key))
     return paired
+
+
+def _shifted(first: _Draft, second: _Draft, prices: PriceBook, tol: Decimal) -> bool:
+    """Whether one day's deficit is the other day's surplus: the same calls, on the wrong side of midnight.
+
+    Tokens, per compared type: the two days' deltas have opposite signs and cancel to within
+    `DAY_MATCH` of the larger, for at least one type; every other type cancels that way too or is
+    left within the tolerance of the two days' billed tokens (a type the moved calls barely had).
+    Cost: the deltas have opposite signs and either cancel to within `DAY_MATCH` (events carrying
+    their own cost) or each is, to within `DAY_MATCH`, its own token deltas priced at that day's
+    implied unit prices: cost-less events are priced at the day they were stamped on, and adjacent
+    days' prices differ with their batch, long-context and cache mix.
+    """
+    matched = False
+    for token_type in TokenType:
+        x = first.tracked.get(token_type) - first.billed.get(token_type)
+        y = second.tracked.get(token_type) - second.billed.get(token_type)
+        if _cancel(Decimal(x), Decimal(y)):
+            matched = True
+        elif abs(x + y) > tol * (first.billed.get(token_type) + second.billed.get(token_type)):
+            return False
+    if not matched:
+        return False
+    a, b = first.delta, second.delta
+    if a == 0 or b == 0 or (a > 0) == (b > 0):
+        return False
+    if _cancel(a, b):
+        return True
+    return _priced_like_its_tokens(first, prices) and _priced_like_its_tokens(second, prices)
+
+
+def _priced_like_its_tokens(draft: _Draft, prices: PriceBook) -> bool:
+    """Whether the row's cost delta is its token deltas at its day's implied unit prices (within `DAY_MATCH`)."""
+    day, model, _ = draft.key
+    value = _ZERO
+    for token_type in TokenType:
+        gap = draft.tracked.get(token_type) - draft.billed.get(token_type)
+        if gap:
+            price = prices.unit_price(day, model, _PRICE_FIELD[token_type])
+            if price is None:
+                return False
+            value += price * gap
+    delta = draft.delta
+    return abs(delta - value) <= DAY_MATCH * max(abs(delta), abs(value))
 
 
 def _cancel(a: Decimal, b: Decimal) -> bool:

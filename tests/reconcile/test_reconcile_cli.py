@@ -90,6 +90,32 @@ class TestCleanImport:
         assert Decimal(report["summary"]["billed_cost_usd"]) == expected + WEB_SEARCH[D[9]]
         assert Decimal(report["summary"]["tracked_cost_usd"]) == expected
 
+    def test_accepted_fees_still_show_but_exit_zero(self, env: dict[str, str], billed: int, calls: list[Call],
+                                                    tmp_path: Path) -> None:
+        """A clean tracker and a web-search fee: exit 3 by default; `--accept fees_not_tracked` shows the fee row
+        (drift, accepted) and exits 0, in every format; any other drift still exits 3."""
+        invoke(env, "events", "import", put(tmp_path, "e.jsonl", write([Record.of(c) for c in calls], "jsonl")))
+        assert reconcile_json(env)[0].exit_code == 3
+        result, report = reconcile_json(env, "--accept", "fees_not_tracked")
+        assert result.exit_code == 0
+        fee = next(r for r in report["rows"] if r["cost_type"] == "web_search")
+        assert (fee["status"], fee["causes"], fee["accepted"]) == ("drift", ["fees_not_tracked"], True)
+        assert fee["cost_delta_usd"] == "-0.50"
+        assert (report["summary"]["drift_rows"], report["summary"]["accepted_rows"]) == (1, 1)
+        table = invoke(env, "reconcile", "--since", SINCE, "--until", UNTIL, "--accept", "fees_not_tracked")
+        assert table.exit_code == 0
+        assert "drift (accepted)  fees_not_tracked" in table.stdout and "1 of them accepted" in table.stdout
+        csv_out = invoke(env, "reconcile", "--since", SINCE, "--until", UNTIL, "--accept", "fees_not_tracked",
+                         "--format", "csv")
+        assert csv_out.exit_code == 0 and ",drift,fees_not_tracked,yes" in csv_out.stdout
+        # Another cause beside it still fails the run, accepted or not: here a day's calls are lost.
+        lost = put(tmp_path, "lost.jsonl", write([Record.of(c) for c in calls if c.at.date() == D[3]], "jsonl"))
+        invoke(env, "events", "import", lost, "--source", "partial")
+        result, report = reconcile_json(env, "--source", "partial", "--accept", "fees_not_tracked")
+        assert result.exit_code == 3 and report["summary"]["accepted_rows"] == 1
+        result, _ = reconcile_json(env, "--source", "partial", "--accept", "fees_not_tracked", "--accept", "untracked")
+        assert result.exit_code == 0
+
     def test_without_fees_exit_zero_and_table_summary(self, env: dict[str, str], engine: Engine,
                                                       calls: list[Call], tmp_path: Path) -> None:
         """No drift at all: exit 0; the table ends with the summary line (bill, tracked, unexplained)."""
@@ -312,9 +338,10 @@ class TestModelsAndOptions:
         ["--since", "March", "--until", "2026-03-05"],
         ["--since", "2026-03-01", "--until", "2026-03-05", "--integration", "999"],
         ["--since", "2026-03-01", "--until", "2026-03-05", "--by", "customer"],
+        ["--since", "2026-03-01", "--until", "2026-03-05", "--accept", "fees"],
     ])
     def test_bad_usage_exits_2(self, env: dict[str, str], billed: int, args: list[str]) -> None:
-        """Bad dates, tolerance, integration or grouping: exit 2."""
+        """Bad dates, tolerance, integration, grouping or accepted cause: exit 2."""
         assert invoke(env, "reconcile", *args).exit_code == 2
 
     def test_integration_filter(self, env: dict[str, str], billed: int, calls: list[Call], tmp_path: Path) -> None:

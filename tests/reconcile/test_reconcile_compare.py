@@ -204,6 +204,24 @@ class TestRules:
         assert [(r.key, r.status) for r in result.rows] == [("apikey_0", Status.OK), ("apikey_1", Status.OK)]
         assert result.summary.billed_cost_usd == sum((c.cost() for c in day_calls), Decimal(0))
 
+    def test_accepted_causes(self, calls: list[Call]) -> None:
+        """A drift row is accepted only when all its causes are; accepted rows stay drift rows but exit 0."""
+        day_calls = on(calls, 1, SONNET)
+        builder = bill(day_calls, web_search={D[1]: Decimal("0.50")})
+        tracked = aggregate_events([c.event() for c in day_calls] + [c.event(event_id=f"opus-{c.id}",
+                                   raw_model="claude-opus-4-6", model=None) for c in day_calls[:2]])
+        run = lambda *accept: compare(builder.cells(), tracked.values(), builder.fees(), accept=accept)  # noqa: E731
+        assert run().exit_code == 3 and run().summary.accepted_rows == 0
+        fees = run(Cause.FEES_NOT_TRACKED)
+        assert fees.exit_code == 3 and (fees.summary.drift_rows, fees.summary.accepted_rows) == (2, 1)
+        assert [r.accepted for r in fees.rows if r.status is Status.DRIFT] == [False, True]
+        # (not_billed, unmatched_model): accepting one of the two is not enough
+        assert run("fees_not_tracked", "not_billed").exit_code == 3
+        both = run("fees_not_tracked", "not_billed", "unmatched_model")
+        assert both.exit_code == 0 and both.summary.drift_rows == 2
+        with pytest.raises(ValueError):
+            run("fees")
+
     def test_tolerance_must_not_be_negative(self) -> None:
         """A negative tolerance is a caller error."""
         with pytest.raises(ValueError):

@@ -19,7 +19,7 @@ import click
 
 from worker.cli_support import EXIT_USAGE, UsageFailure, get_app, parse_day
 from worker.reconcile.aggregate import GroupBy
-from worker.reconcile.compare import DEFAULT_TOLERANCE_PCT
+from worker.reconcile.compare import DEFAULT_TOLERANCE_PCT, Cause
 from worker.reconcile.formats import AUTO, FORMATS
 
 if TYPE_CHECKING:
@@ -171,10 +171,14 @@ def _counts(counter: Counter[str]) -> str:
               help="Rows per day and model, or also per workspace / API key (when both sides carry it).")
 @click.option("--tolerance", default=str(DEFAULT_TOLERANCE_PCT), callback=_tolerance, show_default=True,
               help="Percentage of a row's billed cost a delta may reach and still be ok.")
+@click.option("--accept", "accept", multiple=True, type=click.Choice([c.value for c in Cause]),
+              help="A cause whose drift is shown but does not make the exit code 3 (repeatable), e.g. "
+                   "fees_not_tracked. A row is accepted when all its causes are.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.pass_context
 def reconcile_command(ctx: click.Context, since: date, until: date, integration_id: int | None,
-                      sources: tuple[str, ...], by: str, tolerance: Decimal, fmt: str) -> None:
+                      sources: tuple[str, ...], by: str, tolerance: Decimal, accept: tuple[str, ...],
+                      fmt: str) -> None:
     """Billed vs tracked per UTC day and model: deltas, status and likely causes. Exit 3 on drift."""
     from worker.reconcile.compare import compare
     from worker.reconcile.render import render, render_summary
@@ -199,7 +203,7 @@ def reconcile_command(ctx: click.Context, since: date, until: date, integration_
         normalizer = _normalizer(app, conn, integration_id)
         bill = load_bill(conn, since, until, by, integration_id)
         tracked = tracked_aggregates(conn, since, until, sources or None, by, normalizer.normalize)
-    result = compare(bill.cells(), tracked, bill.fees(), tolerance_pct=tolerance, prices=bill.prices())
+    result = compare(bill.cells(), tracked, bill.fees(), tolerance_pct=tolerance, prices=bill.prices(), accept=accept)
     with app.engine.begin() as conn:  # the summary feeds /metrics: latest drift per integration
         record_run(conn, result.summary, integration_id=integration_id, sources=sources, since=since, until=until,
                    group_by=by, finished_at=app.clock.now())

@@ -41,6 +41,10 @@ Causes (drift rows only; a row can name several; thresholds are the module const
   tokens (a tracker pricing cache reads/writes at the wrong rate); `pricing` when it has none.
 - `unknown`: drift no rule explains.
 
+Accepted causes (`compare(..., accept=...)`, the CLI's `--accept CAUSE`): a drift row whose
+causes are all accepted is still a drift row, shown with its causes and marked `accepted`, but it
+does not make the exit code 3 (fees no tracker can record, for a pipeline that gates on the rest).
+
 Summary: `explained_usd` sums the cost deltas of drift rows with a cause other than `unknown`;
 `unexplained_usd` is the total delta minus that (tolerated small deltas included).
 """
@@ -49,7 +53,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -134,6 +138,8 @@ class Row:
     unpriced_tokens: int
     status: Status
     causes: tuple[Cause, ...]
+    accepted: bool = False
+    """A drift row whose every cause was accepted: shown, but not failing the run."""
 
     def billed(self, token_type: TokenType) -> int:
         return self.billed_tokens.get(token_type)
@@ -158,6 +164,8 @@ class Summary:
     rows: int
     drift_rows: int
     tolerance_pct: Decimal
+    accepted_rows: int = 0
+    """Drift rows (counted in `drift_rows`) whose every cause was accepted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +175,8 @@ class Reconciliation:
 
     @property
     def exit_code(self) -> int:
-        """0 when every row is within tolerance, 3 when any drifts beyond it."""
-        return EXIT_DRIFT if self.summary.drift_rows else EXIT_OK
+        """0 when every row is within tolerance or its drift accepted, 3 when any other row drifts."""
+        return EXIT_DRIFT if self.summary.drift_rows > self.summary.accepted_rows else EXIT_OK
 
 
 @dataclass
@@ -185,15 +193,18 @@ def compare(
     *,
     tolerance_pct: Decimal = DEFAULT_TOLERANCE_PCT,
     prices: PriceBook | None = None,
+    accept: Iterable[Cause | str] = (),
 ) -> Reconciliation:
     """Reconcile a bill with tracked aggregates; see the module docstring for every rule.
 
     Both sides must be grouped the same way. When either side carries no key at all (trackers
     without workspace/API-key ids), keys are dropped on both sides and rows are per model.
-    `prices` defaults to the prices implied by the `billed` cells that have costs.
+    `prices` defaults to the prices implied by the `billed` cells that have costs. A drift row
+    whose causes are all in `accept` is marked `accepted` and does not count for the exit code.
     """
     if tolerance_pct < 0:
         raise ValueError("tolerance_pct must be >= 0")
+    accepted = frozenset(Cause(c) for c in accept)  # ValueError for a name that is no cause
     billed = list(billed)
     tracked = list(tracked)
     fees = list(fees)
@@ -216,6 +227,9 @@ def compare(
     paired = _day_boundary_pairs(drafts, prices, tol)
     rows = [d.finish(tol, d.key in paired) for d in drafts]
     rows += _fee_rows(fees, keyed, tol)
+    if accepted:
+        rows = [replace(r, accepted=True) if r.status is Status.DRIFT and accepted.issuperset(r.causes) else r
+                for r in rows]
     rows.sort(key=lambda r: (r.date, r.cost_type != TOKENS, r.model or "", r.cost_type, r.key or ""))
     return Reconciliation(tuple(rows), _summary(rows, tolerance_pct))
 
@@ -467,6 +481,7 @@ def _summary(rows: list[Row], tolerance_pct: Decimal) -> Summary:
         rows=len(rows),
         drift_rows=sum(1 for r in rows if r.status is Status.DRIFT),
         tolerance_pct=tolerance_pct,
+        accepted_rows=sum(1 for r in rows if r.accepted),
     )
 
 

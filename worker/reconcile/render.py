@@ -25,7 +25,7 @@ CSV_COLUMNS = (
     "date", "model", "key", "cost_type",
     *(f"{side}_{t.value}_tokens" for t in TokenType for side in ("billed", "tracked")),
     "billed_cost_usd", "tracked_cost_usd", "cost_delta_usd", "cost_delta_pct",
-    "tracked_events", "duplicate_ids", "unpriced_tokens", "status", "causes",
+    "tracked_events", "duplicate_ids", "unpriced_tokens", "status", "causes", "accepted",
 )
 
 
@@ -60,6 +60,7 @@ def row_dict(row: Row) -> dict[str, Any]:
         "unpriced_tokens": row.unpriced_tokens,
         "status": row.status.value,
         "causes": [c.value for c in row.causes],
+        "accepted": row.accepted,
     }
     return data
 
@@ -73,6 +74,7 @@ def summary_dict(summary: Summary) -> dict[str, Any]:
         "unexplained_usd": _money(summary.unexplained_usd),
         "rows": summary.rows,
         "drift_rows": summary.drift_rows,
+        "accepted_rows": summary.accepted_rows,
         "tolerance_pct": _money(summary.tolerance_pct),
     }
 
@@ -94,7 +96,7 @@ def render_csv(result: Reconciliation) -> str:
             row.date.isoformat(), row.model or "", row.key or "", row.cost_type, *tokens,
             _money(row.billed_cost_usd), _money(row.tracked_cost_usd), _money(row.cost_delta_usd),
             _money(row.cost_delta_pct) or "", row.tracked_events, row.duplicate_ids, row.unpriced_tokens,
-            row.status.value, ";".join(c.value for c in row.causes),
+            row.status.value, ";".join(c.value for c in row.causes), "yes" if row.accepted else "",
         ])
     return out.getvalue()
 
@@ -113,7 +115,7 @@ def render_table(result: Reconciliation) -> str:
         model = r.model if r.model is not None else f"({r.cost_type})"
         pct = "" if r.cost_delta_pct is None else f"{r.cost_delta_pct:+}"
         lines.append([r.date.isoformat(), model, *([r.key or "-"] if keyed else []), _usd(r.billed_cost_usd),
-                      _usd(r.tracked_cost_usd), _usd(r.cost_delta_usd), pct, r.status.value,
+                      _usd(r.tracked_cost_usd), _usd(r.cost_delta_usd), pct, f"{r.status.value} (accepted)" if r.accepted else r.status.value,
                       ",".join(c.value for c in r.causes)])
     numeric = {header.index(name) for name in ("billed $", "tracked $", "delta $", "delta %")}
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -131,7 +133,8 @@ def render_summary(summary: Summary) -> str:
         f"billed ${_usd(summary.billed_cost_usd)}  tracked ${_usd(summary.tracked_cost_usd)}  "
         f"delta ${_usd(summary.delta_usd)}  explained ${_usd(summary.explained_usd)}  "
         f"unexplained ${_usd(summary.unexplained_usd)}  "
-        f"({summary.drift_rows} of {summary.rows} rows beyond ±{summary.tolerance_pct}%)"
+        f"({summary.drift_rows} of {summary.rows} rows beyond ±{summary.tolerance_pct}%"
+        + (f", {summary.accepted_rows} of them accepted)" if summary.accepted_rows else ")")
     )
 
 

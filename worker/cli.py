@@ -7,7 +7,6 @@ Heavy imports stay inside the commands so `cost-worker --help` starts fast.
 from __future__ import annotations
 
 import asyncio
-import csv
 import getpass
 import json
 import logging
@@ -15,7 +14,6 @@ import os
 import signal
 import sys
 from datetime import date, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +21,7 @@ import click
 
 from worker import __version__
 from worker.cli_support import EXIT_FAILED, EXIT_USAGE, Failure, fail, failure, get_app, parse_day
+from worker.textsafe import printable
 
 if TYPE_CHECKING:
     from worker.app import App
@@ -131,7 +130,7 @@ def test_connection_cmd(ctx: click.Context) -> None:
     app = get_app(ctx)
     key = read_admin_key()
     org = _run_connection_test(app, key)
-    click.echo(f"Connection OK: organization {org.name!r} ({org.id}); cost report access confirmed.")
+    click.echo(f"Connection OK: organization {org.name!r} ({printable(org.id)}); cost report access confirmed.")
 
 
 @cli.command("connect")
@@ -141,8 +140,9 @@ def test_connection_cmd(ctx: click.Context) -> None:
 @click.pass_context
 def connect_cmd(ctx: click.Context, label: str | None, tier: str) -> None:
     """Test an Admin key, store it encrypted, and queue the tier's backfill. Prints the integration id."""
-    from worker.integrations import connect
+    from worker.integrations import check_label, connect
 
+    label = check_label(label)  # before any request
     app = get_app(ctx)
     key = read_admin_key()
     org = _run_connection_test(app, key)
@@ -188,7 +188,7 @@ def integrations_list(ctx: click.Context, fmt: str) -> None:
         click.echo("no integrations: add one with `cost-worker connect`")
         return
     cols = ["id", "label", "tier", "status", "key_hint", "last_success_at", "last_error"]
-    _table([[("" if r[c] is None else str(r[c]))[:60] for c in cols] for r in rows], cols)
+    _table([[printable("" if r[c] is None else str(r[c]))[:60] for c in cols] for r in rows], cols)
 
 
 @integrations_group.command("remove")
@@ -218,7 +218,7 @@ def integrations_replace_key(ctx: click.Context, integration_id: int) -> None:
     key = read_admin_key()
     org = _run_connection_test(app, key)
     before = replace_key(app, integration_id, key, org)
-    click.echo(f"integration {integration_id} ({before.label}): key {before.key_hint} replaced by {key.hint}; "
+    click.echo(f"integration {integration_id} ({printable(before.label)}): key {before.key_hint} replaced by {key.hint}; "
                f"`cost-worker sync-now --integration {integration_id}` syncs with it now")
 
 
@@ -248,7 +248,7 @@ def sync_now_cmd(ctx: click.Context, ids: tuple[int, ...]) -> None:
         outcomes = asyncio.run(sync_now(app, list(ids) or None, progress=LogProgress()))
     failed = [o for o in outcomes if not o.ok]
     for o in outcomes:
-        click.echo(f"integration {o.integration_id}: {'ok' if o.ok else 'FAILED'}: {o.message}")
+        click.echo(f"integration {o.integration_id}: {'ok' if o.ok else 'FAILED'}: {printable(o.message)}")
     if failed:
         raise SystemExit(EXIT_FAILED)
 
@@ -341,33 +341,30 @@ def report_cmd(ctx: click.Context, since: date, until: date, integration_id: int
         if integration_id is not None and repo.get_integration(conn, integration_id) is None:
             fail(f"no integration {integration_id}", EXIT_USAGE)
         rows = repo.report(conn, since, until, integration_id)
+    from worker.money import money_sum, money_text
+
     fields = ["date", "model", "cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"]
-    records = [{"date": r.date.isoformat(), "model": r.model, "cost_usd": _money(r.cost_usd),
+    records = [{"date": r.date.isoformat(), "model": r.model, "cost_usd": money_text(r.cost_usd),
                 "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
                 "cache_read_tokens": r.cache_read_tokens, "cache_write_tokens": r.cache_write_tokens} for r in rows]
     if fmt == "json":
         click.echo(json.dumps(records, indent=2))
     elif fmt == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
+        from worker.csvsafe import csv_writer
+
+        writer = csv_writer(sys.stdout, fields)
         writer.writeheader()
-        writer.writerows({**r, "model": r["model"] or ""} for r in records)
+        for record in records:
+            writer.writerecord(record)
     else:
-        total = sum((r.cost_usd for r in rows), Decimal(0))
+        total = money_sum(r.cost_usd for r in rows)
         body = [[r["date"], r["model"] or "(no model: fees)", r["cost_usd"], *(f"{r[f]:,}" for f in fields[3:])]
                 for r in records]
-        _table(body + [["total", "", _money(total), "", "", "", ""]], fields, right_from=2)
-
-
-def _money(value: Decimal) -> str:
-    """Exact dollars as a decimal string (never float, never rounded)."""
-    text = format(value.normalize(), "f") if value else "0"
-    if "." not in text:
-        return text + ".00"
-    whole, frac = text.split(".")
-    return f"{whole}.{frac.ljust(2, '0')}"
+        _table(body + [["total", "", money_text(total), "", "", "", ""]], fields, right_from=2)
 
 
 def _table(rows: list[list[str]], header: list[str], right_from: int = 99) -> None:
+    rows = [[printable(str(cell)) for cell in row] for row in rows]  # labels, models, errors: from outside
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     def line(cells: list[str]) -> str:
         return "  ".join(str(c).rjust(w) if i >= right_from else str(c).ljust(w)

@@ -19,13 +19,37 @@ from worker.settings import Tier
 from worker.storage import repo
 from worker.sync.access import make_client
 from worker.sync.windows import latest_slot, window_ending
+from worker.textsafe import clean, has_control
 from worker.vault import Keyring, Sealed, VaultError, integration_aad
 
 log = logging.getLogger(__name__)
 
+LABEL_MAX = 200
+"""Characters of a label (the `integrations.label` column)."""
+
 
 class IntegrationError(Exception):
     """A user-facing failure about an integration (one line)."""
+
+
+def check_label(label: str | None) -> str | None:
+    """A label typed by the user, stripped; None when absent or blank. Refused (IntegrationError) when it
+    holds a control character (a newline, an escape sequence) or is longer than `LABEL_MAX`."""
+    if label is None or not label.strip():
+        return None
+    if has_control(label):
+        raise IntegrationError("--label must be one line of text, without control characters (newlines, tabs, "
+                               "escape sequences)")
+    label = label.strip()
+    if len(label) > LABEL_MAX:
+        raise IntegrationError(f"--label is longer than {LABEL_MAX} characters")
+    return label
+
+
+def default_label(org: Organization) -> str:
+    """`Anthropic - <organization>`: the name as the API gave it, without control characters (it is shown
+    on terminals and in /metrics), cut to `LABEL_MAX`."""
+    return f"Anthropic - {clean(org.name) or org.id}"[:LABEL_MAX]
 
 
 async def check_connection(app: App, key: AdminKey, *, transport: httpx.AsyncBaseTransport | None = None,
@@ -47,6 +71,7 @@ async def check_connection(app: App, key: AdminKey, *, transport: httpx.AsyncBas
 
 def connect(app: App, key: AdminKey, org: Organization, *, label: str | None, tier: Tier) -> int:
     """Store a tested key for `org`, sealed with AES-256-GCM to the new row, and queue its backfill."""
+    label = check_label(label) or default_label(org)
     now = app.clock.now()
     first, last = window_ending(now.date(), app.settings.backfill_days(tier))
     with app.engine.begin() as conn:
@@ -56,7 +81,7 @@ def connect(app: App, key: AdminKey, org: Organization, *, label: str | None, ti
                 f"organization {org.name!r} is already connected as integration {existing[0].id}; to use this "
                 f"key for it: `cost-worker integrations replace-key {existing[0].id}`")
         integration_id = repo.insert_integration(
-            conn, label=(label or "").strip() or f"Anthropic - {org.name}", tier=tier,
+            conn, label=label, tier=tier,
             organization_id=org.id, organization_name=org.name, key_ciphertext=b"", key_id="",
             key_hint=key.hint, status="pending", created_at=now, updated_at=now, backfill_start=first,
             backfill_end=last, cost_checkpoint=first, usage_checkpoint=first, backfill_done=False,

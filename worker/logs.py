@@ -7,7 +7,7 @@ defence behind the masking reprs of AdminKey, MasterKey and the API client's aut
 current context (an asyncio task and the threads it starts with `asyncio.to_thread`), so lines
 from the engine, the API client and the progress reporter all carry the integration, the report
 window and the last request-id without passing them around. JSON lines show them as keys, text
-lines append them as `key=value`.
+lines append them as `key=value`; text lines show control characters escaped (`worker.textsafe`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
+
+from worker.textsafe import printable
 
 _SECRET = re.compile(r"sk-ant-[A-Za-z0-9_\-]{16,}")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -96,9 +98,13 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%SZ")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # The message line only (a traceback is added after it): API text cannot forge lines or send escapes.
+        return printable(super().formatMessage(record))
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
+        extras = " ".join(f"{k}={printable(str(v))}" for k, v in _extras(record).items())
         if not extras:
             return line
         head, sep, tail = line.partition("\n")  # fields go on the message line, before any traceback

@@ -126,7 +126,8 @@ class TestCleanImport:
         assert result.exit_code == 0, result.output
         total = sum((c.cost() for c in calls), Decimal(0))
         last = result.stdout.strip().splitlines()[-1]
-        assert last.startswith(f"billed ${total:,.4f}  tracked ${total:,.4f}") and "unexplained $0.0000" in last
+        exact = f"{total:,f}".rstrip("0")  # every digit of the bill, grouped, never rounded
+        assert last.startswith(f"billed ${exact}  tracked ${exact}") and "unexplained $0.00" in last
 
 
 class TestInjectedDrift:
@@ -189,7 +190,7 @@ class TestInjectedDrift:
             (str(D[10]), HAIKU): ["untracked"],
         }
         assert report["summary"]["unexplained_usd"] == "0"
-        assert "unexplained $0.0000" in result.stderr  # the summary line, for people, beside the JSON
+        assert "unexplained $0.00 " in result.stderr  # the summary line, for people, beside the JSON
 
     def test_json_rows_carry_the_contract_fields(self, env: dict[str, str], imported: Result,
                                                  calls: list[Call]) -> None:

@@ -15,6 +15,7 @@ from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 
+from worker.money import EXACT
 from worker.reconcile.events import TokenCounts, TrackedEvent
 from worker.reconcile.models import canonical_model_id
 from worker.reconcile.pricing import PriceBook, TokenCosts
@@ -100,7 +101,7 @@ class TrackedAggregate:
             self,
             tokens=self.tokens + other.tokens,
             unpriced_tokens=self.unpriced_tokens + other.unpriced_tokens,
-            cost_usd=self.cost_usd + other.cost_usd,
+            cost_usd=EXACT.add(self.cost_usd, other.cost_usd),
             events=self.events + other.events,
             duplicate_ids=self.duplicate_ids + other.duplicate_ids,
             unmatched_model=self.unmatched_model or other.unmatched_model,
@@ -180,19 +181,19 @@ class BillBuilder:
         key = workspace_id if self.by is GroupBy.WORKSPACE else None
         if cost_type != "tokens" or model is None:
             fee = (day, key, cost_type)
-            self._fees[fee] = self._fees.get(fee, Decimal(0)) + amount_usd
+            self._fees[fee] = EXACT.add(self._fees.get(fee, _ZERO), amount_usd)
             return
         name = BILL_TOKEN_TYPES.get(token_type or "", "other")
         parts = self._model_costs.get((day, model))
         if parts is None:
             parts = self._model_costs[(day, model)] = {}
-        parts[name] = parts.get(name, _ZERO) + amount_usd  # from 0, as TokenCosts sums did
+        parts[name] = EXACT.add(parts.get(name, _ZERO), amount_usd)  # from 0, as TokenCosts sums did
         if self.by is not GroupBy.API_KEY:
             cell = (day, model, key)
             parts = self._costs.get(cell)
             if parts is None:
                 parts = self._costs[cell] = {}
-            parts[name] = parts.get(name, _ZERO) + amount_usd  # from 0, as TokenCosts sums did
+            parts[name] = EXACT.add(parts.get(name, _ZERO), amount_usd)
 
     def add_usage(
         self,

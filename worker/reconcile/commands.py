@@ -21,6 +21,7 @@ from worker.cli_support import EXIT_USAGE, UsageFailure, get_app, parse_day
 from worker.reconcile.aggregate import GroupBy
 from worker.reconcile.compare import DEFAULT_TOLERANCE_PCT, Cause
 from worker.reconcile.formats import AUTO, FORMATS
+from worker.textsafe import printable
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -147,7 +148,7 @@ def _print_report(name: str, report: ImportReport) -> None:
     click.echo(f"  read {report.read + report.bad}  imported {report.imported}  "
                f"duplicates {report.duplicates}  bad {report.bad}")
     for bad in report.bad_samples:
-        click.echo(f"  bad {bad}")
+        click.echo(f"  bad {printable(str(bad))}")
     if report.bad > len(report.bad_samples):
         click.echo(f"  ... and {report.bad - len(report.bad_samples)} more bad rows")
     if report.unmatched_models:
@@ -156,7 +157,7 @@ def _print_report(name: str, report: ImportReport) -> None:
 
 
 def _counts(counter: Counter[str]) -> str:
-    return ", ".join(f"{model} ({count})" for model, count in counter.most_common())
+    return ", ".join(f"{printable(model)} ({count})" for model, count in counter.most_common())
 
 
 # --- reconcile --------------------------------------------------------------------------------------

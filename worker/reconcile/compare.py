@@ -55,9 +55,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from enum import StrEnum
 
+from worker.money import EXACT, money_sum
 from worker.reconcile.aggregate import BilledCell, BilledFee, CellKey, TrackedAggregate
 from worker.reconcile.events import TokenCounts, TokenType
 from worker.reconcile.pricing import PriceBook, exact
@@ -217,7 +218,7 @@ def compare(
         target = cells[(cell.day, cell.model, cell.key if keyed else None)]
         target.tokens_billed += cell.tokens
         cost = cell.cost.total if cell.cost is not None else prices.price(cell.day, cell.model, cell.tokens)[0]
-        target.cost_billed += cost
+        target.cost_billed = EXACT.add(target.cost_billed, cost)
     for aggregate in tracked:
         target = cells[(aggregate.day, aggregate.model, aggregate.key if keyed else None)]
         target.tracked = aggregate if target.tracked is None else target.tracked + aggregate
@@ -249,7 +250,7 @@ class _Draft:
 
     @property
     def delta(self) -> Decimal:
-        return self.tracked_cost - self.billed_cost
+        return EXACT.subtract(self.tracked_cost, self.billed_cost)
 
     @property
     def token_delta(self) -> int:
@@ -284,7 +285,7 @@ def _draft(key: CellKey, cell: _Cell, prices: PriceBook, tol: Decimal) -> _Draft
     unpriced = 0
     if aggregate is not None:
         priced, unpriced = prices.price(day, model, aggregate.unpriced_tokens)
-        tracked_cost = exact(tracked_cost + priced)
+        tracked_cost = exact(EXACT.add(tracked_cost, priced))
     draft = _Draft(
         key=key,
         billed=cell.tokens_billed,
@@ -305,7 +306,7 @@ def _drifts(draft: _Draft, prices: PriceBook, tol: Decimal) -> bool:
     budget = tol * draft.billed_cost
     if draft.billed_cost == 0 and draft.billed.total == 0:
         return draft.tracked.total > 0 or draft.tracked_cost != 0
-    if abs(draft.delta) > budget:
+    if draft.delta.copy_abs() > budget:
         return True
     day, model, _ = draft.key
     for token_type in TokenType:
@@ -451,15 +452,16 @@ def _agrees(tracked: int, billed: int, tol: Decimal) -> bool:
 def _fee_rows(fees: list[BilledFee], keyed: bool, tol: Decimal) -> list[Row]:
     totals: dict[tuple[date, str | None, str], Decimal] = defaultdict(Decimal)
     for fee in fees:
-        totals[(fee.day, fee.key if keyed else None, fee.cost_type)] += fee.cost_usd
+        cell = (fee.day, fee.key if keyed else None, fee.cost_type)
+        totals[cell] = EXACT.add(totals[cell], fee.cost_usd)
     rows = []
     for (day, key, cost_type), amount in totals.items():
-        drift = abs(amount) > tol * abs(amount) if amount else False
+        drift = amount.copy_abs() > tol * amount.copy_abs() if amount else False
         rows.append(Row(
             date=day, model=None, key=key, cost_type=cost_type,
             billed_tokens=TokenCounts(), tracked_tokens=TokenCounts(),
-            billed_cost_usd=amount, tracked_cost_usd=_ZERO, cost_delta_usd=-amount,
-            cost_delta_pct=_pct(-amount, amount), tracked_events=0, duplicate_ids=0, unpriced_tokens=0,
+            billed_cost_usd=amount, tracked_cost_usd=_ZERO, cost_delta_usd=amount.copy_negate(),
+            cost_delta_pct=_pct(amount.copy_negate(), amount), tracked_events=0, duplicate_ids=0, unpriced_tokens=0,
             status=Status.DRIFT if drift else Status.OK,
             causes=(Cause.FEES_NOT_TRACKED,) if drift else (),
         ))
@@ -467,17 +469,16 @@ def _fee_rows(fees: list[BilledFee], keyed: bool, tol: Decimal) -> list[Row]:
 
 
 def _summary(rows: list[Row], tolerance_pct: Decimal) -> Summary:
-    billed = sum((r.billed_cost_usd for r in rows), _ZERO)
-    tracked = sum((r.tracked_cost_usd for r in rows), _ZERO)
-    explained = sum(
-        (r.cost_delta_usd for r in rows if r.status is Status.DRIFT and r.causes != (Cause.UNKNOWN,)), _ZERO
-    )
+    billed = money_sum(r.billed_cost_usd for r in rows)
+    tracked = money_sum(r.tracked_cost_usd for r in rows)
+    explained = money_sum(r.cost_delta_usd for r in rows if r.status is Status.DRIFT and r.causes != (Cause.UNKNOWN,))
+    delta = EXACT.subtract(tracked, billed)
     return Summary(
         billed_cost_usd=billed,
         tracked_cost_usd=tracked,
-        delta_usd=tracked - billed,
+        delta_usd=delta,
         explained_usd=explained,
-        unexplained_usd=tracked - billed - explained,
+        unexplained_usd=EXACT.subtract(delta, explained),
         rows=len(rows),
         drift_rows=sum(1 for r in rows if r.status is Status.DRIFT),
         tolerance_pct=tolerance_pct,
@@ -486,7 +487,12 @@ def _summary(rows: list[Row], tolerance_pct: Decimal) -> Summary:
 
 
 def _pct(delta: Decimal, base: Decimal) -> Decimal | None:
+    """100 x delta / base to 0.01 (half-even), however many digits the amounts have."""
     if base == 0:
         return None
-    return (delta * 100 / base).quantize(Decimal("0.01"))
+    if delta == 0:
+        return Decimal("0.00")
+    with localcontext() as context:  # enough digits for the integral part, plus the two decimals
+        context.prec = max(28, delta.adjusted() - base.adjusted() + 8)
+        return (delta * 100 / base).quantize(Decimal("0.01"))
 

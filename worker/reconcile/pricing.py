@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
+from worker.money import EXACT
 from worker.reconcile.events import TokenCounts
 
 __all__ = ["PRICED_FIELDS", "PriceBook", "TokenCosts", "exact"]
@@ -38,7 +39,7 @@ def exact(value: Decimal) -> Decimal:
     """`value` itself when it has at most 12 decimal places, else rounded half-even to 1e-12."""
     exponent = value.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -12:
-        return value.quantize(_PLACES, rounding=ROUND_HALF_EVEN)
+        return value.quantize(_PLACES, rounding=ROUND_HALF_EVEN, context=EXACT)
     return value
 
 
@@ -54,23 +55,26 @@ class TokenCosts:
     other: Decimal = Decimal(0)
 
     def __add__(self, other: TokenCosts) -> TokenCosts:
+        add = EXACT.add  # money: never rounded to the default context's 28 digits
         return TokenCosts(
-            self.uncached_input + other.uncached_input,
-            self.output + other.output,
-            self.cache_read + other.cache_read,
-            self.cache_write_5m + other.cache_write_5m,
-            self.cache_write_1h + other.cache_write_1h,
-            self.other + other.other,
+            add(self.uncached_input, other.uncached_input),
+            add(self.output, other.output),
+            add(self.cache_read, other.cache_read),
+            add(self.cache_write_5m, other.cache_write_5m),
+            add(self.cache_write_1h, other.cache_write_1h),
+            add(self.other, other.other),
         )
 
     @property
     def cache_write(self) -> Decimal:
-        return self.cache_write_5m + self.cache_write_1h
+        return EXACT.add(self.cache_write_5m, self.cache_write_1h)
 
     @property
     def total(self) -> Decimal:
-        return (self.uncached_input + self.output + self.cache_read + self.cache_write_5m
-                + self.cache_write_1h + self.other)
+        total = self.uncached_input
+        for part in (self.output, self.cache_read, self.cache_write_5m, self.cache_write_1h, self.other):
+            total = EXACT.add(total, part)
+        return total
 
 
 # A unit price kept as the (cost, tokens) it was implied from, so pricing divides once.
@@ -156,7 +160,7 @@ class PriceBook:
             if rate is None:
                 unpriced += count
                 continue
-            total += self._amount(rate, count)
+            total = EXACT.add(total, self._amount(rate, count))
         return exact(total), unpriced
 
     def _rate(self, day: date, model: str, name: str) -> _Rate | Decimal | None:
@@ -169,7 +173,7 @@ class PriceBook:
     @staticmethod
     def _amount(rate: _Rate | Decimal, count: int) -> Decimal:
         if isinstance(rate, Decimal):
-            return rate * count
+            return EXACT.multiply(rate, count)
         with localcontext() as context:
             context.prec = 60
             return exact(rate[0] * count / rate[1])

@@ -1,22 +1,26 @@
 """Reconciliation output as table, CSV or JSON; the CLI only picks one and prints it.
 
-Money is printed exactly (Decimal text, never through float); JSON carries money as decimal
-STRINGS (`"12.345"`) so no consumer parses it into a float by accident. Deltas are tracked minus
+Money is printed exactly, every digit, in every format (`worker.money`: never through float or
+the decimal context's 28-digit rounding; the table groups thousands and shows at least two
+decimals). JSON carries money as decimal STRINGS (`"12.345"`) so no consumer parses it into a
+float by accident. Deltas are tracked minus
 billed. The summary line goes with every format (`render_summary`; the CLI prints it on stderr for
 csv/json, where it would corrupt the data).
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from worker.csvsafe import csv_writer
+from worker.money import decimal_text, money_text
 from worker.reconcile.compare import Reconciliation, Row, Summary
 from worker.reconcile.events import TokenType
+from worker.textsafe import printable
 
 __all__ = ["CSV_COLUMNS", "FORMATS", "render", "render_csv", "render_json", "render_summary", "render_table",
            "row_dict"]
@@ -30,9 +34,7 @@ CSV_COLUMNS = (
 
 
 def _money(value: Decimal | None) -> str | None:
-    if value is None:
-        return None
-    return format(value.normalize() if value == value.to_integral_value() else value, "f")
+    return None if value is None else decimal_text(value)
 
 
 def row_dict(row: Row) -> dict[str, Any]:
@@ -86,9 +88,9 @@ def render_json(result: Reconciliation) -> str:
 
 
 def render_csv(result: Reconciliation) -> str:
-    """One line per row under a `CSV_COLUMNS` header; causes joined with `;`."""
+    """One line per row under a `CSV_COLUMNS` header; causes joined with `;`; cells safe for spreadsheets."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv_writer(out)
     writer.writerow(CSV_COLUMNS)
     for row in result.rows:
         tokens = [n for t in TokenType for n in (row.billed(t), row.tracked(t))]
@@ -102,7 +104,7 @@ def render_csv(result: Reconciliation) -> str:
 
 
 def _usd(value: Decimal) -> str:
-    return f"{value:,.4f}"
+    return money_text(value, grouping=True)
 
 
 def render_table(result: Reconciliation) -> str:
@@ -112,9 +114,9 @@ def render_table(result: Reconciliation) -> str:
               "status", "causes"]
     lines = [header]
     for r in result.rows:
-        model = r.model if r.model is not None else f"({r.cost_type})"
-        pct = "" if r.cost_delta_pct is None else f"{r.cost_delta_pct:+}"
-        lines.append([r.date.isoformat(), model, *([r.key or "-"] if keyed else []), _usd(r.billed_cost_usd),
+        model = printable(r.model if r.model is not None else f"({r.cost_type})")  # ids from tracker files
+        pct = "" if r.cost_delta_pct is None else ("+" if r.cost_delta_pct >= 0 else "") + money_text(r.cost_delta_pct)
+        lines.append([r.date.isoformat(), model, *([printable(r.key or "-")] if keyed else []), _usd(r.billed_cost_usd),
                       _usd(r.tracked_cost_usd), _usd(r.cost_delta_usd), pct, f"{r.status.value} (accepted)" if r.accepted else r.status.value,
                       ",".join(c.value for c in r.causes)])
     numeric = {header.index(name) for name in ("billed $", "tracked $", "delta $", "delta %")}
@@ -133,7 +135,7 @@ def render_summary(summary: Summary) -> str:
         f"billed ${_usd(summary.billed_cost_usd)}  tracked ${_usd(summary.tracked_cost_usd)}  "
         f"delta ${_usd(summary.delta_usd)}  explained ${_usd(summary.explained_usd)}  "
         f"unexplained ${_usd(summary.unexplained_usd)}  "
-        f"({summary.drift_rows} of {summary.rows} rows beyond ±{summary.tolerance_pct}%"
+        f"({summary.drift_rows} of {summary.rows} rows beyond ±{decimal_text(summary.tolerance_pct)}%"
         + (f", {summary.accepted_rows} of them accepted)" if summary.accepted_rows else ")")
     )
 

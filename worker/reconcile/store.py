@@ -47,6 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from worker.money import money_sum
 from worker.reconcile.aggregate import BillBuilder, GroupBy, TrackedAggregate
 from worker.reconcile.events import ROW_COLUMNS, EventRow, TokenCounts
 from worker.reconcile.models import canonical_model_id
@@ -365,7 +366,7 @@ def _money_sum(value: Any) -> Decimal:
     if isinstance(value, Decimal):
         return value
     if isinstance(value, str):  # SQLite: the group's exact decimal texts, space-separated
-        return sum(map(Decimal, value.split()), Decimal(0))
+        return money_sum(map(Decimal, value.split()))
     return Decimal(str(value))
 
 

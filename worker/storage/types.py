@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import DateTime, Dialect, Numeric, String
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
-"""Adds money without rounding whatever its digits (the default context rounds to 28 digits)."""
+from worker.money import EXACT  # adds money without rounding whatever its digits
+
+__all__ = ["EXACT", "ExactDecimal", "UTCDateTime", "exact_money", "money_text", "sqlite_date"]
 
 
 def exact_money(value: Any) -> Decimal:

@@ -14,6 +14,7 @@ it is an int, a Decimal or a float, or text that is a plain decimal number (`-1.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
@@ -32,15 +33,26 @@ def csv_cell(value: Any) -> Any:
 
 
 class CsvWriter:
-    """`csv.writer` (rows) and `csv.DictWriter` (records by `fieldnames`) in one; every cell through `csv_cell`."""
+    """`csv.writer` (rows) and `csv.DictWriter` (records by `fieldnames`) in one; every cell through `csv_cell`.
+
+    Rows end with `lineterminator` (`\n` by default), and a cell holding a CR or an LF is always quoted:
+    `csv.writer` quotes only the characters of its own line terminator, so with `\n` a bare CR would
+    end the row for every reader. Each row is written with `\r\n` (quoting both) and its end replaced.
+    """
 
     def __init__(self, stream: IO[str], fieldnames: Sequence[str] | None = None, **options: Any) -> None:
-        options.setdefault("lineterminator", "\n")
-        self._writer = csv.writer(stream, **options)
+        self._stream = stream
+        self._end = options.pop("lineterminator", "\n")
+        self._row = io.StringIO()
+        self._writer = csv.writer(self._row, lineterminator="\r\n", **options)
         self.fieldnames = list(fieldnames) if fieldnames is not None else None
 
     def writerow(self, row: Iterable[Any]) -> None:
         self._writer.writerow([csv_cell(cell) for cell in row])
+        text = self._row.getvalue()
+        self._row.seek(0)
+        self._row.truncate()
+        self._stream.write(text[:-2] + self._end)
 
     def writerows(self, rows: Iterable[Iterable[Any]]) -> None:
         for row in rows:

@@ -4,8 +4,11 @@ on chosen days, and the report naming exactly those rows and causes."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -17,6 +20,7 @@ from seed import Record, seed_bill, write
 from sqlalchemy import Engine, func, select
 
 from worker.cli import cli
+from worker.money import EXACT, decimal_text, money_sum, money_text
 from worker.reconcile import TokenCounts
 from worker.reconcile.store import count_events, events
 from worker.vault import MasterKey
@@ -350,6 +354,54 @@ class TestModelsAndOptions:
         invoke(env, "events", "import", put(tmp_path, "e.jsonl", write([Record.of(c) for c in calls], "jsonl")))
         _, report = reconcile_json(env, "--integration", str(billed))
         assert set(drifting(report)) == {(str(D[9]), "web_search")}
+
+
+class TestOutputs:
+    LONG = Decimal("123456.781234567890123456789012")  # 30 significant digits, beyond the default context's 28
+
+    def test_money_is_exact_in_every_format(self, env: dict[str, str], engine: Engine, calls: list[Call],
+                                            tmp_path: Path) -> None:
+        """A 30-digit fee and the bill around it: every amount, delta and total with all its digits (JSON, table, CSV)."""
+        seed_bill(engine, calls, {D[9]: self.LONG})
+        invoke(env, "events", "import", put(tmp_path, "e.jsonl", write([Record.of(c) for c in calls], "jsonl")))
+        _, report = reconcile_json(env)
+        fee = next(r for r in report["rows"] if r["cost_type"] == "web_search")
+        assert (fee["billed_cost_usd"], fee["cost_delta_usd"]) == (str(self.LONG), f"-{self.LONG}")
+        tracked = money_sum(c.cost() for c in calls)
+        billed = EXACT.add(tracked, self.LONG)
+        summary = report["summary"]
+        assert (Decimal(summary["billed_cost_usd"]), Decimal(summary["tracked_cost_usd"])) == (billed, tracked)
+        assert Decimal(summary["delta_usd"]) == self.LONG.copy_negate() and summary["billed_cost_usd"] == decimal_text(billed)
+        table = invoke(env, "reconcile", "--since", SINCE, "--until", UNTIL).stdout
+        assert "-123,456.781234567890123456789012" in table
+        assert table.strip().splitlines()[-1].startswith(f"billed ${money_text(billed, grouping=True)}  ")
+        rows = list(csv.DictReader(io.StringIO(invoke(env, "reconcile", "--since", SINCE, "--until", UNTIL,
+                                                      "--format", "csv").stdout)))
+        assert {r["billed_cost_usd"] for r in rows if r["cost_type"] == "web_search"} == {str(self.LONG)}
+
+    def test_csv_cells_cannot_run_as_formulas(self, env: dict[str, str], engine: Engine, tmp_path: Path) -> None:
+        """Workspace ids and model ids that start like formulas are written with a leading `'` in the CSV;
+        negative deltas stay numbers; JSON keeps every id as it is; the table shows ids escaped."""
+        workspace = '=HYPERLINK("http://evil","x")'
+        day_calls = [replace(c, workspace_id=workspace) for c in generate_calls([D[1]], [SONNET], per_day=4)]
+        seed_bill(engine, day_calls)
+        records = [Record.of(c) for c in day_calls[1:]]  # one call lost: negative deltas
+        records += [Record.of(day_calls[0], id="x1", model="-2+3"), Record.of(day_calls[0], id="x2", model="+cmd"),
+                    Record.of(day_calls[0], id="x3", model="evil\x1b]0;x\x07")]
+        invoke(env, "events", "import", put(tmp_path, "e.jsonl", write(records, "jsonl")))
+        args = ("reconcile", "--since", str(D[1]), "--until", str(D[1]), "--by", "workspace")
+        out = invoke(env, *args, "--format", "csv").stdout
+        rows = list(csv.DictReader(io.StringIO(out)))
+        assert {r["key"] for r in rows} == {"'" + workspace}
+        assert {"'-2+3", "'+cmd", "evil\x1b]0;x\x07"} <= {r["model"] for r in rows}
+        tokens = next(r for r in rows if r["model"] == SONNET)
+        assert tokens["cost_delta_usd"].startswith("-") and Decimal(tokens["cost_delta_usd"]) < 0  # a number, unquoted
+        assert Decimal(tokens["cost_delta_pct"]) < 0
+        _, report = reconcile_json(env, "--since", str(D[1]), "--until", str(D[1]), "--by", "workspace")
+        assert {r["key"] for r in report["rows"]} == {workspace}
+        assert {"-2+3", "+cmd"} <= {r["model"] for r in report["rows"]}
+        table = invoke(env, *args).stdout
+        assert "\x1b" not in table and "evil\\x1b]0;x\\x07" in table
 
 
 class TestParsingProcess:

@@ -6,14 +6,10 @@ with a bad row); 3 (reconcile) a row drifts beyond the tolerance.
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import click
 
@@ -97,12 +93,13 @@ def _import_file(app: App, conn: Connection, path: str, fmt: str, source: str | 
                  normalizer: ModelNormalizer) -> bool:
     """Import one file; print its summary or its error. False when the file failed."""
     from worker.reconcile.formats import DetectionError, model_lookup, read_rows
+    from worker.reconcile.formats.source import open_source
     from worker.reconcile.importer import StrictImportError, chunks, import_chunks, parsed_in_child
     from worker.reconcile.store import CommittingSink, SqlEventSink
 
     name = "<stdin>" if path == "-" else path
     try:
-        with _open(path) as stream:
+        with open_source(path) as stream:
             detected, rows = read_rows(stream, fmt, model_lookup(normalizer.normalize))
             label = source.strip() if source else detected
             # Reading and parsing run in a second process (when this one can fork) while this one stores.
@@ -126,17 +123,6 @@ def _import_file(app: App, conn: Connection, path: str, fmt: str, source: str | 
         return False
     _print_report(name, report)
     return True
-
-
-@contextmanager
-def _open(path: str) -> Iterator[IO[bytes]]:
-    if path == "-":
-        yield sys.stdin.buffer  # click 8.5 deprecates get_binary_stream; CliRunner's stdin has .buffer too
-        return
-    if Path(path).is_dir():
-        raise IsADirectoryError(21, "is a directory")
-    with open(path, "rb") as stream:  # binary: parsers decode UTF-8 line by line, lazily
-        yield stream
 
 
 def _error(message: str) -> None:

@@ -51,6 +51,7 @@ Summary: `explained_usd` sums the cost deltas of drift rows with a cause other t
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -335,7 +336,7 @@ def _day_boundary_pairs(drafts: list[_Draft], prices: PriceBook, tol: Decimal) -
     paired: set[CellKey] = set()
     for row in series.values():
         row.sort(key=lambda d: d.key[0])
-        for first, second in zip(row, row[1:], strict=False):
+        for first, second in itertools.pairwise(row):
             if first.key in paired or second.key[0] - first.key[0] != timedelta(days=1):
                 continue
             if (first.drift or second.drift) and _shifted(first, second, prices, tol):

@@ -11,12 +11,13 @@ a BOM...) the standard library decides, so results and error messages never depe
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Self
 
 from worker.reconcile.events import BadRecord, EventRow, TrackedEvent, event_from_row
 
@@ -51,17 +52,20 @@ class RecordError(ValueError):
     """A record (or one of its fields) cannot be read; the message says why."""
 
 
-def iter_lines(source: Source) -> Iterator[tuple[int, str]]:
-    """Yield (1-based physical line number, text without line ending), lazily.
+class BrokenLine(bytes):
+    """A line the reader could not hand over (`formats.source`): longer than the bound, or where the
+    compressed data became unreadable. It is empty bytes (blank to every parser) and carries why;
+    the record loops report it as one bad record at its line number."""
 
-    Bytes are decoded as UTF-8 (a leading BOM is dropped); undecodable bytes become U+FFFD so the
-    record fails to parse and is reported instead of aborting the stream.
-    """
-    for number, raw in enumerate(source, start=1):
-        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-        if number == 1 and text.startswith("\ufeff"):
-            text = text[1:]
-        yield number, text.rstrip("\r\n")
+    reason: str
+
+    def __new__(cls, reason: str) -> Self:
+        line = super().__new__(cls, b"")
+        line.reason = reason
+        return line
+
+    def __reduce__(self) -> tuple[type[BrokenLine], tuple[str]]:
+        return BrokenLine, (self.reason,)
 
 
 _DECODER = json.JSONDecoder(parse_float=Decimal)  # one decoder: json.loads(..., parse_float=) builds one per call
@@ -108,14 +112,54 @@ def as_events(rows: RowResult) -> ParseResult:
 def json_records(source: Source) -> Iterator[tuple[int, Any] | BadRecord]:
     """Yield (1-based physical line, decoded value) per JSON-lines record; a bad line yields a `BadRecord`.
 
-    Blank lines are skipped. When the first non-empty line is not JSON on its own but opens an
-    object or array, the input is one pretty-printed document: it is read WHOLE (up to
+    Blank lines are skipped; a `BrokenLine` (too long, or unreadable compressed data) is a bad record.
+    When the first non-empty line is not JSON on its own but opens an object or array, it is either
+    a broken first record of a JSON-lines file or the start of one pretty-printed document; the next
+    non-empty line decides (`opens_document`). A document is read WHOLE (up to
     `JSON_WHOLE_DOCUMENT_LIMIT`) and a top-level array yields each element, all numbered with the
-    document's first line.
+    document's first line; one too large, or one that does not parse while lines of it are records
+    on their own, is read as JSON lines after its first line (`_whole_document`): a file is never
+    lost to one broken line.
     """
+    lines: Iterator[tuple[int, str | bytes]] = enumerate(source, start=1)
+    for number, raw in lines:  # the first non-empty line
+        text = line_text(number, raw)
+        stripped = text.strip()
+        if not stripped:
+            if type(raw) is BrokenLine:
+                yield BadRecord(number, raw.reason)
+            continue
+        try:
+            value = _DECODER.decode(stripped)
+        except json.JSONDecodeError as exc:
+            if stripped[0] not in "[{":
+                yield BadRecord(number, f"invalid JSON: {exc.msg} (column {exc.colno})")
+                break
+            following: list[tuple[int, str | bytes]] = []
+            second: str | None = None
+            for item in lines:  # up to the next non-empty line: is this a document or a broken record?
+                following.append(item)
+                second = line_text(*item).strip()
+                if second:
+                    break
+            rest = itertools.chain(following, lines)
+            if opens_document(stripped, second or None):
+                yield from _whole_document(number, raw, rest)
+                return
+            yield BadRecord(number, f"invalid JSON: {exc.msg} (column {exc.colno})")
+            lines = rest
+            break
+        except (ValueError, RecursionError) as exc:  # an integer beyond Python's digit limit, deep nesting
+            yield BadRecord(number, f"invalid JSON: {exc}")
+            break
+        yield number, value
+        break
+    yield from _json_lines(lines)
+
+
+def _json_lines(lines: Iterator[tuple[int, str | bytes]]) -> Iterator[tuple[int, Any] | BadRecord]:
+    """Every line its own record (the hot loop of an import)."""
     fast = FAST_DECODE
-    lines = enumerate(source, start=1)
-    first = True
     for number, raw in lines:
         if fast is not None:
             try:
@@ -123,31 +167,49 @@ def json_records(source: Source) -> Iterator[tuple[int, Any] | BadRecord]:
             except (ValueError, RecursionError):  # DecodeError, UnicodeDecodeError...: the standard library decides
                 pass
             else:
-                first = False
                 yield number, value
                 continue
-        text = _line_text(number, raw)
+        text = line_text(number, raw)
         stripped = text.strip()
         if not stripped:
+            if type(raw) is BrokenLine:
+                yield BadRecord(number, raw.reason)
             continue
         try:
             value = _DECODER.decode(stripped)
         except json.JSONDecodeError as exc:
-            if first and stripped[0] in "[{":
-                yield from _whole_document(number, text, ((n, _line_text(n, r)) for n, r in lines))
-                return
             yield BadRecord(number, f"invalid JSON: {exc.msg} (column {exc.colno})")
-            first = False
             continue
         except (ValueError, RecursionError) as exc:  # an integer beyond Python's digit limit, deep nesting
             yield BadRecord(number, f"invalid JSON: {exc}")
-            first = False
             continue
-        first = False
         yield number, value
 
 
-def _line_text(number: int, raw: str | bytes) -> str:
+def decodes_alone(text: str) -> bool:
+    """Whether one line is, by itself, a whole JSON object or array (a JSON-lines record)."""
+    try:
+        return isinstance(_DECODER.decode(text), dict | list)
+    except (ValueError, RecursionError):
+        return False
+
+
+def opens_document(first: str, second: str | None) -> bool:
+    """Whether a first line that is not JSON by itself (but starts with `{` or `[`) opens a multi-line
+    document, given the next non-empty line (None: there is none).
+
+    A pretty-printer breaks the line right after an opening bracket, and never puts a whole object on
+    the next line by itself; JSON lines put one on every line. So: a document when the first line ends
+    with `{` or `[`, or when the next line is not a JSON object or array on its own; otherwise the
+    first line is a broken record (truncated, say) of a JSON-lines file.
+    """
+    if second is None or first.rstrip().endswith(("{", "[")):
+        return True
+    return not decodes_alone(second)
+
+
+def line_text(number: int, raw: str | bytes) -> str:
+    """One raw line as text: UTF-8 (undecodable bytes as U+FFFD), without its line ending or a leading BOM."""
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
     if number == 1 and text.startswith("\ufeff"):
         text = text[1:]
@@ -155,26 +217,51 @@ def _line_text(number: int, raw: str | bytes) -> str:
 
 
 def _whole_document(
-    number: int, head: str, lines: Iterator[tuple[int, str]]
+    number: int, head: str | bytes, rest: Iterator[tuple[int, str | bytes]]
 ) -> Iterator[tuple[int, Any] | BadRecord]:
-    parts = [head]
+    """The document that starts at line `number`, read whole. One too large, holding a `BrokenLine`, or
+    not parsing while some of its lines are JSON records on their own, is read as JSON lines: the
+    first line is reported bad and every other line is a record of its own."""
+    lines: list[tuple[int, str | bytes]] = [(number, head)]
     size = len(head)
-    for _, text in lines:
-        parts.append(text)
-        size += len(text) + 1
-        if size > JSON_WHOLE_DOCUMENT_LIMIT:
-            yield BadRecord(number, "multi-line JSON document too large; convert it to JSON lines")
+    for item in rest:
+        lines.append(item)
+        size += len(item[1]) + 1
+        if size > JSON_WHOLE_DOCUMENT_LIMIT or type(item[1]) is BrokenLine:
+            reason = ("a multi-line JSON document is read whole up to "
+                      f"{JSON_WHOLE_DOCUMENT_LIMIT // 2**20} MiB: convert it to JSON lines" if size > JSON_WHOLE_DOCUMENT_LIMIT
+                      else "invalid JSON (the document holds an unreadable line)")
+            yield BadRecord(number, f"{reason}; the lines after this one are read as JSON lines")
+            yield from _json_lines(itertools.chain(lines[1:], rest))
             return
     try:
-        value = loads("\n".join(parts))
+        value = loads("\n".join(line_text(n, raw) for n, raw in lines))
     except json.JSONDecodeError as exc:
+        if any(decodes_alone(line_text(n, raw).strip()) for n, raw in lines[1:]):
+            # JSON lines after a broken first one (a truncated line that ended at a bracket)
+            yield BadRecord(number, f"invalid JSON: {_first_line_error(number, head)}")
+            yield from _json_lines(iter(lines[1:]))
+            return
         yield BadRecord(number + exc.lineno - 1, f"invalid JSON: {exc.msg} (column {exc.colno})")
+        return
+    except (ValueError, RecursionError) as exc:
+        yield BadRecord(number, f"invalid JSON: {exc}")
         return
     if isinstance(value, list):
         for item in value:
             yield number, item
     else:
         yield number, value
+
+
+def _first_line_error(number: int, raw: str | bytes) -> str:
+    try:
+        _DECODER.decode(line_text(number, raw).strip())
+    except json.JSONDecodeError as exc:
+        return f"{exc.msg} (column {exc.colno})"
+    except (ValueError, RecursionError) as exc:
+        return str(exc)
+    return "not a whole record"
 
 
 def checked(row: EventRow) -> EventRow:

@@ -5,6 +5,10 @@ Every JSON format scores that record: 2 = carries a field only that format has, 
 several formats on the top score is ambiguous and `--format` must decide. A first line that is not
 JSON but names `timestamp` and `model` columns is the generic CSV.
 
+A first line that is not JSON by itself but opens an object or array is either a broken first
+record of JSON lines (then the next line is the record detected from) or the start of a
+pretty-printed document (`_common.opens_document` decides, as the parsers do).
+
 Only the first record is consumed, and it is handed back: `detect` returns the format and an
 iterator that replays what it read, then the rest, so detection never loads the input.
 """
@@ -19,7 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 from worker.reconcile.formats import anthropic, cmdrdata, fluxgate, generic, marginfront, otlp
-from worker.reconcile.formats._common import Source, loads
+from worker.reconcile.formats._common import Source, decodes_alone, loads, opens_document
 
 SNIFF_LIMIT = 256 * 1024
 """Characters of a multi-line JSON document read to find its first record."""
@@ -56,7 +60,7 @@ def detect(source: Source) -> tuple[str, Iterator[str] | Iterator[bytes]]:
         record = loads(first)
     except json.JSONDecodeError:
         if first[0] in "[{":
-            record, consumed = _first_record_of_document(iterator, seen)
+            record, consumed = _first_record(first, iterator, seen)
             replay = itertools.chain(consumed, iterator)
         elif generic.sniff_csv_header(first):
             return generic.CSV_NAME, replay
@@ -89,9 +93,32 @@ def choose(record: Mapping[str, Any]) -> str:
 _KEY = re.compile(r'"(resourceMetrics|records)"\s*:')
 
 
-def _first_record_of_document(rest: Iterator[Any], seen: list[Any]) -> tuple[Any, list[Any]]:
-    """Read up to SNIFF_LIMIT characters of a pretty-printed document and decode its first record."""
+def _first_record(first: str, rest: Iterator[Any], seen: list[Any]) -> tuple[Any, list[Any]]:
+    """The record to detect from when the first line is not JSON by itself but opens an object or array:
+    the next line's, when the file is JSON lines with a broken first line (`opens_document`), else the
+    first record of the pretty-printed document (falling back to the next line's when that fails)."""
     consumed = list(seen)
+    second: str | None = None
+    for raw in rest:
+        consumed.append(raw)
+        second = _text(raw).strip()
+        if second:
+            break
+    alone = loads(second) if second and decodes_alone(second) else None
+    if alone is not None and not opens_document(first, second):
+        return alone, consumed
+    try:
+        return _first_record_of_document(rest, consumed)
+    except DetectionError:
+        if alone is None:
+            raise
+        return alone, consumed
+
+
+def _first_record_of_document(rest: Iterator[Any], consumed: list[Any]) -> tuple[Any, list[Any]]:
+    """Read up to SNIFF_LIMIT characters of a pretty-printed document and decode its first record.
+
+    What it reads is appended to `consumed` (the lines read so far), also when it raises."""
     text = "".join(_text(item) for item in consumed)
     for raw in rest:
         consumed.append(raw)

@@ -24,7 +24,7 @@ CSV line numbers are physical lines (a quoted field spanning lines counts each l
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from worker.reconcile.events import BadRecord, EventRow, TrackedEvent, event_from_row
@@ -32,11 +32,12 @@ from worker.reconcile.formats._common import (
     MAX_EVENT_ID,
     MAX_MODEL_ID,
     MAX_TOKENS,
+    BrokenLine,
     ModelOf,
     RecordError,
     RowResult,
     Source,
-    iter_lines,
+    line_text,
     money_text,
     no_model,
     optional_text,
@@ -59,18 +60,32 @@ def rows_jsonl(source: Source, model_of: ModelOf = no_model) -> RowResult:
 
 
 def rows_csv(source: Source, model_of: ModelOf = no_model) -> RowResult:
-    """One row per CSV row, lazily; the first non-empty row is the header."""
-    lines = iter_lines(source)
-    reader = csv.reader(text + "\n" for _, text in lines)
+    """One row per CSV row, lazily; the first non-empty row is the header (a `BrokenLine` is a bad record)."""
+    broken: list[BadRecord] = []
+
+    def texts() -> Iterator[str]:
+        lines: Iterable[str | bytes] = source
+        for number, raw in enumerate(lines, start=1):
+            if type(raw) is BrokenLine:  # a blank line to the reader, a bad record to the report
+                broken.append(BadRecord(number, raw.reason))
+            yield line_text(number, raw) + "\n"
+
+    reader = csv.reader(texts())
     header: list[str] | None = None
     while True:
         try:
             row = next(reader)
         except StopIteration:
+            yield from broken
             return
         except csv.Error as exc:
+            yield from broken
+            broken.clear()
             yield BadRecord(reader.line_num, f"unreadable CSV: {exc}")
             continue
+        if broken:
+            yield from broken
+            broken.clear()
         if not any(cell.strip() for cell in row):
             continue
         if header is None:

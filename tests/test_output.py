@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import respx
 from click.testing import CliRunner, Result
+from rich.console import Console
 from sqlalchemy import Engine
 
 from tests.fake_api import FAKE_ADMIN_KEY, FakeAdminApi
@@ -26,6 +28,7 @@ from worker.logs import setup_logging
 from worker.money import EXACT, decimal_text, money_sum, money_text
 from worker.storage import repo
 from worker.storage.rows import cost_table_rows, usage_table_rows
+from worker.sync.progress import BarProgress
 from worker.textsafe import clean, has_control, printable
 from worker.vault import MasterKey
 
@@ -231,6 +234,28 @@ class TestLabels:
         table = invoke(env, "integrations", "list").stdout
         assert "old\\x1b[2J\\x0alabel" in table and "\x1b" not in table
         assert len(table.strip().splitlines()) == 2  # header + one row: no forged line
+
+
+class TestProgressBar:
+    def test_labels_and_messages_are_escaped(self) -> None:
+        """`sync-now`'s lines on a terminal show a stored label and an API error message escaped."""
+        out = io.StringIO()
+        label = f"[1] old{CLEAR}"
+        with BarProgress(Console(file=out, force_terminal=False, color_system=None, width=200)) as bars:
+            bars.start(label, "backfill", 3)
+            shown = bars.lines()
+            bars.finish(label, False, f"HTTP 500: {OSC_TITLE}\nforged")
+        assert any(line.startswith("[1] old\\x1b[2J") for line in shown), shown
+        assert "\x1b" not in out.getvalue() and "\x07" not in out.getvalue()
+        assert "[1] old\\x1b[2J: HTTP 500: \\x1b]0;pwned\\x07\\x0aforged" in out.getvalue()
+
+
+def test_every_csv_is_written_through_csvsafe() -> None:
+    """No module but worker/csvsafe.py makes a csv writer: a new CSV export cannot skip the formula rule."""
+    root = Path(__file__).parent.parent / "worker"
+    offenders = [str(path.relative_to(root)) for path in root.rglob("*.py")
+                 if path.name != "csvsafe.py" and re.search(r"csv\.(writer|DictWriter)\(", path.read_text())]
+    assert offenders == []
 
 
 class TestTextLogs:

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TextIO
 
+from worker.textsafe import printable
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import TaskID
@@ -110,7 +112,8 @@ class BarProgress:
                   + (f" {note}" if note else ""))
         task = self._tasks.get(label)
         if task is None:
-            self._tasks[label] = self._bars.add_task(label, total=total, completed=done, kind=t.kind, counts=counts)
+            self._tasks[label] = self._bars.add_task(printable(label), total=total, completed=done, kind=t.kind,
+                                                     counts=counts)
             self._bars.refresh()
         else:
             self._bars.update(task, total=total, completed=done, kind=t.kind, counts=counts, refresh=True)
@@ -136,7 +139,8 @@ class BarProgress:
             self._draw(label)
         from rich.text import Text
 
-        self.console.print(Text(f"{label}: {message}"))  # Text: a label's "[1]" is not markup
+        # Text: a label's "[1]" is not markup; printable: a label or an API message sends no escape sequence
+        self.console.print(Text(f"{printable(label)}: {printable(message)}"))
         self._t.pop(label, None)
 
     def lines(self) -> list[str]:

@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from billgen import Call, days, generate_calls
+from billgen import Call, days, generate_calls, random_org
 from click.testing import CliRunner, Result
 from seed import Record, seed_bill, write
 from sqlalchemy import Engine, func, select
@@ -354,6 +354,28 @@ class TestModelsAndOptions:
         invoke(env, "events", "import", put(tmp_path, "e.jsonl", write([Record.of(c) for c in calls], "jsonl")))
         _, report = reconcile_json(env, "--integration", str(billed))
         assert set(drifting(report)) == {(str(D[9]), "web_search")}
+
+
+class TestGeneratedShift:
+    @pytest.mark.parametrize("seed", [1, 4, 9])
+    def test_day_boundary_through_the_database(self, env: dict[str, str], engine: Engine, tmp_path: Path,
+                                               seed: int) -> None:
+        """A generated organization (batch and long-context shares, mixes changing daily) synced into cost and
+        usage rows, its tracker 8 h ahead on one day and writing no costs: both rows name day_boundary."""
+        dates = days(date(2026, 3, 1), 3)
+        calls = random_org(seed, dates)
+        seed_bill(engine, calls)
+        records = [Record.of(c, with_cost=False, at=c.at + timedelta(hours=8))
+                   if c.at.date() == dates[1] and c.at.hour >= 16 else Record.of(c, with_cost=False) for c in calls]
+        invoke(env, "events", "import", put(tmp_path, "e.jsonl", write(records, "jsonl")))
+        _, report = reconcile_json(env, "--since", str(dates[0]), "--until", str(dates[2]))
+        rows = {(r["date"], r["model"]): r for r in report["rows"]}
+        for model in {c.model for c in calls}:
+            first, second = rows[(str(dates[1]), model)], rows[(str(dates[2]), model)]
+            assert first["causes"] == ["day_boundary"] or first["status"] == "ok", (model, first["causes"])
+            assert second["causes"] == ["day_boundary"] or second["status"] == "ok", (model, second["causes"])
+            assert "day_boundary" in first["causes"] + second["causes"]
+            assert rows[(str(dates[0]), model)]["status"] == "ok"
 
 
 class TestOutputs:

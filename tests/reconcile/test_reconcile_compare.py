@@ -210,7 +210,10 @@ class TestRules:
         builder = bill(day_calls, web_search={D[1]: Decimal("0.50")})
         tracked = aggregate_events([c.event() for c in day_calls] + [c.event(event_id=f"opus-{c.id}",
                                    raw_model="claude-opus-4-6", model=None) for c in day_calls[:2]])
-        run = lambda *accept: compare(builder.cells(), tracked.values(), builder.fees(), accept=accept)  # noqa: E731
+
+        def run(*accept: Cause | str) -> Reconciliation:
+            return compare(builder.cells(), tracked.values(), builder.fees(), accept=accept)
+
         assert run().exit_code == 3 and run().summary.accepted_rows == 0
         fees = run(Cause.FEES_NOT_TRACKED)
         assert fees.exit_code == 3 and (fees.summary.drift_rows, fees.summary.accepted_rows) == (2, 1)

@@ -253,10 +253,6 @@ class _Draft:
     def delta(self) -> Decimal:
         return EXACT.subtract(self.tracked_cost, self.billed_cost)
 
-    @property
-    def token_delta(self) -> int:
-        return self.tracked.total - self.billed.total
-
     def finish(self, tol: Decimal, day_boundary: bool) -> Row:
         causes = _causes(self, tol, day_boundary) if self.drift else ()
         return Row(

@@ -358,8 +358,8 @@ def report_cmd(ctx: click.Context, since: date, until: date, integration_id: int
             writer.writerecord(record)
     else:
         total = money_sum(r.cost_usd for r in rows)
-        body = [[r["date"], r["model"] or "(no model: fees)", r["cost_usd"], *(f"{r[f]:,}" for f in fields[3:])]
-                for r in records]
+        body = [[str(r["date"]), str(r["model"] or "(no model: fees)"), str(r["cost_usd"]),
+                 *(f"{r[f]:,}" for f in fields[3:])] for r in records]
         _table(body + [["total", "", money_text(total), "", "", "", ""]], fields, right_from=2)
 
 

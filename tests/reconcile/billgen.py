@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from worker.reconcile import BillBuilder, TokenCounts, TrackedEvent
 from worker.simulator.prices import MODELS as SIM_MODELS
@@ -57,7 +58,7 @@ class Call:
             total += price * getattr(self.tokens, name)
         return total
 
-    def event(self, *, with_cost: bool = True, event_id: str | None = None, **changes: object) -> TrackedEvent:
+    def event(self, *, with_cost: bool = True, event_id: str | None = None, **changes: Any) -> TrackedEvent:
         event = TrackedEvent(
             event_id=event_id or self.id,
             occurred_at=self.at,

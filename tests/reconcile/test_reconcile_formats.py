@@ -20,8 +20,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def read(name: str, format: str = "auto") -> tuple[str, list[TrackedEvent], list[BadRecord]]:
     with (FIXTURES / name).open("rb") as stream:
-        detected, items = read_events(stream, format)
-        items = list(items)
+        detected, stream_items = read_events(stream, format)
+        items = list(stream_items)
     return (
         detected,
         [i for i in items if isinstance(i, TrackedEvent)],

@@ -191,6 +191,7 @@ class TestRows:
         line = '{"timestamp": "2026-03-02T00:00:00Z", "model": "anthropic/claude-sonnet-4.6", "event_id": "a"}'
         _, rows = read_rows([line], "jsonl", lambda raw: "claude-sonnet-4-6" if "sonnet" in raw else "")
         (row,) = list(rows)
+        assert isinstance(row, tuple)
         assert row[2:4] == ("anthropic/claude-sonnet-4.6", "claude-sonnet-4-6")
         assert set(FORMATS) == {"anthropic", "marginfront", "cmdrdata", "fluxgate", "otlp", "csv", "jsonl"}
 

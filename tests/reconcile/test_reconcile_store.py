@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, delete, func, inspect, select
@@ -143,10 +144,10 @@ class TestAggregates:
         """--by model: SQLite aggregates while scanning ix_events_reconcile, with no sort and no table read."""
         if engine.dialect.name != "sqlite":
             pytest.skip("SQLite's plan")
-        statements: list[tuple[str, object]] = []
+        statements: list[tuple[str, Any]] = []
         from sqlalchemy import event
 
-        def remember(_conn: object, _cursor: object, statement: str, parameters: object, *_: object) -> None:
+        def remember(_conn: object, _cursor: object, statement: str, parameters: Any, *_: object) -> None:
             statements.append((statement, parameters))
 
         event.listen(engine, "before_cursor_execute", remember)

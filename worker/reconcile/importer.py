@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from worker.reconcile.events import BadRecord, EventRow, TrackedEvent, event_from_row, row_from_event
 
@@ -94,17 +94,19 @@ def chunks(items: Iterable[EventRow | TrackedEvent | BadRecord], size: int = CHU
         kind = type(item)
         if kind is not tuple:
             if kind is BadRecord:
-                bad.append(item)  # type: ignore[arg-type]
+                bad.append(cast(BadRecord, item))
                 if len(bad) >= size:  # a file of bad lines is chunked too
                     yield rows, bad, unmatched
                     rows, bad, unmatched = [], [], {}
                     append = rows.append
                 continue
-            item = row_from_event(item)  # type: ignore[arg-type]
-        append(item)  # type: ignore[arg-type]
-        if not item[3]:  # no bill model matched the tracker's id
-            raw = item[2]  # type: ignore[index]
-            unmatched[raw] = unmatched.get(raw, 0) + 1  # type: ignore[index]
+            row = row_from_event(cast(TrackedEvent, item))
+        else:  # `type(...) is` above, not isinstance: this loop runs per event
+            row = cast(EventRow, item)
+        append(row)
+        if not row[3]:  # no bill model matched the tracker's id
+            raw = row[2]
+            unmatched[raw] = unmatched.get(raw, 0) + 1
         if len(rows) >= size:
             yield rows, bad, unmatched
             rows, bad, unmatched = [], [], {}

@@ -44,7 +44,7 @@ class DetectionError(ValueError):
 
 def detect(source: Source) -> tuple[str, Iterator[str] | Iterator[bytes]]:
     """Return (format name, the same input replayed from its start). Raises `DetectionError`."""
-    iterator = iter(source)
+    iterator: Iterator[str | bytes] = iter(source)
     seen: list[Any] = []
     first: str | None = None
     for raw in iterator:

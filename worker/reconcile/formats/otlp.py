@@ -105,12 +105,13 @@ class _Group:
         for name, count in counts.items():
             if count > MAX_TOKENS:  # a sum of data points in range can exceed it
                 raise RecordError(f"{TOKEN_METRIC}[{name}] is too large: {count}")
+        uncached, output, read, write_5m, write_1h, unsplit = (counts.get(name, 0) for name in _ROW_ORDER)
         return checked((
             "otlp:" + ":".join(parts),
             at,
             model,
             model_of(model),
-            *(counts.get(name, 0) for name in _ROW_ORDER),
+            uncached, output, read, write_5m, write_1h, unsplit,
             "" if self.cost is None else format(self.cost, "f"),
             "",
             "",

@@ -127,6 +127,62 @@ class TestRestatement:
         assert r.status_code == 400
 
 
+class TestSpike:
+    def test_spike_multiplies_one_days_token_cost(self, fresh_sim: SimulatorHandle) -> None:
+        """A spike of 5 makes that day's token cost about 5x (the same records, 5x the volume); other
+        days and the report-vs-truth agreement are untouched; factor 1 removes it."""
+        day = TODAY - timedelta(days=4)
+        other = TODAY - timedelta(days=5)
+        before = fresh_sim.data.truth(0, day, day + timedelta(days=1))
+        other_before = fresh_sim.data.truth_total(0, other, other + timedelta(days=1))
+        fresh_sim.spike(0, day, 5)
+        after = fresh_sim.data.truth(0, day, day + timedelta(days=1))
+        tokens = lambda rows: sum(r.cost_usd for r in rows if r.model is not None)  # noqa: E731
+        assert Decimal("4.9") < tokens(after) / tokens(before) < Decimal("5.1")
+        assert [r.model for r in after] == [r.model for r in before]
+        assert fresh_sim.data.truth_total(0, other, other + timedelta(days=1)) == other_before
+        with client(fresh_sim) as c:
+            got = buckets(fetch_pages(c, COST, report_params(START, TODAY, 31, "workspace_id", "description")))
+        assert sum(cents(r["amount"]) for b in got for r in b["results"]) == fresh_sim.data.truth_total(0, START, TODAY)
+        with control(fresh_sim) as c:
+            assert c.get("/_sim/faults").json()["spiked"] == [{"org": 0, "day": day.isoformat(), "factor": 5.0}]
+        fresh_sim.spike(0, day, 1)
+        assert fresh_sim.data.truth(0, day, day + timedelta(days=1)) == before
+
+    def test_future_day_cannot_be_spiked(self, fresh_sim: SimulatorHandle) -> None:
+        """Only days up to today can be spiked."""
+        with control(fresh_sim) as c:
+            r = c.post("/_sim/faults", json={"spec": f"spike:day={TODAY + timedelta(days=1)}"})
+        assert r.status_code == 400
+
+
+class TestSteadyTraffic:
+    def test_same_callers_every_day_volume_varies_a_little(self) -> None:
+        """steady: every weekday has the same (workspace, model, tier, window, key) records, and weekday
+        totals stay within +-50% of their median over five weeks (varied traffic swings far more)."""
+        data = SimulatorData(0, 1, TODAY, traffic="steady")
+        days = [TODAY - timedelta(days=i) for i in range(1, 36)]
+        shape = lambda d: sorted((r.workspace_id or "", r.model, r.service_tier, r.context_window,  # noqa: E731
+                                  r.api_key_id or "") for r in data.records(0, d))
+        assert all(shape(d) == shape(days[0]) for d in days)
+        weekdays = sorted(data.truth_total(0, d, d + timedelta(days=1)) for d in days if d.weekday() < 5)
+        median = weekdays[len(weekdays) // 2]
+        assert weekdays[0] > median / 2 and weekdays[-1] < median * Decimal("1.5")
+
+    def test_restated_steady_day_changes(self) -> None:
+        """A restatement still changes a steady day's numbers."""
+        data = SimulatorData(0, 1, TODAY, traffic="steady")
+        day = TODAY - timedelta(days=2)
+        before = data.truth_total(0, day, day + timedelta(days=1))
+        data.restate(0, day)
+        assert data.truth_total(0, day, day + timedelta(days=1)) != before
+
+    def test_unknown_traffic_is_refused(self) -> None:
+        """Only the two traffic models exist."""
+        with pytest.raises(ValueError, match="traffic"):
+            SimulatorData(0, 1, TODAY, traffic="bursty")
+
+
 class TestControlApi:
     def test_post_faults_spec_and_structured(self, fresh_sim: SimulatorHandle) -> None:
         """POST /_sim/faults takes spec strings or kind/options objects; GET lists them."""
@@ -140,7 +196,8 @@ class TestControlApi:
         with client(fresh_sim, 2) as c:
             assert c.get(ME).status_code == 401
 
-    @pytest.mark.parametrize("spec", ["explode", "500:count=0", "500:rate=2", "restate", "500:bogus=1",
+    @pytest.mark.parametrize("spec", ["explode", "500:count=0", "500:rate=2", "restate", "spike", "500:bogus=1",
+                                      "spike:day=2026-03-01,factor=0",
                                       "cutoff:fraction=1.5", "revoke:org=9"])
     def test_bad_fault_specs(self, fresh_sim: SimulatorHandle, spec: str) -> None:
         """Malformed fault specs are refused with 400."""
@@ -183,6 +240,7 @@ class TestFaultSpecs:
             ("504:rate=0.25,path=cost_report", {"kind": "504", "rate": 0.25, "path": "cost_report"}),
             ("cutoff:fraction=0.1", {"kind": "cutoff", "count": 1, "fraction": 0.1}),
             ("restate:org=0,day=2026-03-01", {"kind": "restate", "org": 0, "day": "2026-03-01"}),
+            ("spike:day=2026-03-01,factor=3", {"kind": "spike", "day": "2026-03-01", "factor": 3.0}),
         ],
     )
     def test_parse(self, spec: str, expected: dict[str, object]) -> None:

@@ -146,7 +146,7 @@ class SimulatorApp:
     # -- control operations (also used by the in-process handle) -------------------------------
 
     def add_fault(self, spec: str | Fault) -> Fault:
-        """Add a per-request fault, or apply a state fault (revoke, restore, restate)."""
+        """Add a per-request fault, or apply a state fault (revoke, restore, restate, spike)."""
         fault = parse_fault(spec) if isinstance(spec, str) else spec
         with self.lock:
             if fault.org is not None and not 0 <= fault.org < len(self.data.orgs):
@@ -159,6 +159,12 @@ class SimulatorApp:
                     self.revoked.add(org)
                 elif fault.kind == "restore":
                     self.revoked.discard(org)
+                elif fault.kind == "spike":
+                    assert fault.day is not None
+                    try:
+                        self.data.spike(org, fault.day, fault.factor)
+                    except ValueError as exc:
+                        raise FaultSpecError(str(exc)) from None
                 else:
                     assert fault.day is not None
                     try:
@@ -172,7 +178,7 @@ class SimulatorApp:
             self.stats = Stats()
 
     def reset(self) -> None:
-        """Forget faults, revocations, restatements, rate-limit state and stats."""
+        """Forget faults, revocations, restatements, spikes, rate-limit state and stats."""
         with self.lock:
             self.faults.clear()
             self.revoked.clear()
@@ -329,6 +335,10 @@ class SimulatorApp:
             "restated": [
                 {"org": org, "day": day.isoformat(), "version": v}
                 for (org, day), v in sorted(self.data.restatements().items())
+            ],
+            "spiked": [
+                {"org": org, "day": day.isoformat(), "factor": f}
+                for (org, day), f in sorted(self.data.spikes().items())
             ],
         }
 

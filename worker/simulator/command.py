@@ -51,6 +51,9 @@ def _parse_faults(
               help="Answer 400 'response too large' when a page holds more results.")
 @click.option("--history-days", "history_days", default=730, show_default=True,
               type=click.IntRange(1), help="Days of history before today with data.")
+@click.option("--traffic", type=click.Choice(["varied", "steady"]), default="varied", show_default=True,
+              help="varied: every day drawn afresh (sync edge cases); steady: a production-like org whose "
+                   "days differ only a little (budgets, anomalies).")
 @click.option("--fault", "faults", multiple=True, callback=_parse_faults, metavar="SPEC",
               help="Inject a fault, e.g. 529:count=3, cutoff:org=1, restate:day=2026-03-01 "
                    "(repeatable; see worker/simulator/faults.py).")
@@ -64,6 +67,7 @@ def simulate_command(
     today: date | None,
     max_results: int | None,
     history_days: int,
+    traffic: str,
     faults: tuple[str, ...],
 ) -> None:
     """Run a local, deterministic copy of Anthropic's Admin API cost and usage reports."""
@@ -71,6 +75,7 @@ def simulate_command(
         app = build_app(
             orgs=orgs, seed=seed, today=today, requests_per_minute=requests_per_minute,
             burst=burst, max_results=max_results, faults=faults, history_days=history_days,
+            traffic=traffic,
         )
     except (FaultSpecError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None

@@ -3,7 +3,10 @@
 Everything is derived from ``(seed, org index, day, version)``: the same seed gives the same
 organizations, keys and numbers in every process. A day's usage records are the single source
 that both reports aggregate, so the cost report, the usage report and ``truth()`` always agree.
-Restating a day bumps its version, which reseeds that day only.
+Restating a day bumps its version, which reseeds that day only. A spike multiplies one day's
+token volume by a factor (the day's other draws unchanged), for budget and anomaly tests. The
+``traffic`` model decides how much days differ: ``varied`` (the default) draws everything per day;
+``steady`` keeps each org's workspaces, models and callers fixed and only jitters their volume.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from worker.simulator.prices import (
     pico_to_dollars,
     unit_price_pico,
 )
+
+TRAFFIC: tuple[str, ...] = ("varied", "steady")
+"""Traffic models: ``varied`` (everything drawn per day) or ``steady`` (a production-like org)."""
 
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # Probability that a workspace uses a model on a given day; sonnet dominates like real traffic.
@@ -228,34 +234,43 @@ def _make_org(seed: int, index: int) -> Org:
     )
 
 
-def _generate_day(seed: int, org: Org, day: date, version: int) -> tuple[UsageRecord, ...]:
+def _generate_day(
+    seed: int, org: Org, day: date, version: int, *, traffic: str = "varied", factor: float = 1.0
+) -> tuple[UsageRecord, ...]:
     rng = random.Random(stable_hash("day", seed, org.index, day.isoformat(), version))
-    # Some days have no usage at all; a restated day always has some, so restating changes it.
-    if version == 0 and rng.random() < 0.08:
+    # varied: every choice is drawn per day (rows appear and vanish, sizes swing widely), which is what
+    # the sync's edge cases need. steady: a production-like org that has the same workspaces, models
+    # and callers every day and only their volume varies a little (what budgets and anomalies need).
+    shape = random.Random(stable_hash("shape", seed, org.index)) if traffic == "steady" else rng
+    # Some varied days have no usage at all; a restated day always has some, so restating changes it.
+    if traffic == "varied" and version == 0 and rng.random() < 0.08:
         return ()
     weekday_factor = 0.35 if day.weekday() >= 5 else 1.0
     trend = 1.0 + 0.3 * math.sin(day.toordinal() / 17.0 + org.index)
-    volume = org.scale * weekday_factor * trend
+    volume = org.scale * weekday_factor * trend * factor
     records: list[UsageRecord] = []
     for ws in org.workspaces:
-        if rng.random() < 0.15:
+        if shape.random() < 0.15:
             continue
-        models = [m for m, p in _MODEL_WEIGHTS if rng.random() < p] or ["claude-sonnet-4-6"]
+        models = [m for m, p in _MODEL_WEIGHTS if shape.random() < p] or ["claude-sonnet-4-6"]
         for model in models:
-            tiers = ["standard"] + (["batch"] if rng.random() < 0.3 else [])
+            tiers = ["standard"] + (["batch"] if shape.random() < 0.3 else [])
             windows = ["0-200k"]
-            if MODELS[model].long_context and rng.random() < 0.35:
+            if MODELS[model].long_context and shape.random() < 0.35:
                 windows.append("200k-1M")
             callers: list[ApiKey | None] = list(
-                rng.sample(ws.api_keys, k=rng.randint(1, min(2, len(ws.api_keys))))
+                shape.sample(ws.api_keys, k=shape.randint(1, min(2, len(ws.api_keys))))
             )
-            if rng.random() < 0.2:
+            if shape.random() < 0.2:
                 callers.append(None)  # Console / Workbench usage: no api key
             for tier in tiers:
                 for window in windows:
                     for caller in callers:
+                        # steady: the day's own draw is only a jitter of about +-25% on the caller's size
+                        jitter = 1.0 if shape is rng else math.exp(
+                            0.5 * (rng.random() + rng.random() + rng.random() - 1.5))
                         records.append(
-                            _make_record(rng, org, ws, model, tier, window, caller, volume)
+                            _make_record(shape, org, ws, model, tier, window, caller, volume * jitter)
                         )
     return tuple(records)
 
@@ -349,15 +364,20 @@ class SimulatorData:
         *,
         history_days: int = 730,
         cache_days: int = 50_000,
+        traffic: str = "varied",
     ) -> None:
         if orgs < 1:
             raise ValueError("orgs must be at least 1")
+        if traffic not in TRAFFIC:
+            raise ValueError(f"traffic must be one of {', '.join(TRAFFIC)}")
         self.seed = seed
+        self.traffic = traffic
         self.history_days = history_days
         self._today = today
         self._cache_days = cache_days
-        self._cache: OrderedDict[tuple[int, date, int], DayData] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, date, int, float], DayData] = OrderedDict()
         self._versions: dict[tuple[int, date], int] = {}
+        self._spikes: dict[tuple[int, date], float] = {}
         self._lock = threading.Lock()
         self.orgs: tuple[Org, ...] = tuple(_make_org(seed, i) for i in range(orgs))
 
@@ -392,6 +412,24 @@ class SimulatorData:
     def clear_restatements(self) -> None:
         with self._lock:
             self._versions.clear()
+            self._spikes.clear()
+
+    def spike(self, org: int, day: date, factor: float) -> None:
+        """Multiply one day's token volume by ``factor`` (1 removes the spike); its other draws stay."""
+        self.org(org)
+        if day > self.today():
+            raise ValueError(f"cannot spike {day}: it is after today ({self.today()})")
+        if not 0 < factor <= 1000:
+            raise ValueError("spike factor must be in (0, 1000]")
+        with self._lock:
+            if factor == 1:
+                self._spikes.pop((org, day), None)
+            else:
+                self._spikes[(org, day)] = factor
+
+    def spikes(self) -> dict[tuple[int, date], float]:
+        with self._lock:
+            return dict(self._spikes)
 
     # -- generated days -----------------------------------------------------------------------
 
@@ -404,14 +442,16 @@ class SimulatorData:
         if not self.has_data(day):
             return _EMPTY_DAY
         version = self.version(org, day)
-        key = (org, day, version)
+        with self._lock:
+            factor = self._spikes.get((org, day), 1.0)
+        key = (org, day, version, factor)
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
         o = self.org(org)
-        usage = _generate_day(self.seed, o, day, version)
+        usage = _generate_day(self.seed, o, day, version, traffic=self.traffic, factor=factor)
         seed = self.seed
         data = DayData(usage, lambda: _cost_rows(seed, o, day, version, usage))
         with self._lock:

@@ -21,9 +21,10 @@ State kinds (applied once, immediately):
     revoke[:org=I]             the org's admin key answers 401 from now on (default every org)
     restore[:org=I]            undo revoke
     restate:day=YYYY-MM-DD[,org=I]   the day's numbers change (version bump of its seed)
+    spike:day=YYYY-MM-DD[,org=I,factor=F]   the day's token volume times F (default 5; 1 removes it)
 
 Examples: ``529:count=3``, ``500:rate=0.05,path=cost_report``, ``cutoff:org=2``,
-``restate:org=0,day=2026-03-01``, ``revoke:org=1``.
+``restate:org=0,day=2026-03-01``, ``spike:day=2026-03-01,factor=5``, ``revoke:org=1``.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ ERROR_KINDS: dict[str, tuple[int, str, str]] = {
     "529": (529, "overloaded_error", "Overloaded (simulated)"),
 }
 REQUEST_KINDS = frozenset({*ERROR_KINDS, "429", "cutoff", "no-next-page", "delay"})
-STATE_KINDS = frozenset({"revoke", "restore", "restate"})
+STATE_KINDS = frozenset({"revoke", "restore", "restate", "spike"})
 _INT_KEYS = {"count", "org", "retry_after"}
-_FLOAT_KEYS = {"rate", "fraction", "seconds"}
+_FLOAT_KEYS = {"rate", "fraction", "seconds", "factor"}
 _KEYS = _INT_KEYS | _FLOAT_KEYS | {"path", "day"}
 
 
@@ -60,6 +61,7 @@ class Fault:
     seconds: float = 1.0
     retry_after: int = 1
     day: date | None = None
+    factor: float = 5.0
     id: int = 0
     fired: int = field(default=0)
 
@@ -76,6 +78,8 @@ class Fault:
             out["retry_after"] = self.retry_after
         if self.day is not None:
             out["day"] = self.day.isoformat()
+        if self.kind == "spike":
+            out["factor"] = self.factor
         return out
 
 
@@ -110,8 +114,10 @@ def fault_from_mapping(kind: str, options: dict[str, Any]) -> Fault:
         raise FaultSpecError("fraction must be in [0, 1)")
     if fault.retry_after < 0 or fault.seconds < 0:
         raise FaultSpecError("retry_after and seconds must not be negative")
-    if kind == "restate" and fault.day is None:
-        raise FaultSpecError("restate needs day=YYYY-MM-DD")
+    if kind in ("restate", "spike") and fault.day is None:
+        raise FaultSpecError(f"{kind} needs day=YYYY-MM-DD")
+    if not 0 < fault.factor <= 1000:
+        raise FaultSpecError("factor must be in (0, 1000]")
     if kind in REQUEST_KINDS and fault.count is None and fault.rate is None:
         fault.count = 1
     return fault

@@ -188,9 +188,10 @@ def build_app(
     faults: Sequence[str | Fault] = (),
     clock: Callable[[], float] = time.monotonic,
     history_days: int = 730,
+    traffic: str = "varied",
 ) -> SimulatorApp:
     """A simulator's state: generated data, keys, rate limits, faults and stats."""
-    data = SimulatorData(seed, orgs, today, history_days=history_days)
+    data = SimulatorData(seed, orgs, today, history_days=history_days, traffic=traffic)
     return SimulatorApp(
         data,
         requests_per_minute=requests_per_minute,
@@ -250,6 +251,9 @@ class SimulatorHandle:
 
     def restate(self, org: int, day: date) -> None:
         self.app.add_fault(f"restate:org={org},day={day.isoformat()}")
+
+    def spike(self, org: int, day: date, factor: float = 5.0) -> None:
+        self.app.add_fault(f"spike:org={org},day={day.isoformat()},factor={factor}")
 
     def stats(self) -> dict[str, Any]:
         with self.app.lock:

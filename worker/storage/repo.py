@@ -24,7 +24,7 @@ from worker.storage.rows import (
     none_if_empty,
     usage_value,
 )
-from worker.storage.tables import cost_rows, integrations, revisions, sync_runs, usage_rows
+from worker.storage.tables import cost_rows, integrations, revisions, spend_anomalies, sync_runs, usage_rows
 from worker.storage.types import EXACT, exact_money, money_text, sqlite_date
 
 STATUSES = ("pending", "backfilling", "ok", "error")
@@ -149,7 +149,7 @@ def reseal_key(conn: Connection, integration_id: int, old_key_id: str, ciphertex
 
 def delete_integration(conn: Connection, integration_id: int) -> bool:
     # Children first: SQLite enforces ON DELETE CASCADE only with foreign_keys on, so be explicit.
-    for table in (cost_rows, usage_rows, revisions, sync_runs):
+    for table in (cost_rows, usage_rows, revisions, sync_runs, spend_anomalies):
         conn.execute(delete(table).where(table.c.integration_id == integration_id))
     return conn.execute(delete(integrations).where(integrations.c.id == integration_id)).rowcount > 0
 

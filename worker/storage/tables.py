@@ -189,5 +189,77 @@ reconcile_runs = Table(
     Index("ix_reconcile_runs_integration_id", "integration_id"),
 )
 
-__all__ = ["cost_rows", "integrations", "metadata", "rate_buckets", "reconcile_runs", "revisions",
-           "sync_runs", "usage_rows"]
+# --- watch: budgets, spend anomalies, notifications (written by `run`, read by /metrics and the dashboard) ---
+
+# The latest evaluation of each configured budget (worker.watch.budgets); a budget removed from the config
+# loses its row at the next evaluation.
+budget_states = Table(
+    "budget_states",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("scope", Text, nullable=False),
+    Column("period", String(10), nullable=False),  # month | day
+    Column("period_start", Date, nullable=False),
+    Column("period_end", Date, nullable=False),  # exclusive
+    Column("limit_usd", ExactDecimal, nullable=False),
+    Column("spend_usd", ExactDecimal, nullable=False),
+    Column("forecast_usd", ExactDecimal, nullable=False),
+    Column("status", String(20), nullable=False),  # ok | warn | over | forecast_over
+    Column("evaluated_at", UTCDateTime, nullable=False),
+)
+
+# Spend anomalies `run` found over its trailing judging window (worker.watch.anomalies); a re-judged day
+# (restated upstream) has exactly its current anomalies here.
+spend_anomalies = Table(
+    "spend_anomalies",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("integration_id", Integer, ForeignKey("integrations.id", ondelete="CASCADE"), nullable=False),
+    Column("day", Date, nullable=False),
+    Column("scope", String(20), nullable=False),  # integration | workspace | model
+    Column("key", String(200), nullable=False),
+    Column("cost_usd", ExactDecimal, nullable=False),
+    Column("baseline_usd", ExactDecimal, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("direction", String(10), nullable=False),  # spike | drop
+    Column("detected_at", UTCDateTime, nullable=False),
+    UniqueConstraint("integration_id", "day", "scope", "key", name="uq_spend_anomalies_grain"),
+)
+
+# Last known state per watched subject (an integration's error/ok, a reconcile scope's drift/ok, and the
+# evaluation marker), with a claim so one replica at a time evaluates; `seq` numbers the state changes.
+watch_states = Table(
+    "watch_states",
+    metadata,
+    Column("subject", String(300), primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+    Column("claimed_by", String(100)),
+    Column("claimed_until", UTCDateTime),
+)
+
+# The notification outbox: one row per (event, webhook), unique, so replicas never send one twice; a
+# sender claims a row before it posts. `target` is a fingerprint of the webhook URL, never the URL.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("event_key", String(300), nullable=False),
+    Column("target", String(64), nullable=False),
+    Column("kind", String(30), nullable=False),
+    Column("payload", Text, nullable=False),  # the event as JSON
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("status", String(10), nullable=False),  # pending | sent | failed
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("claimed_by", String(100)),
+    Column("claimed_until", UTCDateTime),
+    Column("sent_at", UTCDateTime),
+    Column("last_error", Text),
+    UniqueConstraint("event_key", "target", name="uq_notifications_event"),
+    Index("ix_notifications_due", "status", "next_attempt_at"),
+)
+
+__all__ = ["budget_states", "cost_rows", "integrations", "metadata", "notifications", "rate_buckets",
+           "reconcile_runs", "revisions", "spend_anomalies", "sync_runs", "usage_rows", "watch_states"]

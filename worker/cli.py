@@ -42,6 +42,13 @@ class LazyGroup(click.Group):
                    "Tracked events (from your own SDK wrappers or collectors), imported for `reconcile`."),
         "reconcile": ("worker.reconcile.commands", "reconcile_command",
                       "Billed vs tracked per UTC day and model: deltas, status and likely causes. Exit 3 on drift."),
+        "budgets": ("worker.watch.commands", "budgets_command",
+                    "Each [[budgets]] entry: spend of its period so far, the forecast to the period's end, and status."),
+        "anomalies": ("worker.watch.commands", "anomalies_command",
+                      "Days whose spend per integration, workspace or model breaks from its trailing 28 days "
+                      "(spike or drop)."),
+        "export": ("worker.export.commands", "export_command",
+                   "The synced bill as a FinOps FOCUS 1.2 CSV file: one row per UTC day and charge."),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -1,0 +1,110 @@
+"""Budgets: spend of a UTC month or day against a limit, with a forecast to the period's end and a status.
+
+`spend_usd` is the synced bill, exact, from the period's start through the evaluation day (`at`,
+inclusive). `forecast_usd` adds the expected spend (worker.watch.forecast, fitted on the complete days
+before) of the period's days after `at`, and for the days up to `at` whose bill is not complete yet
+(today, the day of the last sync, days not synced since) whatever they are still expected to add
+beyond what is billed so far; the projection is rounded to the cent. Status, first match wins:
+`over` (spend > limit), `forecast_over` (forecast > limit), `warn` (spend >= warn_at x limit), `ok`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from worker.settings import Budget
+from worker.storage.tables import integrations
+from worker.watch import forecast
+from worker.watch.spend import Filter, combined, coverage, daily_totals, spend_by_grain, workspace_key
+
+STATUSES = ("ok", "warn", "over", "forecast_over")
+CENT = Decimal("0.01")
+
+
+class BudgetError(Exception):
+    """A budget that cannot be evaluated (its integration is not connected); one line naming it."""
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    name: str
+    scope: str
+    period: str
+    period_start: date
+    period_end: date  # exclusive
+    limit_usd: Decimal
+    spend_usd: Decimal
+    forecast_usd: Decimal
+    status: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "scope": self.scope, "period_start": self.period_start.isoformat(),
+                "period_end": self.period_end.isoformat(), "limit_usd": money(self.limit_usd),
+                "spend_usd": money(self.spend_usd), "forecast_usd": money(self.forecast_usd),
+                "status": self.status}
+
+
+def money(value: Decimal) -> str:
+    """Exact dollars as a plain decimal string with at least two decimals (never float, never rounded)."""
+    text = format(value.normalize(), "f") if value else "0"
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
+
+
+def period_of(budget: Budget, at: date) -> tuple[date, date]:
+    """The UTC period `[start, end)` holding `at`."""
+    if budget.period == "day":
+        return at, at + timedelta(days=1)
+    start = at.replace(day=1)
+    end = (start + timedelta(days=32)).replace(day=1)
+    return start, end
+
+
+def resolve_integrations(conn: Connection, budget: Budget) -> tuple[int, ...] | None:
+    """The budget's integration as ids (None: every integration); raises BudgetError for an unknown one."""
+    if budget.integration is None:
+        return None
+    rows = conn.execute(select(integrations.c.id, integrations.c.label)).all()
+    wanted = budget.integration
+    if isinstance(wanted, int):
+        ids = [iid for iid, _ in rows if iid == wanted]
+    else:
+        ids = [iid for iid, label in rows if label == wanted] or [
+            iid for iid, _ in rows if wanted.isdigit() and iid == int(wanted)]
+    if not ids:
+        raise BudgetError(f"budget {budget.name!r}: no integration {wanted!r} (see `cost-worker integrations list`)")
+    return tuple(ids)
+
+
+def evaluate(conn: Connection, budget: Budget, at: date, today: date) -> BudgetStatus:
+    """The budget as of `at` (inclusive; at most `today`, the current UTC date)."""
+    start, end = period_of(budget, at)
+    where = Filter(resolve_integrations(conn, budget),
+                   None if budget.workspace is None else workspace_key(budget.workspace), budget.model)
+    cover = combined(coverage(conn, where.integration_ids).values())
+    complete = min(at + timedelta(days=1), today, cover.complete if cover else today)  # days before it: final
+    history_from = min(start, complete - timedelta(days=forecast.HISTORY_DAYS))
+    daily = daily_totals(spend_by_grain(conn, history_from, at + timedelta(days=1), where).items())
+    spend = sum((v for d, v in daily.items() if start <= d <= at), Decimal(0))
+    model = forecast.fit(daily, complete - timedelta(days=1), cover.start if cover else None)
+    ahead = forecast.projection(model, at + timedelta(days=1), end)
+    day = max(complete, start)
+    while day <= at:  # billed so far, not final: expect at least the usual
+        ahead += max(Decimal(0), model.expected(day) - daily.get(day, Decimal(0)))
+        day += timedelta(days=1)
+    projected = (spend + ahead.quantize(CENT, rounding=ROUND_HALF_EVEN)) if ahead else spend
+    limit = budget.limit_usd
+    if spend > limit:
+        status = "over"
+    elif projected > limit:
+        status = "forecast_over"
+    elif spend >= budget.warn_at * limit:
+        status = "warn"
+    else:
+        status = "ok"
+    return BudgetStatus(budget.name, budget.scope, budget.period, start, end, limit, spend, projected, status)

@@ -1,0 +1,100 @@
+"""Daily spend read from the synced bill (`cost_rows`), exact: what budgets, forecasts and anomalies work on.
+
+One query per call, grouped by (integration, day, workspace, model) and summed exactly: in SQL on
+PostgreSQL (NUMERIC), in Python with Decimal on SQLite (which stores the amounts as decimal text).
+Days are UTC dates; ranges are half-open `[since, until)`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+
+from sqlalchemy import Connection, func, select
+
+from worker.settings import DEFAULT_WORKSPACE
+from worker.storage.tables import cost_rows, integrations
+from worker.storage.types import EXACT
+
+Grain = tuple[int, date, str, str]
+"""(integration_id, day, workspace_id ('' = default), model ('' = fees without a model))."""
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which rows count: some integrations (None: all), one workspace ('' = default), one model."""
+
+    integration_ids: tuple[int, ...] | None = None
+    workspace: str | None = None
+    model: str | None = None
+
+
+def workspace_key(config_value: str) -> str:
+    """The stored workspace id for a config value ("default" is the default workspace, stored as '')."""
+    return "" if config_value == DEFAULT_WORKSPACE else config_value
+
+
+def spend_by_grain(conn: Connection, since: date, until: date, where: Filter = Filter()) -> dict[Grain, Decimal]:
+    """Exact spend per (integration, day, workspace, model) over `[since, until)`."""
+    c = cost_rows.c
+    conditions = [c.day >= since, c.day < until]
+    if where.integration_ids is not None:
+        conditions.append(c.integration_id.in_(where.integration_ids))
+    if where.workspace is not None:
+        conditions.append(c.workspace_id == where.workspace)
+    if where.model is not None:
+        conditions.append(c.model == where.model)
+    out: dict[Grain, Decimal] = defaultdict(Decimal)
+    if conn.dialect.name == "postgresql":
+        q = (select(c.integration_id, c.day, c.workspace_id, c.model, func.sum(c.amount_usd))
+             .where(*conditions).group_by(c.integration_id, c.day, c.workspace_id, c.model))
+        for iid, day, ws, model, amount in conn.execute(q):
+            out[(iid, day, ws, model)] = Decimal(amount)
+        return out
+    q = select(c.integration_id, c.day, c.workspace_id, c.model, c.amount_usd).where(*conditions)
+    for iid, day, ws, model, amount in conn.execute(q):
+        key = (iid, day, ws, model)
+        out[key] = EXACT.add(out[key], amount)
+    return out
+
+
+def daily_totals(grains: Iterable[tuple[Grain, Decimal]]) -> dict[date, Decimal]:
+    """Sum grains per day."""
+    out: dict[date, Decimal] = defaultdict(Decimal)
+    for (_iid, day, _ws, _model), amount in grains:
+        out[day] = EXACT.add(out[day], amount)
+    return dict(out)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The days an integration's stored bill covers: `[start, complete)` are complete; the day of its last
+    sync was still being billed then (partial), and later days are not synced yet (unknown, not zero)."""
+
+    start: date
+    complete: date
+
+
+def coverage(conn: Connection, integration_ids: Iterable[int] | None = None) -> dict[int, Coverage]:
+    """Per integration: from its backfill window's start to the day of its last successful sync (or, while the
+    first backfill runs, its cost checkpoint)."""
+    c = integrations.c
+    q = select(c.id, c.backfill_start, c.backfill_end, c.cost_checkpoint, c.last_success_at)
+    if integration_ids is not None:
+        q = q.where(c.id.in_(list(integration_ids)))
+    out = {}
+    for iid, start, end, checkpoint, last_success in conn.execute(q):
+        complete = last_success.date() if last_success is not None else min(checkpoint, end)
+        out[iid] = Coverage(start, max(start, complete))
+    return out
+
+
+def combined(cover: Iterable[Coverage]) -> Coverage | None:
+    """Where every one of several integrations' bills is known and complete (None for none)."""
+    items = list(cover)
+    if not items:
+        return None
+    return Coverage(min(c.start for c in items), min(c.complete for c in items))

@@ -1,7 +1,9 @@
 """Every Prometheus series of `cost-worker run`: declared here, computed at scrape time by one collector.
 
 - Read from the database (`read_database`, run in a thread by the HTTP server): per-integration
-  series from `integrations` (through `worker.storage.repo`), `sync_runs` and `reconcile_runs`. They
+  series from `integrations` (through `worker.storage.repo`), `sync_runs` and `reconcile_runs`;
+  budgets and the latest spend anomaly per integration from what `run`'s watch evaluation stored
+  (`worker.watch.metrics`). They
   describe the whole deployment, so every replica reports the same values (aggregate with `max`).
 - This process's own (`cost_worker_process_*`, the scheduler gauge), from its `ProcessState` (the
   `SyncService`).
@@ -25,6 +27,7 @@ from sqlalchemy import Connection, func, select
 from worker import __version__
 from worker.storage import repo
 from worker.storage.tables import reconcile_runs, sync_runs
+from worker.watch.metrics import watch_families
 
 __all__ = ["ALL_INTEGRATIONS", "CONTENT_TYPE", "ProcessState", "WorkerCollector", "read_database", "render"]
 
@@ -60,7 +63,8 @@ class ProcessState(Protocol):
 def read_database(conn: Connection, now: datetime) -> list[Metric]:
     """The database-backed families (blocking: the server runs this in a thread, with a time limit)."""
     states = repo.integration_states(conn)
-    return [*_integration_families(conn, states, now), *_reconcile_families(conn, {s.id for s in states})]
+    return [*_integration_families(conn, states, now), *_reconcile_families(conn, {s.id for s in states}),
+            *watch_families(conn)]
 
 
 def _ts(value: datetime) -> float:

@@ -455,3 +455,41 @@ def count_rows(conn: Connection, integration_id: int) -> tuple[int, int]:
     u = conn.execute(select(func.count()).select_from(usage_rows).where(usage_rows.c.integration_id == integration_id))
     return int(c.scalar_one()), int(u.scalar_one())
 
+
+
+# --- watch: what budgets, anomalies and notifications read of the integrations ------------------
+
+@dataclass(frozen=True)
+class CoverageRow:
+    """An integration's bill window: backfill start and end, cost checkpoint, last successful sync."""
+
+    id: int
+    backfill_start: date
+    backfill_end: date
+    cost_checkpoint: date
+    last_success_at: datetime | None
+
+
+def coverage_rows(conn: Connection, integration_ids: Sequence[int] | None = None) -> list[CoverageRow]:
+    c = integrations.c
+    q = select(c.id, c.backfill_start, c.backfill_end, c.cost_checkpoint, c.last_success_at).order_by(c.id)
+    if integration_ids is not None:
+        q = q.where(c.id.in_(list(integration_ids)))
+    return [CoverageRow(*row) for row in conn.execute(q)]
+
+
+def integration_labels(conn: Connection) -> dict[int, str]:
+    return {int(iid): str(label) for iid, label in conn.execute(select(integrations.c.id, integrations.c.label))}
+
+
+def integration_health(conn: Connection) -> list[tuple[int, str, str, str | None]]:
+    """(id, label, status, last_error) of every integration."""
+    c = integrations.c
+    return [(r.id, r.label, r.status, r.last_error)
+            for r in conn.execute(select(c.id, c.label, c.status, c.last_error).order_by(c.id))]
+
+
+def integrations_version(conn: Connection) -> tuple[int, datetime | None]:
+    """(how many integrations, the latest `updated_at`): changes whenever one is added, removed or a sync ends."""
+    count, updated = conn.execute(select(func.count(), func.max(integrations.c.updated_at))).one()
+    return int(count), updated

@@ -39,6 +39,7 @@ from worker.storage import repo
 from worker.sync.engine import PAGES_IN_FLIGHT, SyncOutcome, sync_integration
 from worker.sync.progress import LogProgress
 from worker.sync.windows import latest_slot
+from worker.watch.service import on_poll
 
 log = logging.getLogger("worker.scheduler")
 
@@ -134,6 +135,7 @@ class SyncService:
             task = asyncio.create_task(self._guarded(integration_id, kind, slot))
             self.tasks[integration_id] = task
             task.add_done_callback(lambda _t, i=integration_id: self.tasks.pop(i, None))
+        await on_poll(self.app)  # budgets, anomalies, notifications (worker.watch); never raises
 
     async def _guarded(self, integration_id: int, kind: str, slot: object) -> SyncOutcome | None:
         bind(integration_id=integration_id, sync_kind=kind)  # this task's context: every line it logs

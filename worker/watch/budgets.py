@@ -15,10 +15,10 @@ from datetime import date, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from worker.settings import Budget
-from worker.storage.tables import integrations
+from worker.storage import repo
 from worker.watch import forecast
 from worker.watch.spend import Filter, combined, coverage, daily_totals, spend_by_grain, workspace_key
 
@@ -69,7 +69,7 @@ def resolve_integrations(conn: Connection, budget: Budget) -> tuple[int, ...] | 
     """The budget's integration as ids (None: every integration); raises BudgetError for an unknown one."""
     if budget.integration is None:
         return None
-    rows = conn.execute(select(integrations.c.id, integrations.c.label)).all()
+    rows = repo.integration_labels(conn).items()
     wanted = budget.integration
     if isinstance(wanted, int):
         ids = [iid for iid, _ in rows if iid == wanted]

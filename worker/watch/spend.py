@@ -16,7 +16,8 @@ from decimal import Decimal
 from sqlalchemy import Connection, func, select
 
 from worker.settings import DEFAULT_WORKSPACE
-from worker.storage.tables import cost_rows, integrations
+from worker.storage import repo
+from worker.storage.tables import cost_rows
 from worker.storage.types import EXACT
 
 Grain = tuple[int, date, str, str]
@@ -81,14 +82,11 @@ class Coverage:
 def coverage(conn: Connection, integration_ids: Iterable[int] | None = None) -> dict[int, Coverage]:
     """Per integration: from its backfill window's start to the day of its last successful sync (or, while the
     first backfill runs, its cost checkpoint)."""
-    c = integrations.c
-    q = select(c.id, c.backfill_start, c.backfill_end, c.cost_checkpoint, c.last_success_at)
-    if integration_ids is not None:
-        q = q.where(c.id.in_(list(integration_ids)))
     out = {}
-    for iid, start, end, checkpoint, last_success in conn.execute(q):
-        complete = last_success.date() if last_success is not None else min(checkpoint, end)
-        out[iid] = Coverage(start, max(start, complete))
+    for row in repo.coverage_rows(conn, None if integration_ids is None else list(integration_ids)):
+        complete = (row.last_success_at.date() if row.last_success_at is not None
+                    else min(row.cost_checkpoint, row.backfill_end))
+        out[row.id] = Coverage(row.backfill_start, max(row.backfill_start, complete))
     return out
 
 

@@ -39,9 +39,9 @@ def app_factory(db_url: str, tmp_path: Path) -> Iterator[Any]:
         application.close()
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="session", params=BACKENDS)
 def bill(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[App, SimulatorApp]]:
-    """A year of the steady simulator's org 0 synced once per test module and backend: for tests that only
+    """A year of the steady simulator's org 0 synced once per test session and backend: for tests that only
     read (they must not change it)."""
     sim = make_sim("steady")
     tmp = tmp_path_factory.mktemp("bill")
@@ -52,3 +52,12 @@ def bill(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         stack.callback(application.close)
         connect_sim(application, sim)
         yield application, sim
+
+
+@pytest.fixture
+def own(app_factory: Any, steady_sim: SimulatorApp) -> tuple[App, SimulatorApp]:
+    """Sixty days of the steady simulator's org 0 synced for this test alone (it may change the simulator and
+    re-sync): enough for a 28-day baseline and a month's forecast."""
+    app = app_factory(backfill_days_pro=60)
+    connect_sim(app, steady_sim)
+    return app, steady_sim

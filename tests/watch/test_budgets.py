@@ -19,7 +19,7 @@ from worker.settings import Budget
 from worker.simulator import SimulatorApp
 from worker.watch.budgets import BudgetError, evaluate
 
-from .simbill import TODAY, connect_sim, make_sim, resync, truth_total
+from .simbill import TODAY, make_sim, resync, truth_total
 
 FEB = (date(2026, 2, 1), date(2026, 2, 28))
 
@@ -32,14 +32,6 @@ def budget(**values: Any) -> Budget:
 def synced(bill: tuple[App, SimulatorApp]) -> tuple[App, SimulatorApp]:
     """The module's shared bill (read only)."""
     return bill
-
-
-@pytest.fixture
-def own(app_factory: Any, steady_sim: SimulatorApp) -> tuple[App, SimulatorApp]:
-    """A bill of this test's own, which it may change."""
-    app = app_factory()
-    connect_sim(app, steady_sim)
-    return app, steady_sim
 
 
 def at(app: App, b: Budget, day: date) -> Any:

@@ -489,7 +489,11 @@ def integration_health(conn: Connection) -> list[tuple[int, str, str, str | None
             for r in conn.execute(select(c.id, c.label, c.status, c.last_error).order_by(c.id))]
 
 
-def integrations_version(conn: Connection) -> tuple[int, datetime | None]:
-    """(how many integrations, the latest `updated_at`): changes whenever one is added, removed or a sync ends."""
+def data_version(conn: Connection) -> tuple[int, datetime | None, int | None, int | None]:
+    """(integrations, their latest `updated_at`, the latest sync run and revision ids): changes whenever an
+    integration is added or removed, a sync starts or ends, or a re-read restates a day. Cheap: a count of a
+    small table and three indexed maxima."""
     count, updated = conn.execute(select(func.count(), func.max(integrations.c.updated_at))).one()
-    return int(count), updated
+    run = conn.execute(select(func.max(sync_runs.c.id))).scalar()
+    revision = conn.execute(select(func.max(revisions.c.id))).scalar()
+    return int(count), updated, run, revision

@@ -157,20 +157,27 @@ def _finish(app: App, due: _Due, outcome: str, error: str | None) -> None:
         conn.execute(update(notifications).where(n.id == due.id, n.claimed_by == app.owner).values(**values))
 
 
-async def _post(client: httpx.AsyncClient, target: Notify, body: bytes, idempotency_key: str) -> tuple[str, str | None]:
-    """POST one body; ("sent" | "retry" | "failed", a safe error line). Never raises, never shows the URL."""
-    url = target.url.get_secret_value()
+async def _post(transport: httpx.AsyncBaseTransport, target: Notify, body: bytes,
+                idempotency_key: str) -> tuple[str, str | None]:
+    """POST one body; ("sent" | "retry" | "failed", a safe error line). Never raises, never shows the URL.
+
+    Straight through the transport, not an `httpx.AsyncClient`: the client logs every request's URL (at
+    INFO, logger `httpx`), and this URL is a secret. No redirect is followed.
+    """
     headers = {"content-type": "application/json", "user-agent": f"cost-worker/{__version__}",
                "idempotency-key": idempotency_key}
+    request = httpx.Request("POST", target.url.get_secret_value(), content=body, headers=headers,
+                            extensions={"timeout": httpx.Timeout(REQUEST_SECONDS).as_dict()})
     try:
         async with asyncio.timeout(REQUEST_SECONDS):
+            response = await transport.handle_async_request(request)
             # The answer's body is not read: a hostile receiver cannot make this process hold a large one.
-            async with client.stream("POST", url, content=body, headers=headers) as response:
-                status = response.status_code
+            await response.aclose()
     except TimeoutError:
         return "retry", f"no answer within {REQUEST_SECONDS:.0f}s"
     except httpx.HTTPError as exc:
         return "retry", type(exc).__name__  # its message may quote the URL
+    status = response.status_code
     if 200 <= status < 300:
         return "sent", None
     if status in _RETRYABLE or status >= 500:
@@ -186,8 +193,7 @@ async def deliver(app: App, *, budget_seconds: float = 4.0,
     done = Delivery()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget_seconds
-    timeout = httpx.Timeout(REQUEST_SECONDS)
-    async with httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False) as client:
+    async with transport or httpx.AsyncHTTPTransport() as sender:
         while loop.time() < deadline:
             batch = await app.db(_claim_due, app, BATCH)
             if not batch:
@@ -204,7 +210,7 @@ async def deliver(app: App, *, budget_seconds: float = 4.0,
                     continue
                 payload = json.loads(due.payload)
                 key = hashlib.sha256(f"{due.event_key}\x1f{due.target}".encode()).hexdigest()[:32]
-                outcome, error = await _post(client, target, render(payload, target.format), key)
+                outcome, error = await _post(sender, target, render(payload, target.format), key)
                 await app.db(_finish, app, due, outcome, error)
                 where = describe(targets, target)
                 if outcome == "sent":

@@ -1,7 +1,7 @@
 """What `run` does for watching at every poll: `on_poll(app)`, the scheduler's single call into this package.
 
-1. Evaluate when something changed: a sync finished or an integration came or went (its row's
-   `updated_at`), a reconcile run was recorded, the UTC day turned, or the budgets/notify/anomaly
+1. Evaluate when something changed: a sync started or ended, a re-read restated a day, an integration
+   came or went, a reconcile run was recorded, the UTC day turned, or the budgets/notify/anomaly
    settings differ from the last evaluation's; and at least every `REEVALUATE_SECONDS` anyway. One
    replica evaluates at a time: it claims the `watch:evaluation` row of `watch_states` (a conditional
    UPDATE; a dead claimer's claim expires after `CLAIM_SECONDS`). An evaluation
@@ -69,12 +69,12 @@ async def on_poll(app: App) -> None:
 
 def marker(conn: Connection, app: App, today: date) -> str:
     """A digest of everything an evaluation depends on: it changes exactly when one is due."""
-    n, updated = repo.integrations_version(conn)
+    version = repo.data_version(conn)
     last_reconcile = conn.execute(select(func.max(reconcile_runs.c.id))).scalar()
     s = app.settings
     config = json.dumps([[b.model_dump(mode="json") for b in s.budgets], [notify.target_id(t) for t in s.notify],
                          s.anomaly_min_score, str(s.anomaly_min_usd)], sort_keys=True)
-    text = f"{today}|{n}|{updated}|{last_reconcile}|{config}"
+    text = f"{today}|{version}|{last_reconcile}|{config}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -232,7 +232,8 @@ class TestSecretUrl:
 def outbox(app: App) -> list[tuple[str, int, str | None]]:
     n = notifications.c
     with app.engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(select(n.status, n.attempts, n.last_error).order_by(n.id))]  # type: ignore[misc]
+        return [(r.status, r.attempts, r.last_error)
+                for r in conn.execute(select(n.status, n.attempts, n.last_error).order_by(n.id))]
 
 
 def test_tables_exist(app_factory: Any) -> None:

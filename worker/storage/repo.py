@@ -497,3 +497,10 @@ def data_version(conn: Connection) -> tuple[int, datetime | None, int | None, in
     run = conn.execute(select(func.max(sync_runs.c.id))).scalar()
     revision = conn.execute(select(func.max(revisions.c.id))).scalar()
     return int(count), updated, run, revision
+
+
+def integration_accounts(conn: Connection) -> list[tuple[int, str, str]]:
+    """(id, organization id, organization name) of every integration: the billing account of its rows."""
+    c = integrations.c
+    return [(int(r.id), str(r.organization_id), str(r.organization_name))
+            for r in conn.execute(select(c.id, c.organization_id, c.organization_name).order_by(c.id))]

@@ -1,0 +1,231 @@
+"""The synced bill as FOCUS 1.2 rows (FinOps Open Cost and Usage Specification, FinOps Foundation).
+
+One row per UTC day and charge: each stored cost row (integration x day x workspace x model x cost type x
+token type x service tier x context window x inference geo) is a charge; token rows and fee rows (web
+search, code execution, and cost types this code does not know) alike. The columns, and why each holds
+what it holds, are tabled in docs/export.md; in short:
+
+- Every Mandatory column, and the Conditional and Recommended ones that apply to this bill: consumed and
+  pricing quantity (the usage report's tokens and web-search requests), SKU columns, region (the
+  inference geo), sub account (the workspace), charge frequency and service subcategory.
+- `BilledCost` is the stored amount itself, exact (Decimal, never rounded), so the file sums to the bill.
+  `EffectiveCost` and `ContractedCost` equal it (no amortized commitments; no contracted unit prices in
+  this source). `ListCost` equals it too until the analytics source (which carries list amounts) is
+  synced: the legacy cost report holds billed amounts only.
+- Quantities come from the usage report, joined on (day, workspace, model, tier, context window). They are
+  left empty where the source does not determine them: a cost type with no counted unit (code execution),
+  or a charge split by inference geo, which the usage report (grouped by five dimensions at most) does
+  not carry. Docs/export.md lists this deviation from the Usage rule.
+- Provider-specific facts are `x_` columns after the FOCUS ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from worker.storage import repo
+from worker.storage.tables import cost_rows, usage_rows
+
+FOCUS_VERSION = "1.2"
+PROVIDER = "Anthropic"
+SERVICE_NAME = "Claude API"
+SERVICE_CATEGORY = "AI and Machine Learning"
+SERVICE_SUBCATEGORY = "Generative AI"
+TOKENS_PER_PRICING_UNIT = 6  # prices are per million tokens: PricingUnit "1000000 Tokens"
+REQUESTS_PER_PRICING_UNIT = 3  # web search is priced per thousand requests
+
+# FOCUS columns first (alphabetical, as the specification lists them), then this provider's `x_` columns.
+FOCUS_COLUMNS = (
+    "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
+    "BillingPeriodStart", "ChargeCategory", "ChargeClass", "ChargeDescription", "ChargeFrequency",
+    "ChargePeriodEnd", "ChargePeriodStart", "ConsumedQuantity", "ConsumedUnit", "ContractedCost",
+    "EffectiveCost", "InvoiceIssuerName", "ListCost", "PricingQuantity", "PricingUnit", "ProviderName",
+    "PublisherName", "RegionId", "RegionName", "ServiceCategory", "ServiceName", "ServiceSubcategory", "SkuId",
+    "SkuMeter", "SkuPriceDetails", "SkuPriceId", "SubAccountId", "SubAccountName",
+)
+EXTRA_COLUMNS = ("x_IntegrationId", "x_WorkspaceId", "x_Model", "x_CostType", "x_TokenType", "x_ServiceTier",
+                 "x_ContextWindow", "x_InferenceGeo", "x_Extra")
+COLUMNS = FOCUS_COLUMNS + EXTRA_COLUMNS
+
+# The usage report's count behind each token type of the cost report.
+TOKEN_COLUMNS = {
+    "uncached_input_tokens": "uncached_input_tokens",
+    "output_tokens": "output_tokens",
+    "cache_read_input_tokens": "cache_read_input_tokens",
+    "cache_creation.ephemeral_5m_input_tokens": "cache_creation_5m_input_tokens",
+    "cache_creation.ephemeral_1h_input_tokens": "cache_creation_1h_input_tokens",
+}
+METERS = {
+    "uncached_input_tokens": "Input Tokens",
+    "output_tokens": "Output Tokens",
+    "cache_read_input_tokens": "Cache Read Input Tokens",
+    "cache_creation.ephemeral_5m_input_tokens": "5m Cache Write Input Tokens",
+    "cache_creation.ephemeral_1h_input_tokens": "1h Cache Write Input Tokens",
+    "web_search": "Web Search Requests",
+    "code_execution": "Code Execution",
+}
+REGIONS = {"global": "Global", "us": "United States", "eu": "European Union"}
+
+Record = dict[str, str | None]
+
+
+def timestamp(day: date) -> str:
+    """A UTC day's start in FOCUS's Date/Time format (ISO 8601, `Z`)."""
+    return f"{day.isoformat()}T00:00:00Z"
+
+
+def number(value: Decimal | int) -> str:
+    """FOCUS Numeric Format: plain decimal notation, no exponent, no `+`, exact."""
+    return format(value, "f") if isinstance(value, Decimal) else str(value)
+
+
+def month_of(day: date) -> tuple[date, date]:
+    start = day.replace(day=1)
+    return start, (start + timedelta(days=32)).replace(day=1)
+
+
+@dataclass(frozen=True)
+class Account:
+    organization_id: str
+    organization_name: str
+
+
+def _quantities(conn: Connection, since: date, until: date, integration_id: int | None) -> tuple[
+        dict[tuple[Any, ...], dict[str, int]], dict[tuple[Any, ...], int], dict[tuple[Any, ...], int]]:
+    """Usage-report counts over `[since, until)`: tokens per (integration, day, workspace, model, tier, window);
+    web-search requests per (integration, day, workspace, model) and per (integration, day, workspace)."""
+    u = usage_rows.c
+    where = [u.day >= since, u.day < until]
+    if integration_id is not None:
+        where.append(u.integration_id == integration_id)
+    token_cols = sorted(set(TOKEN_COLUMNS.values()))
+    grain = (u.integration_id, u.day, u.workspace_id, u.model, u.service_tier, u.context_window)
+    tokens: dict[tuple[Any, ...], dict[str, int]] = {}
+    searches_by_model: dict[tuple[Any, ...], int] = defaultdict(int)
+    searches: dict[tuple[Any, ...], int] = defaultdict(int)
+    q = (select(*grain, *(func.sum(u[c]) for c in token_cols), func.sum(u.web_search_requests))
+         .where(*where).group_by(*grain))
+    for row in conn.execute(q):
+        key = tuple(row[:6])
+        tokens[key] = {c: int(v) for c, v in zip(token_cols, row[6:-1], strict=True)}
+        searches_by_model[key[:4]] += int(row[-1])
+        searches[key[:3]] += int(row[-1])
+    return tokens, dict(searches_by_model), dict(searches)
+
+
+def months(since: date, until: date) -> Iterator[tuple[date, date]]:
+    """`[since, until]` (inclusive) as half-open calendar-month pieces `[first, end)`."""
+    month = since.replace(day=1)
+    while month <= until:
+        yield max(month, since), min(month_of(month)[1], until + timedelta(days=1))
+        month = month_of(month)[1]
+
+
+def focus_rows(conn: Connection, first: date, end: date, integration_id: int | None = None) -> Iterator[Record]:
+    """The FOCUS records of the UTC days `[first, end)`, in (day, integration, workspace, model, cost type,
+    token type, tier, window, geo) order. One month's charges are held at a time."""
+    accounts = {iid: Account(org_id, org_name) for iid, org_id, org_name in repo.integration_accounts(conn)}
+    for piece in months(first, end - timedelta(days=1)):
+        yield from _month(conn, *piece, integration_id, accounts)
+
+
+def _month(conn: Connection, first: date, end: date, integration_id: int | None,
+           accounts: dict[int, Account]) -> Iterator[Record]:
+    c = cost_rows.c
+    where = [c.day >= first, c.day < end]
+    if integration_id is not None:
+        where.append(c.integration_id == integration_id)
+    order = (c.day, c.integration_id, c.workspace_id, c.model, c.cost_type, c.token_type, c.service_tier,
+             c.context_window, c.inference_geo, c.description, c.extra)
+    charges = conn.execute(select(*order, c.amount_usd, c.currency).where(*where).order_by(*order)).all()
+    tokens, searches_by_model, searches = _quantities(conn, first, end, integration_id)
+    # A quantity is attributed to a charge only when the charge is alone on its usage grain (one geo, one
+    # description): the usage report cannot split one grain's tokens between two cost rows.
+    per_grain: dict[tuple[Any, ...], int] = defaultdict(int)
+    for r in charges:
+        per_grain[(r.integration_id, r.day, r.workspace_id, r.model, r.cost_type, r.token_type, r.service_tier,
+                   r.context_window)] += 1
+    for r in charges:
+        alone = per_grain[(r.integration_id, r.day, r.workspace_id, r.model, r.cost_type, r.token_type,
+                           r.service_tier, r.context_window)] == 1
+        quantity: int | None = None
+        unit, scale = None, 0
+        if r.cost_type == "tokens" and r.token_type in TOKEN_COLUMNS:
+            counts = tokens.get((r.integration_id, r.day, r.workspace_id, r.model, r.service_tier,
+                                 r.context_window))
+            if alone and counts is not None:
+                quantity, unit, scale = counts[TOKEN_COLUMNS[r.token_type]], "Tokens", TOKENS_PER_PRICING_UNIT
+        elif r.cost_type == "web_search" and alone:
+            found = (searches_by_model.get((r.integration_id, r.day, r.workspace_id, r.model)) if r.model
+                     else searches.get((r.integration_id, r.day, r.workspace_id)))
+            if found is not None:
+                quantity, unit, scale = found, "Requests", REQUESTS_PER_PRICING_UNIT
+        yield _record(r, accounts.get(r.integration_id), quantity, unit, scale)
+
+
+def _record(r: Any, account: Account | None, quantity: int | None, unit: str | None, scale: int) -> Record:
+    start, end = month_of(r.day)
+    amount = number(r.amount_usd)
+    org_id = account.organization_id if account else f"integration-{r.integration_id}"
+    sku = _sku(r)
+    price_details = {k: v for k, v in (("x_ServiceTier", r.service_tier), ("x_ContextWindow", r.context_window)) if v}
+    return {
+        "BilledCost": amount,
+        "BillingAccountId": org_id,
+        "BillingAccountName": account.organization_name if account else None,
+        "BillingCurrency": r.currency or "USD",
+        "BillingPeriodEnd": timestamp(end),
+        "BillingPeriodStart": timestamp(start),
+        "ChargeCategory": "Usage",
+        "ChargeClass": None,  # every row is the day's current charge, never a correction of an invoiced one
+        "ChargeDescription": r.description or r.cost_type or None,
+        "ChargeFrequency": "Usage-Based",
+        "ChargePeriodEnd": timestamp(r.day + timedelta(days=1)),
+        "ChargePeriodStart": timestamp(r.day),
+        "ConsumedQuantity": None if quantity is None else str(quantity),
+        "ConsumedUnit": unit if quantity is not None else None,
+        "ContractedCost": amount,
+        "EffectiveCost": amount,
+        "InvoiceIssuerName": PROVIDER,
+        # ListCost: the legacy cost report has billed amounts only; the analytics source's list amounts, once
+        # synced, belong here. Until then list = billed, as FOCUS asks when no list unit price is given.
+        "ListCost": amount,
+        "PricingQuantity": None if quantity is None else number(Decimal(quantity).scaleb(-scale)),
+        "PricingUnit": f"1{'0' * scale} {unit}" if quantity is not None else None,
+        "ProviderName": PROVIDER,
+        "PublisherName": PROVIDER,
+        "RegionId": r.inference_geo or None,
+        "RegionName": REGIONS.get(r.inference_geo, r.inference_geo) if r.inference_geo else None,
+        "ServiceCategory": SERVICE_CATEGORY,
+        "ServiceName": SERVICE_NAME,
+        "ServiceSubcategory": SERVICE_SUBCATEGORY,
+        "SkuId": sku,
+        "SkuMeter": METERS.get(r.token_type or r.cost_type, r.token_type or r.cost_type or sku),
+        "SkuPriceDetails": json.dumps(price_details, sort_keys=True) if price_details else None,
+        "SkuPriceId": "/".join([sku, *(v for v in (r.service_tier, r.context_window) if v)]),
+        "SubAccountId": r.workspace_id or f"{org_id}/default",
+        "SubAccountName": r.workspace_id or "Default",  # workspace names are not synced: the id names it
+        "x_IntegrationId": str(r.integration_id),
+        "x_WorkspaceId": r.workspace_id or None,
+        "x_Model": r.model or None,
+        "x_CostType": r.cost_type or None,
+        "x_TokenType": r.token_type or None,
+        "x_ServiceTier": r.service_tier or None,
+        "x_ContextWindow": r.context_window or None,
+        "x_InferenceGeo": r.inference_geo or None,
+        "x_Extra": r.extra or None,
+    }
+
+
+def _sku(r: Any) -> str:
+    """Stable per model and token type (or fee type): `claude-sonnet-4-6/output_tokens`, `web_search`."""
+    kind = r.token_type if r.cost_type == "tokens" and r.token_type else (r.cost_type or "unknown")
+    return f"{r.model}/{kind}" if r.model else kind

@@ -3,8 +3,8 @@
 - Read from the database (`read_database`, run in a thread by the HTTP server): per-integration
   series from `integrations` (through `worker.storage.repo`), `sync_runs` and `reconcile_runs`;
   budgets and the latest spend anomaly per integration from what `run`'s watch evaluation stored
-  (`worker.watch.metrics`). They
-  describe the whole deployment, so every replica reports the same values (aggregate with `max`).
+  (`worker.watch.metrics`). They describe the whole deployment, so every replica reports the same
+  values (aggregate with `max`).
 - This process's own (`cost_worker_process_*`, the scheduler gauge), from its `ProcessState` (the
   `SyncService`).
 

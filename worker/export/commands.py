@@ -17,14 +17,13 @@ from typing import IO, TYPE_CHECKING
 
 import click
 
-from worker.cli import parse_day
+from worker.cli_support import UsageFailure, get_app, parse_day
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 __all__ = ["export_command"]
 
-EXIT_USAGE = 2
 
 
 @click.command("export")
@@ -39,16 +38,15 @@ EXIT_USAGE = 2
 def export_command(ctx: click.Context, fmt: str, since: date, until: date, integration_id: int | None,
                    out: Path | None) -> None:
     """The synced bill as a FinOps FOCUS 1.2 CSV file: one row per UTC day and charge."""
-    from worker.cli import Failure, get_app
     from worker.export.focus import months
     from worker.storage import repo
 
     if until < since:
-        raise Failure("--until is before --since", EXIT_USAGE)
+        raise UsageFailure("--until is before --since")
     app = get_app(ctx)
     with app.engine.connect() as conn, conn.begin():
         if integration_id is not None and repo.get_integration(conn, integration_id) is None:
-            raise Failure(f"no integration {integration_id}", EXIT_USAGE)
+            raise UsageFailure(f"no integration {integration_id}")
     if out is None:
         rows, total = _write(app.engine, sys.stdout, since, until, integration_id)
     else:
@@ -80,14 +78,13 @@ def _write(engine: Engine, stream: IO[str], since: date, until: date,
 
 def _write_file(engine: Engine, out: Path, since: date, until: date,
                 integration_id: int | None) -> tuple[int, Decimal]:
-    from worker.cli import Failure
 
     directory = out.expanduser().resolve().parent
     try:
         handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="", dir=directory,
                                              prefix=f".{out.name}.", suffix=".tmp", delete=False)
     except OSError as exc:
-        raise Failure(f"cannot write {out}: {exc.strerror or exc}", EXIT_USAGE) from None
+        raise UsageFailure(f"cannot write {out}: {exc.strerror or exc}") from None
     try:
         with handle:
             result = _write(engine, handle, since, until, integration_id)

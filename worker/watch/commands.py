@@ -12,11 +12,10 @@ from datetime import date
 
 import click
 
-from worker.cli import parse_day
+from worker.cli_support import UsageFailure, get_app, parse_day
 
 __all__ = ["anomalies_command", "budgets_command", "render_table"]
 
-EXIT_USAGE = 2
 BUDGET_FIELDS = ["name", "scope", "period_start", "period_end", "limit_usd", "spend_usd", "forecast_usd", "status"]
 ANOMALY_FIELDS = ["date", "integration_id", "scope", "key", "cost_usd", "baseline_usd", "score", "direction"]
 
@@ -39,20 +38,19 @@ def render_table(rows: Sequence[Sequence[object]], header: Sequence[str], right:
 @click.pass_context
 def budgets_command(ctx: click.Context, at: date | None, fmt: str) -> None:
     """Each [[budgets]] entry: spend of its period so far, the forecast to the period's end, and status."""
-    from worker.cli import Failure, get_app
     from worker.watch.budgets import BudgetError, evaluate
 
     app = get_app(ctx)
     today = app.clock.now().date()
     day = at or today
     if day > today:
-        raise Failure(f"--at {day} is after today ({today}, UTC)", EXIT_USAGE)
+        raise UsageFailure(f"--at {day} is after today ({today}, UTC)")
     budgets = app.settings.budgets
     try:
         with app.engine.connect() as conn, conn.begin():
             results = [evaluate(conn, b, day, today) for b in budgets]
     except BudgetError as exc:
-        raise Failure(str(exc), EXIT_USAGE) from None
+        raise UsageFailure(str(exc)) from None
     records = [r.as_json() for r in results]
     if fmt == "json":
         click.echo(json.dumps(records, indent=2))
@@ -72,18 +70,17 @@ def budgets_command(ctx: click.Context, at: date | None, fmt: str) -> None:
 @click.pass_context
 def anomalies_command(ctx: click.Context, since: date, until: date, integration_id: int | None, fmt: str) -> None:
     """Days whose spend per integration, workspace or model breaks from its trailing 28 days (spike or drop)."""
-    from worker.cli import Failure, get_app
     from worker.storage import repo
     from worker.watch.anomalies import Thresholds, find
 
     if until < since:
-        raise Failure("--until is before --since", EXIT_USAGE)
+        raise UsageFailure("--until is before --since")
     app = get_app(ctx)
     today = app.clock.now().date()
     thresholds = Thresholds(app.settings.anomaly_min_score, app.settings.anomaly_min_usd)
     with app.engine.connect() as conn, conn.begin():
         if integration_id is not None and repo.get_integration(conn, integration_id) is None:
-            raise Failure(f"no integration {integration_id}", EXIT_USAGE)
+            raise UsageFailure(f"no integration {integration_id}")
         found = find(conn, since, until, today, thresholds,
                      None if integration_id is None else (integration_id,))
     if until >= today:

@@ -243,7 +243,7 @@ SQL_WORDS = {
     "select", "from", "where", "and", "or", "not", "in", "is", "null", "as", "group", "by", "order", "left",
     "join", "on", "case", "when", "then", "else", "end", "sum", "count", "min", "max", "coalesce", "nullif",
     "timestamp", "float", "extract", "epoch", "now", "date_trunc", "day", "asc", "desc", "limit", "__text",
-    "__value", "between", "distinct",
+    "__value", "between", "distinct", "abs",
 }
 
 
@@ -287,6 +287,15 @@ class TestGrafana:
         assert "cache_read_input_tokens" in joined and "cache_share" in joined
         assert "FROM integrations" in joined and "sync_runs" in joined
         assert "FROM reconcile_runs" in joined and "delta_usd" in joined  # latest drift per integration
+
+    def test_panels_cover_budgets_and_anomalies(self) -> None:
+        """Budget spend and forecast against the limit, and spend anomalies (per day and listed)."""
+        dash = json.loads((DEPLOY / "grafana" / "cost-worker.json").read_text())
+        titles = " | ".join(p["title"] for p in dash["panels"])
+        assert "Budgets" in titles and "Spend anomalies" in titles
+        joined = "\n".join(dashboard_queries())
+        assert "FROM budget_states" in joined and "forecast_usd" in joined and "limit_usd" in joined
+        assert "FROM spend_anomalies" in joined and "baseline_usd" in joined and "direction" in joined
 
     @pytest.mark.skipif(not PG_URL, reason="needs COST_WORKER_TEST_DATABASE_URL (PostgreSQL)")
     def test_queries_run_on_the_migrated_postgresql_schema(self) -> None:

@@ -57,7 +57,7 @@ _STATUS_WORDS = {"warn": "reached its warning level", "over": "is over its limit
 async def on_poll(app: App) -> None:
     """Evaluate if due, then deliver due notifications. Never raises (the poll must go on)."""
     try:
-        await app.db(evaluate_if_due, app)
+        await app.db(evaluate_if_due, app, bulk=True)  # a read of weeks of rows: small calls go first
     except Exception:  # logged; the next due poll tries again
         log.exception("watch: evaluation failed; retrying in %.0fs", RETRY_SECONDS)
     if app.settings.notify:

@@ -1,2 +1,2 @@
-"""File exports of the synced bill: ``focus`` (FOCUS 1.2 rows), ``csvfile`` (a spreadsheet-safe CSV writer),
-``commands`` (the `export` command)."""
+"""File exports of the synced bill: ``focus`` (FOCUS 1.2 rows), ``commands`` (the `export` command, which
+writes them through the spreadsheet-safe `worker.csvsafe` writer)."""

@@ -59,11 +59,12 @@ def export_command(ctx: click.Context, fmt: str, since: date, until: date, integ
 
 def _write(engine: Engine, stream: IO[str], since: date, until: date,
            integration_id: int | None) -> tuple[int, Decimal]:
-    from worker.export.csvfile import RecordWriter
+    from worker.csvsafe import csv_writer
     from worker.export.focus import COLUMNS, focus_rows, months
-    from worker.storage.types import EXACT
+    from worker.money import EXACT
 
-    writer = RecordWriter(stream, COLUMNS)
+    # Formula-looking text cells neutralized (worker.csvsafe); RFC 4180 line ends.
+    writer = csv_writer(stream, COLUMNS, lineterminator="\r\n")
     writer.writeheader()
     rows, total = 0, Decimal(0)
     for first, end in months(since, until):

@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from worker.money import decimal_text
 from worker.storage import repo
 from worker.storage.tables import cost_rows, usage_rows
 
@@ -84,7 +85,7 @@ def timestamp(day: date) -> str:
 
 def number(value: Decimal | int) -> str:
     """FOCUS Numeric Format: plain decimal notation, no exponent, no `+`, exact."""
-    return format(value, "f") if isinstance(value, Decimal) else str(value)
+    return decimal_text(value) if isinstance(value, Decimal) else str(value)
 
 
 def month_of(day: date) -> tuple[date, date]:

@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from worker.storage.types import EXACT
+from worker.money import EXACT
 from worker.watch.budgets import money
 from worker.watch.spend import Filter, Grain, coverage, spend_by_grain
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from worker.money import money_sum, money_text
 from worker.settings import Budget
 from worker.storage import repo
 from worker.watch import forecast
@@ -50,10 +51,8 @@ class BudgetStatus:
 
 
 def money(value: Decimal) -> str:
-    """Exact dollars as a plain decimal string with at least two decimals (never float, never rounded)."""
-    text = format(value.normalize(), "f") if value else "0"
-    whole, _, frac = text.partition(".")
-    return f"{whole}.{frac.ljust(2, '0')}"
+    """Exact dollars with at least two decimals (`18.432075`, `5000.00`): never a float, never rounded."""
+    return money_text(value)
 
 
 def period_of(budget: Budget, at: date) -> tuple[date, date]:
@@ -90,7 +89,7 @@ def evaluate(conn: Connection, budget: Budget, at: date, today: date) -> BudgetS
     complete = min(at + timedelta(days=1), today, cover.complete if cover else today)  # days before it: final
     history_from = min(start, complete - timedelta(days=forecast.HISTORY_DAYS))
     daily = daily_totals(spend_by_grain(conn, history_from, at + timedelta(days=1), where).items())
-    spend = sum((v for d, v in daily.items() if start <= d <= at), Decimal(0))
+    spend = money_sum(v for d, v in daily.items() if start <= d <= at)
     model = forecast.fit(daily, complete - timedelta(days=1), cover.start if cover else None)
     ahead = forecast.projection(model, at + timedelta(days=1), end)
     day = max(complete, start)

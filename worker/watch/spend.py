@@ -15,10 +15,10 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, func, select
 
+from worker.money import EXACT
 from worker.settings import DEFAULT_WORKSPACE
 from worker.storage import repo
 from worker.storage.tables import cost_rows
-from worker.storage.types import EXACT
 
 Grain = tuple[int, date, str, str]
 """(integration_id, day, workspace_id ('' = default), model ('' = fees without a model))."""

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from worker.clock import Clock, SystemClock
 from worker.ratelimit import RateBudget
-from worker.settings import Settings
+from worker.settings import Settings, SettingsError
 from worker.storage.db import make_engine, upgrade
 from worker.vault import InvalidMasterKey, Keyring, MasterKey, read_master_key_file, write_master_key_file
 
@@ -138,10 +140,14 @@ GENERATED_KEY_WARNING = (
 )
 
 
-def load_keyring(settings: Settings) -> Keyring:
-    """The current master key (env, file, or a generated default file) plus the previous ones for rotation."""
+def _keyring(settings: Settings, *, generate: bool) -> Keyring | None:
+    """The current master key (env, file, or the default file) plus the previous ones for rotation; None
+    when the default file does not exist yet and `generate` is False."""
     if settings.master_key is not None and settings.master_key_file is not None:
         raise InvalidMasterKey("set only one of COST_WORKER_MASTER_KEY and COST_WORKER_MASTER_KEY_FILE")
+    previous = [MasterKey.from_text(k.get_secret_value(), source="COST_WORKER_PREVIOUS_MASTER_KEYS")
+                for k in settings.previous_master_keys]
+    previous += [read_master_key_file(p) for p in settings.previous_master_key_files]
     if settings.master_key is not None:
         current = MasterKey.from_text(settings.master_key.get_secret_value(), source="COST_WORKER_MASTER_KEY")
     elif settings.master_key_file is not None:
@@ -149,13 +155,63 @@ def load_keyring(settings: Settings) -> Keyring:
     else:
         path = settings.default_master_key_file
         if not path.exists():
+            if not generate:
+                return None
+            ensure_private_dir(settings.data_dir, "COST_WORKER_DATA_DIR")
             write_master_key_file(path, MasterKey.generate())
             print(GENERATED_KEY_WARNING.format(path=path), file=sys.stderr)
         current = read_master_key_file(path)
-    previous = [MasterKey.from_text(k.get_secret_value(), source="COST_WORKER_PREVIOUS_MASTER_KEYS")
-                for k in settings.previous_master_keys]
-    previous += [read_master_key_file(p) for p in settings.previous_master_key_files]
     return Keyring(current, [k for k in previous if k.id != current.id])
+
+
+def load_keyring(settings: Settings) -> Keyring:
+    """The keyring of `settings`, generating the default master key file when none is configured."""
+    keyring = _keyring(settings, generate=True)
+    assert keyring is not None
+    return keyring
+
+
+def ensure_private_dir(path: Path, setting: str) -> None:
+    """Create `path` owner-only (0700) when missing; a path that cannot be a usable directory is a
+    SettingsError naming `setting`. An existing directory keeps the mode its owner gave it."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SettingsError(f"invalid setting {setting}: {path} exists and is not a directory") from None
+    except OSError as exc:
+        raise SettingsError(f"invalid setting {setting}: cannot create directory {path}: "
+                            f"{exc.strerror or type(exc).__name__}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SettingsError(f"invalid setting {setting}: directory {path} is not writable by this user")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of an SQLite URL (None for PostgreSQL or an in-memory database)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # make_engine explains a malformed URL
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def check_settings(settings: Settings) -> Keyring | None:
+    """What any command could trip over later, checked at its start, so each problem is one line naming
+    its setting (exit 2) before anything is read, sent or written: the directories the database and the
+    default key file live in, and every configured master key. Warns about the Admin key crossing the
+    network unencrypted. Returns the keyring when one is configured or already generated."""
+    db_file = sqlite_file(settings.effective_database_url)
+    if db_file is not None:
+        ensure_private_dir(db_file.parent, "COST_WORKER_DATABASE_URL" if settings.database_url
+                           else "COST_WORKER_DATA_DIR")
+    keyring = _keyring(settings, generate=False)
+    if keyring is None:  # the default key file will be generated in the data directory
+        ensure_private_dir(settings.data_dir, "COST_WORKER_DATA_DIR")
+    if settings.sends_key_in_clear:
+        log.warning("COST_WORKER_API_BASE_URL is %s: plain http to another host sends the Admin API key "
+                    "unencrypted over the network; use https", settings.api_base_url)
+    return keyring
 
 
 @dataclass
@@ -164,6 +220,11 @@ class App:
     config_path: Path | None = None
     clock: Clock = field(default_factory=SystemClock)
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+
+    def __post_init__(self) -> None:
+        keyring = check_settings(self.settings)
+        if keyring is not None:
+            self.__dict__["keyring"] = keyring  # the cached_property below: the key files are read once
 
     @cached_property
     def engine(self) -> Engine:

@@ -118,10 +118,9 @@ def read_admin_key() -> Any:
     return AdminKey(value)
 
 
-def _print_wait(seconds: float) -> None:
+def _print_wait(seconds: float, reason: str) -> None:
     if seconds >= 1:
-        click.echo(f"waiting {seconds:.0f}s for the organization's request budget "
-                   f"(COST_WORKER_REQUESTS_PER_MINUTE)...", err=True)
+        click.echo(f"waiting {seconds:.0f}s for {reason}...", err=True)
 
 
 def _run_connection_test(app: App, key: Any) -> Any:
@@ -270,8 +269,6 @@ def run_cmd(ctx: click.Context) -> None:
     app = get_app(ctx)
     lock = _sqlite_run_lock(app.settings.effective_database_url)  # held until the process exits
     app.engine  # migrate before serving  # noqa: B018
-    if app.settings.master_key is None and app.settings.master_key_file is None:
-        app.keyring  # noqa: B018 - generate the default key file now, with its warning, not mid-sync
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -288,6 +285,8 @@ def run_cmd(ctx: click.Context) -> None:
                 fail(f"cannot serve /healthz and /metrics on {s.http_host} port {s.http_port}: "
                       f"{exc.strerror or exc} (set COST_WORKER_HTTP_PORT to a free port or 0 to turn the server "
                       "off; COST_WORKER_HTTP_HOST to an address of this machine)", EXIT_USAGE)
+        # Only once the port is ours: a run that cannot start must not leave a new master key behind.
+        app.keyring  # noqa: B018 - generate the default key file now, with its warning, not mid-sync
         try:
             await service.serve(stop)
         finally:
@@ -408,10 +407,13 @@ def keys_group() -> None:
               help="Write a new random master key to this file (mode 0600; never overwrites).")
 def keys_generate(out: Path) -> None:
     """Create a new master key file (for first deployment or rotation)."""
-    from worker.vault import MasterKey, write_master_key_file
+    from worker.vault import KeyFilePathRefused, MasterKey, write_master_key_file
 
     key = MasterKey.generate()
-    write_master_key_file(out, key)
+    try:
+        write_master_key_file(out, key)
+    except KeyFilePathRefused as exc:
+        _fail(str(exc), EXIT_USAGE)
     click.echo(f"wrote master key {key.id} to {out}")
 
 

@@ -53,12 +53,16 @@ def default_label(org: Organization) -> str:
 
 
 async def check_connection(app: App, key: AdminKey, *, transport: httpx.AsyncBaseTransport | None = None,
-                           on_wait: Callable[[float], None] | None = None) -> Organization:
-    """GET /me, then one cost_report request with limit=1 (proves report access). Raises ApiError."""
+                           on_wait: Callable[[float, str], None] | None = None) -> Organization:
+    """GET /me, then one cost_report request with limit=1 (proves report access). Raises ApiError.
+
+    A base URL that cannot be connected to fails at once (ApiUnreachable): during onboarding that is
+    a wrong setting, and retrying it would only hide the answer behind minutes of backoff."""
     # Before /me the organization is unknown: that first request is counted against a bucket of the key,
     # then charged to the organization's bucket so the report request after it waits its turn.
     key_gate = OrgGate(app.engine, f"key:{key.fingerprint}", app.budget, app.clock)
-    async with make_client(app, key, key_gate, transport=transport, on_wait=on_wait) as client:
+    async with make_client(app, key, key_gate, transport=transport, on_wait=on_wait,
+                           retry_unreachable=False) as client:
         org = await client.organization()
         org_gate = OrgGate(app.engine, org_bucket(org.id), app.budget, app.clock)
         await asyncio.to_thread(org_gate.charge)

@@ -1,7 +1,8 @@
 """Logging: readable lines on a terminal, JSON lines elsewhere (a container), never a secret.
 
-Anything shaped like an Anthropic key is masked by a filter on every handler, as a last line of
-defence behind the masking reprs of AdminKey, MasterKey and the API client's auth.
+Anything shaped like an Anthropic key (`worker.secret.KEY_SHAPE`, the same rule that decides what an
+AdminKey accepts) is masked by a filter on every handler, as a last line of defence behind the masking
+reprs of AdminKey, MasterKey and the API client's auth.
 
 `bind(integration_id=..., window=..., request_id=...)` adds fields to every record logged in the
 current context (an asyncio task and the threads it starts with `asyncio.to_thread`), so lines
@@ -15,7 +16,6 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+from worker.secret import mask_keys
 from worker.textsafe import printable
 
-_SECRET = re.compile(r"sk-ant-[A-Za-z0-9_\-]{16,}")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -36,7 +36,7 @@ _CONTEXT: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
 
 
 def scrub(text: str) -> str:
-    return _SECRET.sub(lambda m: m.group(0)[:12] + "***", text)
+    return mask_keys(text)
 
 
 def bind(**fields: Any) -> contextvars.Token[Mapping[str, Any]]:

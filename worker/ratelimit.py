@@ -74,6 +74,13 @@ class OrgGate:
                  run: Callable[..., Awaitable[Any]] = asyncio.to_thread) -> None:
         self.engine, self.bucket, self.budget, self.clock, self.run = engine, bucket, budget, clock, run
 
+    @property
+    def waits_for(self) -> str:
+        """What a wait at this gate is for, in wait messages (the first request of a connection test is
+        counted against its key until the organization is known)."""
+        whose = "the organization's" if self.bucket.startswith("org:") else "this key's"
+        return f"{whose} request budget (COST_WORKER_REQUESTS_PER_MINUTE)"
+
     async def acquire(self) -> float:
         wait: float = await self.run(reserve, self.engine, self.bucket, self.budget, self.clock.time())
         if wait > 0:

@@ -7,6 +7,7 @@ and a one-line explanation, in config.example.toml; `load_settings` turns any in
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -119,7 +120,9 @@ class Settings(BaseSettings):
     api_base_url: str = "https://api.anthropic.com"
     requests_per_minute: float = Field(default=1.0, gt=0, le=6000)
     burst: int = Field(default=1, ge=1, le=1000)
-    http_timeout: float = Field(default=30.0, gt=0, le=600)
+    http_timeout: float = Field(default=30.0, gt=0, le=600)  # the whole request, body included
+    # Cap on one answer's body (worker.api.client.MAX_RESPONSE_BYTES: far above any real page).
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=4 * 1024**3)
     max_attempts: int = Field(default=8, ge=1, le=100)
     max_retry_seconds: float = Field(default=1800.0, gt=0)
     page_limit: int = Field(default=31, ge=1, le=31)
@@ -193,6 +196,13 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     @property
+    def sends_key_in_clear(self) -> bool:
+        """True when `api_base_url` is plain http to a host other than this machine: the Admin key would
+        cross the network unencrypted (http to loopback, e.g. `cost-worker simulate`, stays on the host)."""
+        url = urlsplit(self.api_base_url)
+        return url.scheme == "http" and not _is_loopback(url.hostname or "")
+
+    @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'cost-worker.db'}"
 
@@ -215,6 +225,15 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # init carries the TOML file's values: environment first so it wins over the file.
         return (env_settings, init_settings)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 # Sections of the TOML file that belong to other features and are read by them, not by Settings.

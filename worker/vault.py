@@ -8,6 +8,7 @@ Exceptions (every message is one line, safe to show, and never contains key mate
 
     VaultError
     ├── InvalidMasterKey    a master key (text, file) is malformed, missing or unreadable
+    ├── KeyFilePathRefused  a new key file's path exists already or its directory does not
     ├── UnknownKeyId        sealed by a master key this keyring does not hold
     └── DecryptionFailed    tampered or truncated ciphertext, wrong AAD (moved row) or wrong master key
 """
@@ -18,8 +19,10 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 __all__ = [
     "DecryptionFailed",
     "InvalidMasterKey",
+    "KeyFilePathRefused",
     "Keyring",
     "MasterKey",
     "Sealed",
@@ -40,6 +44,8 @@ __all__ = [
     "read_master_key_file",
     "write_master_key_file",
 ]
+
+log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -64,6 +70,11 @@ class VaultError(Exception):
 
 class InvalidMasterKey(VaultError):
     """A master key is malformed, missing or unreadable; the message names where it came from."""
+
+
+class KeyFilePathRefused(VaultError):
+    """A new master key file would overwrite a file, or its directory does not exist (never created for
+    it: a mistyped path would silently put the key somewhere nobody backs up)."""
 
 
 class UnknownKeyId(VaultError):
@@ -156,10 +167,15 @@ def read_master_key_file(path: Path) -> MasterKey:
     """Read a key written by `write_master_key_file`; any failure is an `InvalidMasterKey` naming the path."""
     try:
         data = path.read_bytes()
+        mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
         raise InvalidMasterKey(f"master key file {path} does not exist") from None
     except OSError as exc:
         raise InvalidMasterKey(f"cannot read master key file {path}: {_reason(exc)}") from None
+    if mode & 0o077:
+        # Used anyway (a mounted secret may be fixed elsewhere), but whoever can read it can open every key.
+        log.warning("master key file %s has mode %04o: group or others can read or write it; "
+                    "make it owner-only (chmod 600, or defaultMode: 0400 for a mounted secret)", path, mode)
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
@@ -168,15 +184,16 @@ def read_master_key_file(path: Path) -> MasterKey:
 
 
 def write_master_key_file(path: Path, key: MasterKey) -> None:
-    """Write `key` to a new file, 0600 from creation; never overwrites (that would lose the old key)."""
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Write `key` to a new file, 0600 from creation; never overwrites (that would lose the old key) and
+    never creates its directory."""
+    if not path.parent.is_dir():
+        raise KeyFilePathRefused(f"cannot create master key file {path}: directory {path.parent} does not exist")
     # O_EXCL also refuses a (dangling) symlink, so the key cannot be redirected to another file.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
-        raise VaultError(f"master key file {path} already exists; refusing to overwrite it") from None
+        raise KeyFilePathRefused(f"master key file {path} already exists; refusing to overwrite it") from None
     except OSError as exc:
         raise VaultError(f"cannot create master key file {path}: {_reason(exc)}") from None
     try:

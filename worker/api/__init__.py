@@ -6,13 +6,17 @@ Errors are typed by what the caller must do next::
      ├─ IntegrationBlocked    401/402/403: stop this integration; .action tells the user what to do
      ├─ RequestRejected       any other 4xx: not retried
      │   └─ ResponseTooLarge  400 "too large" even at limit=1
+     │       └─ BodyTooLarge  a body over COST_WORKER_MAX_RESPONSE_BYTES, even at limit=1 (never read whole)
      ├─ RetriesExhausted      429/5xx/529/timeouts/dropped connections past the attempt or time budget
-     └─ ProtocolViolation     malformed body, broken pagination, missing days
+     ├─ ApiUnreachable        no connection to the base URL, when not retried (the connection test)
+     └─ ProtocolViolation     malformed body, broken pagination, missing days, amounts or counts out of bounds
 """
 
 from worker.api.client import AdminApiClient, AdminKeyAuth, RequestGate, RequestStats
 from worker.api.errors import (
     ApiError,
+    ApiUnreachable,
+    BodyTooLarge,
     IntegrationBlocked,
     ProtocolViolation,
     RequestRejected,
@@ -25,6 +29,8 @@ __all__ = [
     "AdminApiClient",
     "AdminKeyAuth",
     "ApiError",
+    "ApiUnreachable",
+    "BodyTooLarge",
     "CostRow",
     "DayBucket",
     "IntegrationBlocked",

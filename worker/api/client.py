@@ -1,7 +1,15 @@
-"""The Admin API client: one long-lived httpx.AsyncClient, the request gate, retries and the page loop."""
+"""The Admin API client: one long-lived httpx.AsyncClient, the request gate, retries and the page loop.
+
+Every answer is bounded before it is trusted: the whole request (connect, headers and the streamed body)
+runs under one deadline (`timeout`, COST_WORKER_HTTP_TIMEOUT), because httpx's own read timeout restarts
+with every chunk and a body trickling one byte a second would never end; and the body is read in chunks
+up to `max_response_bytes` (COST_WORKER_MAX_RESPONSE_BYTES), so an oversized answer is refused without
+being held in memory. Magnitudes are bounded where rows are parsed (worker.api.models).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -17,6 +25,8 @@ import httpx
 from worker import USER_AGENT
 from worker.api.errors import (
     ApiError,
+    ApiUnreachable,
+    BodyTooLarge,
     ProtocolViolation,
     ResponseTooLarge,
     RetriesExhausted,
@@ -49,13 +59,19 @@ COST_GROUP_BY = ("workspace_id", "description")
 USAGE_GROUP_BY = ("model", "workspace_id", "service_tier", "context_window", "api_key_id")  # 5: the maximum
 MAX_DAILY_LIMIT = 31
 _MAX_IDLE_PAGES = 3  # has_more pages that bring no bucket: tolerated a few times, never forever
+#: Default cap on one answer's body. A 31-day cost page of a large organization is a few MB (see
+#: worker.sync.engine.PageGate); 64 MiB is an order of magnitude above any real page and still bounds
+#: what a broken or hostile server can make the process hold.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+BUDGET_WAIT = "the organization's request budget (COST_WORKER_REQUESTS_PER_MINUTE)"
 
 RowT = TypeVar("RowT")
 
 
 class RequestGate(Protocol):
     """Paces requests. A gate may also define `async def done(self) -> None`, called when each request
-    has its answer (or failed), to pace from answers rather than from reserved slots."""
+    has its answer (or failed), to pace from answers rather than from reserved slots, and a `waits_for`
+    text naming the budget it waits for (default: BUDGET_WAIT), shown in wait messages."""
 
     async def acquire(self) -> float:
         """Block until one request may be sent; return the seconds spent waiting."""
@@ -107,9 +123,14 @@ class AdminApiClient:
         max_attempts: int = 8,
         max_retry_seconds: float = 900.0,
         stats: RequestStats | None = None,
-        on_wait: Callable[[float], None] | None = None,
+        on_wait: Callable[[float, str], None] | None = None,
         rng: random.Random | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        retry_unreachable: bool = True,
     ) -> None:
+        """`on_wait(seconds, reason)` hears of every wait: the gate's budget, a backoff or a retry-after.
+        `retry_unreachable=False` fails at once when no connection can be made (the connection test: a
+        wrong base URL is a setting to fix, not an outage to wait out)."""
         if not isinstance(admin_key, AdminKey):
             raise TypeError("admin_key must be an AdminKey")
         self.gate = gate
@@ -123,6 +144,10 @@ class AdminApiClient:
         self._policy = RetryPolicy(max_attempts=max_attempts, max_seconds=max_retry_seconds)
         self._on_wait = on_wait
         self._rng = rng if rng is not None else random.Random()
+        if max_response_bytes < 1:
+            raise ValueError("max_response_bytes must be at least 1")
+        self._max_bytes = max_response_bytes
+        self._retry_unreachable = retry_unreachable
         self._http: httpx.AsyncClient | None = None
 
     def __repr__(self) -> str:
@@ -236,28 +261,44 @@ class AdminApiClient:
         attempt = 0
         while True:
             attempt += 1
-            self._waited(await self.gate.acquire())
+            self._waited(await self.gate.acquire(), getattr(self.gate, "waits_for", BUDGET_WAIT))
             self.stats.requests += 1
             outcome: ApiError | Retryable
             try:
                 try:
-                    response = await self._http.get(path, params=list(params))
+                    response, content = await self._send(path, params)
                 finally:
                     await self._request_done()
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                detail = safe_text(str(exc) or type(exc).__name__, 200)
+                if not self._retry_unreachable:
+                    raise ApiUnreachable(
+                        f"cannot connect to the Admin API at {self._base_url} (COST_WORKER_API_BASE_URL): "
+                        f"{type(exc).__name__}: {detail}"
+                    ) from None
+                outcome = Retryable(None, type(exc).__name__, None, detail)
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 detail = safe_text(str(exc) or type(exc).__name__, 200)
                 outcome = Retryable(None, type(exc).__name__, None, detail)
+            except _Deadline as exc:
+                outcome = Retryable(None, "timeout", exc.request_id, str(exc))
             else:
                 request_id = response.headers.get("request-id")
                 if response.is_success:
+                    if content is None:
+                        raise BodyTooLarge(
+                            f"GET {path}: the answer is larger than {self._max_bytes} bytes "
+                            f"(COST_WORKER_MAX_RESPONSE_BYTES); not read (request-id {request_id})",
+                            status=response.status_code, request_id=request_id,
+                        )
                     try:
-                        return _decode(response.content), request_id
+                        return _decode(content), request_id
                     except ValueError:
                         outcome = Retryable(
                             response.status_code, "invalid_json", request_id, "body is not valid JSON"
                         )
                 else:
-                    outcome = classify_response(response, path=path, now=self._clock.now())
+                    outcome = classify_response(response, path=path, now=self._clock.now(), body=content or b"")
             self._record_failure(path, attempt, outcome)
             if isinstance(outcome, ApiError):
                 raise outcome
@@ -279,8 +320,41 @@ class AdminApiClient:
                     request_id=outcome.request_id,
                 )
             self.stats.retries += 1
+            self._waited(wait, _retry_reason(outcome, attempt, self._policy.max_attempts))  # said before it starts
             await self._clock.sleep(wait)
-            self._waited(wait)
+
+    async def _send(
+        self, path: str, params: Sequence[tuple[str, str | int]]
+    ) -> tuple[httpx.Response, bytes | None]:
+        """One GET with its whole body, inside the request deadline; the body is None when it is over the
+        size cap (then it was not read: the connection is dropped instead)."""
+        assert self._http is not None
+        head: httpx.Response | None = None
+        received = 0
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._http.stream("GET", path, params=list(params)) as response:
+                    head = response
+                    declared = response.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > self._max_bytes:
+                        return response, None
+                    chunks: list[bytes] = []
+                    async for chunk in response.aiter_bytes():
+                        received += len(chunk)
+                        if received > self._max_bytes:
+                            return response, None
+                        chunks.append(chunk)
+                    return response, b"".join(chunks)
+        except TimeoutError:
+            declared = head.headers.get("content-length") if head is not None else None
+            progress = (
+                "no response headers" if head is None
+                else f"status {head.status_code}, {received} of {declared or 'unknown'} body bytes read"
+            )
+            raise _Deadline(
+                f"the answer did not arrive whole within {self._timeout:g}s (COST_WORKER_HTTP_TIMEOUT): {progress}",
+                head.headers.get("request-id") if head is not None else None,
+            ) from None
 
     async def _request_done(self) -> None:
         # Gates that pace from answers (worker.ratelimit.OrgGate) learn when each request finished.
@@ -288,11 +362,11 @@ class AdminApiClient:
         if done is not None:
             await done()
 
-    def _waited(self, seconds: float) -> None:
+    def _waited(self, seconds: float, reason: str) -> None:
         if seconds > 0:
             self.stats.waited_seconds += seconds
             if self._on_wait is not None:
-                self._on_wait(seconds)
+                self._on_wait(seconds, reason)
 
     def _record_failure(self, path: str, attempt: int, outcome: ApiError | Retryable) -> None:
         self.stats.failures.append((outcome.status, outcome.request_id))
@@ -305,6 +379,22 @@ class AdminApiClient:
             outcome.request_id,
             " (retrying)" if isinstance(outcome, Retryable) else "",
         )
+
+
+class _Deadline(Exception):
+    """The request deadline passed before the whole answer arrived; retried like a timeout."""
+
+    def __init__(self, message: str, request_id: str | None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+def _retry_reason(outcome: Retryable, attempt: int, max_attempts: int) -> str:
+    """What a wait between attempts is for, in words a person can act on."""
+    cause = f"{outcome.status} {outcome.error_type}" if outcome.status is not None else outcome.error_type
+    if outcome.retry_after is not None:
+        return f"the retry-after the API sent with {cause} (before attempt {attempt + 1} of {max_attempts})"
+    return f"backoff after {cause} (before attempt {attempt + 1} of {max_attempts})"
 
 
 def _check_window(start: date, end: date, limit: int) -> None:

@@ -1,7 +1,7 @@
 """Errors of the Admin API, typed by what the caller must do next, and the one function that decides which.
 
 Every message is a single safe line: server text is collapsed, truncated and scrubbed of anything shaped
-like an Anthropic key, and no error ever carries request headers.
+like an Anthropic key (`worker.secret.mask_keys`), and no error ever carries request headers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 
-_KEY_SHAPE = re.compile(r"sk-ant-[A-Za-z0-9_\-]+")
+from worker.secret import mask_keys
+
 _TOO_LARGE = re.compile(r"too large|exceed", re.IGNORECASE)
 _MAX_MESSAGE = 400
 
@@ -25,7 +26,7 @@ RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
 
 def safe_text(text: str, limit: int = _MAX_MESSAGE) -> str:
     """One line, bounded, with anything that looks like an Anthropic key replaced."""
-    line = " ".join(_KEY_SHAPE.sub("sk-ant-***", text).split())
+    line = " ".join(mask_keys(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
@@ -72,6 +73,16 @@ class ResponseTooLarge(RequestRejected):
     """400 saying the answer would be too large, even at the smallest page size."""
 
 
+class BodyTooLarge(ResponseTooLarge):
+    """A 2xx whose body is over our own cap (COST_WORKER_MAX_RESPONSE_BYTES): dropped unread. Like the
+    API's "too large", a report page shrinks its `limit` first; only a one-day page over the cap fails."""
+
+
+class ApiUnreachable(ApiError):
+    """No connection could be made to the base URL (refused, unknown host, connect timeout), when the
+    caller asked not to retry that (the connection test)."""
+
+
 class RetriesExhausted(ApiError):
     """Retryable failures went on past the attempt or time budget; names the last cause."""
 
@@ -105,11 +116,11 @@ class Retryable:
         return safe_text(f"{status} {error_type}: {self.message} (request-id {self.request_id})")
 
 
-def _error_fields(response: httpx.Response) -> tuple[str | None, str, str | None]:
+def _error_fields(response: httpx.Response, content: bytes) -> tuple[str | None, str, str | None]:
     """(error.type, error.message, request_id from the body) from the documented error envelope."""
     try:
-        body = json.loads(response.content)
-    except ValueError:
+        body = json.loads(content)
+    except (ValueError, RecursionError):
         body = None
     if isinstance(body, dict):
         error = body.get("error")
@@ -166,11 +177,12 @@ def _action(status: int, message: str) -> str:
 
 
 def classify_response(
-    response: httpx.Response, *, path: str, now: datetime | None = None
+    response: httpx.Response, *, path: str, now: datetime | None = None, body: bytes | None = None
 ) -> ApiError | Retryable:
-    """Decide what a non-2xx response means: an error to raise, or a failure to retry."""
+    """Decide what a non-2xx response means: an error to raise, or a failure to retry. `body` is the
+    content when the response was streamed (default: `response.content`)."""
     status = response.status_code
-    error_type, message, body_rid = _error_fields(response)
+    error_type, message, body_rid = _error_fields(response, response.content if body is None else body)
     request_id = response.headers.get("request-id") or body_rid
     where = f"GET {path}"
     kw: dict[str, Any] = {"status": status, "error_type": error_type, "request_id": request_id}

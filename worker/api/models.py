@@ -21,6 +21,21 @@ RowT = TypeVar("RowT")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _DECIMAL_TEXT = re.compile(r"-?\d+(\.\d+)?([eE][+-]?\d+)?")
 
+# Sane bounds, checked before any arithmetic. A 20-byte text such as "1e999999999" is a valid Decimal,
+# but adding, summing or printing it expands a billion digits (gigabytes of memory, or a Decimal context
+# overflow), and "1e400" would be stored as a 399-digit dollar figure. Anything outside these bounds is a
+# broken or hostile answer, never a real bill:
+# - one row is one day of one cost line in one workspace; 10^13 cents is $100 billion, more than the
+#   provider's yearly revenue, so no real row comes near it;
+# - 30 decimal places of a cent is far finer than any billing unit (the API shows about 4-6), and bounds
+#   the digits every later sum or print produces (at most 13 + 30 + the sum's own growth);
+# - one usage row is one day of one key/model/workspace/tier; 10^15 tokens (a quadrillion) is more than
+#   the provider serves in a day, and 9,000 rows at the bound still sum inside a 64-bit BIGINT column.
+MAX_AMOUNT_CENTS = Decimal(10) ** 13
+MAX_AMOUNT_PLACES = 30
+MAX_COUNT = 10**15
+_MAX_NUMBER_TEXT = 64  # characters of an amount given as text; longer is not a bill either
+
 
 def _no_extra() -> Mapping[str, Any]:
     return _EMPTY
@@ -97,7 +112,11 @@ def cents_to_dollars(value: object) -> Decimal:
     """An `amount` (a decimal string of cents, e.g. "1843.2075") as exact dollars ($18.432075)."""
     if isinstance(value, bool) or value is None:
         raise ProtocolViolation(f"amount must be a decimal string of cents, got {type(value).__name__}")
+    if isinstance(value, str) and len(value) > _MAX_NUMBER_TEXT:
+        raise ProtocolViolation(f"amount is {len(value)} characters long: not a plausible bill ({value[:20]!r}...)")
     if isinstance(value, int):
+        if abs(value) >= MAX_AMOUNT_CENTS:  # before Decimal(value): an int of thousands of digits is slow too
+            raise _amount_out_of_bounds(f"of {len(str(abs(value)))} digits")
         cents = Decimal(value)
     elif isinstance(value, Decimal):
         cents = value
@@ -111,10 +130,28 @@ def cents_to_dollars(value: object) -> Decimal:
         raise ProtocolViolation(f"amount is not a decimal string of cents: {shown!r}")
     if not cents.is_finite():
         raise ProtocolViolation(f"amount is not finite: {cents}")
-    # Shift the exponent instead of dividing: exact at any precision, no context rounding.
+    # Only the exponent and the leading digit's position are read here: no arithmetic on an unchecked value.
     sign, digits, exponent = cents.as_tuple()
     assert isinstance(exponent, int)
+    if exponent < -MAX_AMOUNT_PLACES:
+        raise ProtocolViolation(
+            f"amount {_short(cents)} has {-exponent} decimal places of a cent: more than {MAX_AMOUNT_PLACES} "
+            "is not a plausible bill")
+    if cents and cents.adjusted() >= 13:  # |cents| >= 10^13
+        raise _amount_out_of_bounds(_short(cents))
+    # Shift the exponent instead of dividing: exact at any precision, no context rounding.
     return Decimal((sign, digits, exponent - 2))
+
+
+def _short(value: Decimal) -> str:
+    """A Decimal as scientific text (short for any exponent), clipped for a message."""
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:20]}...{text[-12:]}"
+
+
+def _amount_out_of_bounds(shown: str) -> ProtocolViolation:
+    return ProtocolViolation(
+        f"amount {shown} is outside the sane bound of +-10^13 cents ($100 billion) for one row of one day")
 
 
 def _count(value: object, name: str) -> int:
@@ -124,14 +161,25 @@ def _count(value: object, name: str) -> int:
         raise ProtocolViolation(f"{name} must be an integer count, got a boolean")
     if isinstance(value, int):
         count = value
-    elif isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+    elif isinstance(value, Decimal) and value.is_finite():
+        # Bounded before int(): int(Decimal("1.5e999999999")) would build a billion-digit integer.
+        if value and value.adjusted() > 15:  # >= 10^16; the exact bound is checked on the int below
+            raise _count_out_of_bounds(name, _short(value))
+        if value != value.to_integral_value():
+            raise ProtocolViolation(f"{name} must be an integer count, got {_short(value)!r}")
         count = int(value)
     else:
         shown = str(value)[:40] if isinstance(value, (str, Decimal)) else type(value).__name__
         raise ProtocolViolation(f"{name} must be an integer count, got {shown!r}")
     if count < 0:
         raise ProtocolViolation(f"{name} must not be negative, got {count}")
+    if count > MAX_COUNT:
+        raise _count_out_of_bounds(name, str(count) if count < 10**40 else f"of {len(str(count))} digits")
     return count
+
+
+def _count_out_of_bounds(name: str, shown: str) -> ProtocolViolation:
+    return ProtocolViolation(f"{name} {shown} is above the sane bound of 10^15 tokens for one row of one day")
 
 
 def _opt_str(obj: Mapping[str, Any], name: str) -> str | None:

@@ -8,6 +8,7 @@ read-then-write transaction that started deferred could not upgrade its lock whe
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         raise DatabaseError("invalid database URL (expected sqlite:///PATH or postgresql+psycopg://...)") from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _create_private_file(Path(parsed.database).expanduser())
         engine = create_engine(parsed, connect_args={"timeout": 30, "isolation_level": None}, **kwargs)
         _configure_sqlite(engine)
         return engine
@@ -51,6 +52,24 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return create_engine(parsed, pool_pre_ping=True, **kwargs)
+
+
+def _create_private_file(db_file: Path) -> None:
+    """Create a missing SQLite file owner-only (0600), in an owner-only (0700) directory if that is missing
+    too. SQLite itself would create it under the umask, usually 0644, and give its -wal and -shm files the
+    same mode; the file holds every organization's bill and the sealed Admin keys."""
+    if db_file.exists():
+        return  # its mode is its owner's choice
+    try:
+        db_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(db_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except FileExistsError:
+            return  # another process created it first
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise DatabaseError(f"cannot create the SQLite database {db_file}: {reason}") from None
+    os.close(fd)  # an empty file is an empty SQLite database
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -18,12 +18,15 @@ __all__ = ["make_client", "open_key"]
 
 def make_client(app: App, key: AdminKey, gate: RequestGate, stats: RequestStats | None = None,
                 transport: httpx.AsyncBaseTransport | None = None,
-                on_wait: Callable[[float], None] | None = None) -> AdminApiClient:
-    """An Admin API client with the app's base URL, clock, timeout and retry budget."""
+                on_wait: Callable[[float, str], None] | None = None,
+                retry_unreachable: bool = True) -> AdminApiClient:
+    """An Admin API client with the app's base URL, clock, timeout, body cap and retry budget;
+    `retry_unreachable=False` for the connection test (see AdminApiClient)."""
     s = app.settings
     return AdminApiClient(key, base_url=s.api_base_url, gate=gate, clock=app.clock, timeout=s.http_timeout,
                           transport=transport, max_attempts=s.max_attempts, max_retry_seconds=s.max_retry_seconds,
-                          stats=stats, on_wait=on_wait)
+                          stats=stats, on_wait=on_wait, max_response_bytes=s.max_response_bytes,
+                          retry_unreachable=retry_unreachable)
 
 
 def open_key(keyring: Keyring, integration: Integration) -> AdminKey:

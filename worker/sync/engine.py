@@ -363,7 +363,7 @@ class IntegrationSync:
             key = open_key(app.keyring, integ)
             self.gate = PageGate(OrgGate(app.engine, org_bucket(integ.organization_id), app.budget, app.clock,
                                          run=app.db), self.page_slots)
-            on_wait = lambda s: self.progress.wait(self.label, s)  # noqa: E731
+            on_wait = lambda s, why: self.progress.wait(self.label, s, why)  # noqa: E731
             async with make_client(app, key, self.gate, self.stats, self.transport, on_wait) as client:
                 bf_first = min((cp for _, cp in backfill), default=today)
                 for offset in range(0, days_between(bf_first, integ.backfill_end) if backfill else 0,

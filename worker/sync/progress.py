@@ -18,11 +18,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("worker.sync")
 
+BUDGET = "the organization's request budget"
+
 
 class Progress(Protocol):
     def start(self, label: str, kind: str, total_days: int) -> None: ...
     def page(self, label: str, days: int, rows: int) -> None: ...
-    def wait(self, label: str, seconds: float) -> None: ...
+    def wait(self, label: str, seconds: float, reason: str = BUDGET) -> None:
+        """A wait of `seconds`; `reason` says what for (the budget, a backoff, a retry-after)."""
     def finish(self, label: str, ok: bool, message: str) -> None: ...
 
 
@@ -55,11 +58,11 @@ class LogProgress:
         log.info("%s: page %d stored (%d/%d day-reports, %d rows so far)", label, t.pages, t.days,
                  2 * t.total_days, t.rows)
 
-    def wait(self, label: str, seconds: float) -> None:
+    def wait(self, label: str, seconds: float, reason: str = BUDGET) -> None:
         t = self._t.setdefault(label, _Tally())
         t.waited += seconds
         if seconds >= 1:
-            log.info("%s: waiting %.0fs for the organization's request budget", label, seconds)
+            log.info("%s: waiting %.0fs for %s", label, seconds, reason)
 
     def finish(self, label: str, ok: bool, message: str) -> None:
         self._t.pop(label, None)
@@ -129,10 +132,10 @@ class BarProgress:
         t.rows += rows
         self._draw(label)
 
-    def wait(self, label: str, seconds: float) -> None:
+    def wait(self, label: str, seconds: float, reason: str = BUDGET) -> None:
         t = self._t.setdefault(label, _Tally())
         t.waited += seconds
-        self._draw(label, f"(rate limit: next request in {_fmt(seconds)})" if seconds >= 1 else "")
+        self._draw(label, f"(waiting {_fmt(seconds)} for {reason})" if seconds >= 1 else "")
 
     def finish(self, label: str, ok: bool, message: str) -> None:
         if label in self._t:

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from worker.vault import (
     DecryptionFailed,
     InvalidMasterKey,
+    KeyFilePathRefused,
     Keyring,
     MasterKey,
     Sealed,
@@ -410,11 +411,13 @@ class TestKeyFile:
         assert back == key_a
         assert back.id == key_a.id
 
-    def test_creates_parent_dirs(self, tmp_path: Path, key_a: MasterKey) -> None:
-        """Missing parent directories are created."""
+    def test_refuses_a_missing_directory(self, tmp_path: Path, key_a: MasterKey) -> None:
+        """A missing directory is not created (a mistyped path would hide the key where nobody backs it up)."""
         path = tmp_path / "a" / "b" / "master.key"
-        write_master_key_file(path, key_a)
-        assert read_master_key_file(path).id == key_a.id
+        with pytest.raises(KeyFilePathRefused, match="does not exist") as info:
+            write_master_key_file(path, key_a)
+        assert str(tmp_path / "a" / "b") in str(info.value)
+        assert not (tmp_path / "a").exists()
 
     def test_refuses_overwrite(self, tmp_path: Path, key_a: MasterKey, key_b: MasterKey) -> None:
         """An existing key file is never overwritten (that would lose the key sealing existing rows)."""

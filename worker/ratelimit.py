@@ -57,11 +57,33 @@ def settle(engine: Engine, bucket: str, budget: RateBudget, finished_at: float) 
 
 def reserve(engine: Engine, bucket: str, budget: RateBudget, now: float) -> float:
     """Reserve the bucket's next slot; returns how many seconds to wait before sending (0 = now)."""
+    return reserve_slot(engine, bucket, budget, now)[0]
+
+
+def reserve_slot(engine: Engine, bucket: str, budget: RateBudget, now: float) -> tuple[float, float]:
+    """`reserve`, also returning the bucket's state after it (what `release_unused` compares against)."""
     with engine.begin() as conn:
         conn.execute(text(_INSERT[engine.dialect.name]), {"bucket": bucket})
-        tat = conn.execute(_RESERVE, {"now": now, "interval": budget.interval, "bucket": bucket}).scalar_one()
-    allowed_at = float(tat) - budget.interval - budget.tolerance
-    return max(0.0, allowed_at - now)
+        tat = float(conn.execute(_RESERVE, {"now": now, "interval": budget.interval, "bucket": bucket}
+                                 ).scalar_one())
+    allowed_at = tat - budget.interval - budget.tolerance
+    return max(0.0, allowed_at - now), tat
+
+
+_RELEASE = text("UPDATE rate_buckets SET tat = :before WHERE bucket = :bucket AND tat = :tat")
+
+
+def release_unused(engine: Engine, bucket: str, budget: RateBudget, tat: float) -> bool:
+    """Give back the slot that left the bucket at `tat`, if nobody reserved or settled after it.
+
+    For a request that never reached the server (no connection could be made): it spent nothing of
+    the organization's allowance there, and keeping its slot would make the next attempt (a corrected
+    base URL, a second `test-connection`) wait a whole interval for nothing. Compare-and-set on `tat`,
+    so a slot reserved since is never undercut. Returns whether it was given back.
+    """
+    with engine.begin() as conn:
+        result = conn.execute(_RELEASE, {"before": tat - budget.interval, "bucket": bucket, "tat": tat})
+    return bool(result.rowcount)
 
 
 class OrgGate:
@@ -73,6 +95,7 @@ class OrgGate:
     def __init__(self, engine: Engine, bucket: str, budget: RateBudget, clock: Clock,
                  run: Callable[..., Awaitable[Any]] = asyncio.to_thread) -> None:
         self.engine, self.bucket, self.budget, self.clock, self.run = engine, bucket, budget, clock, run
+        self._slot: float | None = None  # the bucket's state after the last reservation
 
     @property
     def waits_for(self) -> str:
@@ -82,7 +105,8 @@ class OrgGate:
         return f"{whose} request budget (COST_WORKER_REQUESTS_PER_MINUTE)"
 
     async def acquire(self) -> float:
-        wait: float = await self.run(reserve, self.engine, self.bucket, self.budget, self.clock.time())
+        wait: float
+        wait, self._slot = await self.run(reserve_slot, self.engine, self.bucket, self.budget, self.clock.time())
         if wait > 0:
             await self.clock.sleep(wait)
         return wait
@@ -90,6 +114,12 @@ class OrgGate:
     async def done(self) -> None:
         """Called when a request sent through this gate has its answer (or failed)."""
         await self.run(settle, self.engine, self.bucket, self.budget, self.clock.time())
+
+    async def unused(self) -> None:
+        """Called instead of `done` when the request never reached the server (see `release_unused`)."""
+        if self._slot is not None:
+            await self.run(release_unused, self.engine, self.bucket, self.budget, self._slot)
+            self._slot = None
 
     def charge(self) -> float:
         """Record a request already sent outside this gate (the /me call made before the org was known)."""

@@ -26,6 +26,7 @@ class Harness:
     fake: FakeAdminApi
     clock: FakeClock = field(default_factory=FakeClock)  # 2026-03-10 12:00 UTC
     waits: list[float] = field(default_factory=list)
+    wait_reasons: list[str] = field(default_factory=list)  # what each of `waits` was for
     gate: CountingGate | None = None
     client: AdminApiClient | None = None
     key: str | None = None  # the key the client sends; the fake's own key by default
@@ -33,7 +34,7 @@ class Harness:
     def run(self, body: Callable[[AdminApiClient], Awaitable[T]], **client_kw: Any) -> T:
         """Run `body(api)` against the fake mounted on a fresh respx router."""
         self.gate = self.gate or CountingGate(self.clock)
-        kw: dict[str, Any] = {"rng": random.Random(1), "on_wait": self.waits.append, "stats": RequestStats()}
+        kw: dict[str, Any] = {"rng": random.Random(1), "on_wait": self.waited, "stats": RequestStats()}
         kw.update(client_kw)
         key = AdminKey(self.key or self.fake.key)
         self.client = AdminApiClient(key, base_url=BASE_URL, gate=self.gate, clock=self.clock, **kw)
@@ -46,6 +47,10 @@ class Harness:
         with respx.mock(assert_all_called=False) as router:
             self.fake.mount(router, BASE_URL)
             return asyncio.run(main())
+
+    def waited(self, seconds: float, reason: str) -> None:
+        self.waits.append(seconds)
+        self.wait_reasons.append(reason)
 
     @property
     def stats(self) -> RequestStats:

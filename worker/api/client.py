@@ -70,8 +70,9 @@ RowT = TypeVar("RowT")
 
 class RequestGate(Protocol):
     """Paces requests. A gate may also define `async def done(self) -> None`, called when each request
-    has its answer (or failed), to pace from answers rather than from reserved slots, and a `waits_for`
-    text naming the budget it waits for (default: BUDGET_WAIT), shown in wait messages."""
+    has its answer (or failed), to pace from answers rather than from reserved slots; `async def
+    unused(self) -> None`, called instead when no connection could be made (the slot may be given back);
+    and a `waits_for` text naming the budget it waits for (default: BUDGET_WAIT), for wait messages."""
 
     async def acquire(self) -> float:
         """Block until one request may be sent; return the seconds spent waiting."""
@@ -267,8 +268,13 @@ class AdminApiClient:
             try:
                 try:
                     response, content = await self._send(path, params)
-                finally:
+                except (httpx.ConnectError, httpx.ConnectTimeout):
+                    await self._request_unused()
+                    raise
+                except BaseException:
                     await self._request_done()
+                    raise
+                await self._request_done()
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 detail = safe_text(str(exc) or type(exc).__name__, 200)
                 if not self._retry_unreachable:
@@ -361,6 +367,14 @@ class AdminApiClient:
         done = getattr(self.gate, "done", None)
         if done is not None:
             await done()
+
+    async def _request_unused(self) -> None:
+        # No connection was made, so the server counted nothing: a gate that can give the slot back does.
+        unused = getattr(self.gate, "unused", None)
+        if unused is not None:
+            await unused()
+        else:
+            await self._request_done()
 
     def _waited(self, seconds: float, reason: str) -> None:
         if seconds > 0:

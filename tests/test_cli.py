@@ -94,6 +94,14 @@ class TestOnboarding:
         (line,) = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
         assert "revoked" in line or "expired" in line
 
+    def test_wait_message_says_what_it_waits_for(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+        """A wait after a failed attempt is announced as a backoff after that failure, not as the budget."""
+        fake.faults.error(1, status=503)
+        result = invoke(env, "test-connection")
+        assert result.exit_code == 0, result.output
+        [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("waiting")]
+        assert "for backoff after 503" in line and "request budget" not in line
+
     def test_key_from_stdin_is_trimmed(self, env: dict[str, str], fake: FakeAdminApi) -> None:
         """With no ANTHROPIC_ADMIN_KEY, a piped key (with whitespace around it) is used."""
         result = invoke(env, "test-connection", key=None, stdin=f"  {FAKE_ADMIN_KEY}\n\n")

@@ -95,3 +95,37 @@ def test_budget_rejects_nonsense() -> None:
         RateBudget(0, 1)
     with pytest.raises(ValueError):
         RateBudget(1, 0)
+
+
+class TestUnusedSlot:
+    def test_a_request_that_never_connected_gives_its_slot_back(self, engine) -> None:
+        """`unused` after `acquire` (no connection was made): the next request goes at once."""
+        clock = FakeClock(1_000_000.0)
+        gate = OrgGate(engine, "key:abc", RateBudget(1.0, 1), clock)
+
+        async def go() -> list[float]:
+            first = await gate.acquire()
+            await gate.unused()
+            return [first, await gate.acquire()]
+
+        assert asyncio.run(go()) == [0, 0]
+
+    def test_a_slot_reserved_since_is_not_undercut(self, engine) -> None:
+        """If another request reserved after ours, giving ours back changes nothing (compare-and-set)."""
+        clock = FakeClock(1_000_000.0)
+        budget = RateBudget(1.0, 1)
+        gate = OrgGate(engine, "org:a", budget, clock)
+
+        async def go() -> None:
+            await gate.acquire()
+            assert reserve(engine, "org:a", budget, clock.time()) == pytest.approx(60)  # someone else
+            await gate.unused()
+
+        asyncio.run(go())
+        assert reserve(engine, "org:a", budget, clock.time()) == pytest.approx(120)
+
+    def test_waits_name_their_budget(self, engine) -> None:
+        """The connection test's first request waits on its key's budget, everything else on the org's."""
+        clock = FakeClock()
+        assert "this key's" in OrgGate(engine, "key:abc", RateBudget(1.0), clock).waits_for
+        assert "organization's" in OrgGate(engine, "org:a", RateBudget(1.0), clock).waits_for

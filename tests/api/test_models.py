@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -173,3 +174,52 @@ def test_organization() -> None:
     assert (org.id, org.name, org.type) == ("org-uuid", "Acme", "organization")
     with pytest.raises(ProtocolViolation):
         parse_organization({"name": "Acme"})
+
+
+class TestSaneBounds:
+    """Amounts and counts no bill has are refused where rows are parsed, before any arithmetic could
+    expand them (a 20-byte "1e999999999" is a billion digits once summed or printed)."""
+
+    @pytest.mark.parametrize("amount", [
+        "1e999999999", Decimal("1.5e999999999"), "1e400", "10000000000000", "-1e13", 10**13, 10**4000,
+        "0E-999999999", "1e-31", "1." + "0" * 70,
+    ], ids=["1e999999999", "json-1.5e999999999", "1e400", "10^13", "-10^13", "int-10^13", "int-4001-digits",
+            "zero-e-999999999", "31-places", "72-characters"])  # fmt: skip
+    def test_amount_outside_is_a_one_line_violation(self, amount: object) -> None:
+        """An amount at or past +-10^13 cents, finer than 30 places of a cent, or absurdly long is refused."""
+        with pytest.raises(ProtocolViolation) as caught:
+            cents_to_dollars(amount)
+        assert "\n" not in str(caught.value) and len(str(caught.value)) < 200
+
+    @pytest.mark.parametrize(("amount", "dollars"), [
+        ("9999999999999.999999", Decimal("99999999999.99999999")),
+        ("-9999999999999", Decimal("-99999999999.99")),
+        ("1e-30", Decimal("1e-32")),
+        ("0.000000000000000000000000000001", Decimal("1e-32")),
+    ])  # fmt: skip
+    def test_amount_inside_is_exact(self, amount: str, dollars: Decimal) -> None:
+        """Just inside the bounds every digit is kept."""
+        assert cents_to_dollars(amount) == dollars
+
+    def test_json_number_is_refused_unexpanded(self) -> None:
+        """The JSON number 1.5e999999999, decoded as the client decodes (Decimal), fails as a violation."""
+        raw = json.loads('{"amount": 1.5e999999999, "currency": "USD"}', parse_float=Decimal)
+        with pytest.raises(ProtocolViolation, match="sane bound"):
+            parse_cost_row(raw, DAY)
+
+    @pytest.mark.parametrize("over", [
+        {"output_tokens": Decimal("1.5e999999999")}, {"output_tokens": Decimal("1e400")},
+        {"uncached_input_tokens": 10**15 + 1}, {"cache_read_input_tokens": 2**63},
+        {"cache_creation": {"ephemeral_1h_input_tokens": Decimal("1e16")}},
+        {"server_tool_use": {"web_search_requests": 10**4000}},
+    ], ids=["1.5e999999999", "1e400", "10^15+1", "2^63", "cache-1e16", "4001-digits"])  # fmt: skip
+    def test_count_above_the_bound_is_a_violation(self, over: dict[str, Any]) -> None:
+        """A count above 10^15 tokens for one row of one day is refused before it becomes an int."""
+        with pytest.raises(ProtocolViolation, match="sane bound") as caught:
+            parse_usage_row(_usage(**over), DAY)
+        assert "\n" not in str(caught.value) and len(str(caught.value)) < 200
+
+    def test_count_at_the_bound_is_kept(self) -> None:
+        """10^15 itself (as an int or as Decimal 1e15) is a count like any other."""
+        row = parse_usage_row(_usage(output_tokens=10**15, uncached_input_tokens=Decimal("1e15")), DAY)
+        assert row.output_tokens == row.uncached_input_tokens == 10**15

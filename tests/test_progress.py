@@ -55,7 +55,7 @@ class TestBar:
             [line] = bar.lines()
             bar.finish("[1] prod", True, "done")
         assert "31/365 days" in line and "2 pages" in line and "2000 rows" in line
-        assert "waited 2m00s" in line and "rate limit: next request in 1m00s" in line
+        assert "waited 2m00s" in line and "waiting 1m00s for the organization's request budget" in line
         assert screen(out.getvalue())[0] == "[1] prod: done"
 
     def test_one_line_per_integration_syncing_at_once(self) -> None:
@@ -77,7 +77,7 @@ class TestBar:
         assert [line.split()[:2] for line in bars] == [["[1]", "prod"], ["[2]", "staging"], ["[3]", "dev"]]
         assert "backfill" in bars[0] and "31/365 days | 2 pages | 2000 rows | waited 0s" in bars[0]
         assert "manual" in bars[1] and "15/30 days | 1 pages | 500 rows" in bars[1]
-        assert "0/30 days | 0 pages | 0 rows | waited 5s (rate limit: next request in 5s)" in bars[2]
+        assert "0/30 days | 0 pages | 0 rows | waited 5s (waiting 5s for the organization's request budget)" in bars[2]
 
     def test_log_lines_print_above_the_bars(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A warning logged to stderr while the bars run is printed above them, not through a bar's line."""

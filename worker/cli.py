@@ -285,9 +285,9 @@ def run_cmd(ctx: click.Context) -> None:
                 fail(f"cannot serve /healthz and /metrics on {s.http_host} port {s.http_port}: "
                       f"{exc.strerror or exc} (set COST_WORKER_HTTP_PORT to a free port or 0 to turn the server "
                       "off; COST_WORKER_HTTP_HOST to an address of this machine)", EXIT_USAGE)
-        # Only once the port is ours: a run that cannot start must not leave a new master key behind.
-        app.keyring  # noqa: B018 - generate the default key file now, with its warning, not mid-sync
         try:
+            # Only once the port is ours: a run that cannot start must not leave a new master key behind.
+            app.keyring  # noqa: B018 - generate the default key file now, with its warning, not mid-sync
             await service.serve(stop)
         finally:
             if http is not None:
@@ -413,7 +413,7 @@ def keys_generate(out: Path) -> None:
     try:
         write_master_key_file(out, key)
     except KeyFilePathRefused as exc:
-        _fail(str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     click.echo(f"wrote master key {key.id} to {out}")
 
 

@@ -1,5 +1,5 @@
-"""The command line through click's runner, against the fake API over respx: the contract of every
-command (names, options, JSON fields, exit codes), one-line errors, and no secret in any output."""
+"""The command line through click's runner, against the simulator (in-process, on a respx route): the
+contract of every command (names, options, JSON fields, exit codes), one-line errors, and no secret in any output."""
 
 from __future__ import annotations
 
@@ -18,32 +18,29 @@ import respx
 from click.testing import CliRunner, Result
 from sqlalchemy import select, update
 
-from tests.fake_api import FAKE_ADMIN_KEY, FakeAdminApi
+from tests.simulated import Truth, key_hint, make_sim, mount
 from worker.cli import cli
+from worker.simulator import SimulatorHandle
 from worker.storage.db import make_engine
 from worker.storage.tables import integrations
 from worker.vault import MasterKey
 
 BASE = "https://api.test"
-TODAY = datetime.now(UTC).date()
-
-
-@pytest.fixture(scope="module")
-def fake_data() -> FakeAdminApi:
-    return FakeAdminApi(start=TODAY - timedelta(days=40), end=TODAY + timedelta(days=1), seed=21)
+TODAY = datetime.now(UTC).date()  # the CLI runs on the real clock
+SIM = make_sim(orgs=2, seed=21, today=TODAY, base_url=BASE)  # generated days are cached: one per module
+KEY = SIM.keys[0]
 
 
 @pytest.fixture
-def fake(fake_data: FakeAdminApi) -> Iterator[FakeAdminApi]:
-    fake_data.requests.clear()
-    fake_data.faults = type(fake_data.faults)()
+def sim() -> Iterator[SimulatorHandle]:
+    SIM.reset()  # faults, revocations, rotated keys, stats and recorded requests
     with respx.mock(assert_all_called=False) as router:
-        fake_data.mount(router, BASE)
-        yield fake_data
+        mount(SIM, router)
+        yield SIM
 
 
 @pytest.fixture
-def env(db_url: str, tmp_path: Path, master_key: MasterKey) -> dict[str, str]:
+def env(db_url: str, tmp_path: Path, master_key: MasterKey, sim: SimulatorHandle) -> dict[str, str]:
     return {
         "COST_WORKER_DATABASE_URL": db_url, "COST_WORKER_MASTER_KEY": master_key.to_text(),
         "COST_WORKER_DATA_DIR": str(tmp_path / "data"), "COST_WORKER_API_BASE_URL": BASE,
@@ -52,11 +49,13 @@ def env(db_url: str, tmp_path: Path, master_key: MasterKey) -> dict[str, str]:
     }
 
 
-def invoke(env: dict[str, str], *args: str, key: str | None = FAKE_ADMIN_KEY, stdin: str | None = None) -> Result:
+def invoke(env: dict[str, str], *args: str, key: str | None = KEY, stdin: str | None = None) -> Result:
     full_env: dict[str, str | None] = {**env, "ANTHROPIC_ADMIN_KEY": key}
     result = CliRunner().invoke(cli, list(args), env=full_env, input=stdin, catch_exceptions=False)
     assert "Traceback" not in result.output
-    assert FAKE_ADMIN_KEY not in result.output  # no command ever prints the key
+    for secret in {KEY, *SIM.keys, key or KEY}:
+        if secret.startswith("sk-ant-"):
+            assert secret not in result.output  # no command ever prints a key
     if env.get("COST_WORKER_MASTER_KEY"):
         assert env["COST_WORKER_MASTER_KEY"] not in result.output
     return result
@@ -69,71 +68,62 @@ def connect(env: dict[str, str], *extra: str) -> int:
 
 
 class TestOnboarding:
-    def test_test_connection_prints_the_organization(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+    def test_test_connection_prints_the_organization(self, env: dict[str, str], sim: SimulatorHandle) -> None:
         """Exit 0 and the organization's name."""
         result = invoke(env, "test-connection")
-        assert result.exit_code == 0 and "Fake Org" in result.stdout
+        assert result.exit_code == 0 and sim.orgs[0].name in result.stdout
 
     @pytest.mark.parametrize(("key", "expected"), [
         ("sk-ant-api03-abcdefghijklmnopqrstuvwxyz", "regular API key (sk-ant-api...), not an Admin key"),
         ("hello", "Admin key (sk-ant-admin...) is needed"),
         ("   ", "no Admin API key given"),
     ])
-    def test_wrong_keys_refused_before_any_request(self, env: dict[str, str], fake: FakeAdminApi, key: str,
+    def test_wrong_keys_refused_before_any_request(self, env: dict[str, str], sim: SimulatorHandle, key: str,
                                                    expected: str) -> None:
         """Non-admin keys get a clear message, exit 2, and no request is sent."""
         result = invoke(env, "test-connection", key=key)
         assert result.exit_code == 2 and expected in result.output and "Console" in result.output
-        assert fake.requests == []
+        assert sim.requests == []
 
-    def test_revoked_key_fails_with_advice(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+    def test_revoked_key_fails_with_advice(self, env: dict[str, str], sim: SimulatorHandle) -> None:
         """A 401 gives exit 1 and one line telling the user what to do."""
-        fake.faults.block_after(0, status=401)
+        sim.add_fault("revoke:org=0")
         result = invoke(env, "test-connection")
         assert result.exit_code == 1
         (line,) = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
         assert "revoked" in line or "expired" in line
 
-    def test_wait_message_says_what_it_waits_for(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+    def test_wait_message_says_what_it_waits_for(self, env: dict[str, str], sim: SimulatorHandle) -> None:
         """A wait after a failed attempt is announced as a backoff after that failure, not as the budget."""
-        fake.faults.error(1, status=503)
+        sim.add_fault("503")
         result = invoke(env, "test-connection")
         assert result.exit_code == 0, result.output
         [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("waiting")]
         assert "for backoff after 503" in line and "request budget" not in line
 
-    def test_key_from_stdin_is_trimmed(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+    def test_key_from_stdin_is_trimmed(self, env: dict[str, str], sim: SimulatorHandle) -> None:
         """With no ANTHROPIC_ADMIN_KEY, a piped key (with whitespace around it) is used."""
-        result = invoke(env, "test-connection", key=None, stdin=f"  {FAKE_ADMIN_KEY}\n\n")
+        result = invoke(env, "test-connection", key=None, stdin=f"  {KEY}\n\n")
         assert result.exit_code == 0, result.output
 
-    def test_connect_prints_id_and_lists_with_hint(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+    def test_connect_prints_id_and_lists_with_hint(self, env: dict[str, str], sim: SimulatorHandle) -> None:
         """connect prints the new id; `integrations list --format json` has the contract's fields."""
         iid = connect(env, "--label", "prod", "--tier", "pro")
         items = json.loads(invoke(env, "integrations", "list", "--format", "json").stdout)
         (item,) = items
         assert {"id", "label", "tier", "status", "key_hint", "last_success_at", "last_error"} <= item.keys()
         assert (item["id"], item["label"], item["tier"], item["status"]) == (iid, "prod", "pro", "pending")
-        assert item["key_hint"] == "sk-ant-admin01-...EfGh"
+        assert item["key_hint"] == key_hint(KEY)
         table = invoke(env, "integrations", "list").stdout
-        assert "prod" in table and "sk-ant-admin01-...EfGh" in table
+        assert "prod" in table and key_hint(KEY) in table
 
-    def test_bad_tier_is_usage_error(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+    def test_bad_tier_is_usage_error(self, env: dict[str, str], sim: SimulatorHandle) -> None:
         """An unknown tier exits 2 before anything happens."""
         assert invoke(env, "connect", "--tier", "gold").exit_code == 2
-        assert fake.requests == []
-
-
-NEW_KEY = "sk-ant-admin01-RotatedKeyForTestsOnly_9876543210zyxwvutsrqponmlkjihgfedcba-QrStUvWx"
+        assert sim.requests == []
 
 
 class TestReplaceKey:
-    @pytest.fixture
-    def rotated(self, fake: FakeAdminApi) -> Iterator[FakeAdminApi]:
-        """The organization revoked the first key and created NEW_KEY (the fake accepts only its `key`)."""
-        org_id = fake.org_id
-        yield fake
-        fake.key, fake.org_id = FAKE_ADMIN_KEY, org_id
 
     def stored(self, env: dict[str, str], iid: int) -> Any:
         engine = make_engine(env["COST_WORKER_DATABASE_URL"])
@@ -144,23 +134,23 @@ class TestReplaceKey:
             engine.dispose()
 
     def test_revoked_key_replaced_keeps_rows_and_syncs_again(self, env: dict[str, str],
-                                                               rotated: FakeAdminApi) -> None:
-        """After a revocation: replace-key stores the new key (sealed), keeps every synced row, and the
-        next sync-now with it succeeds and still equals the truth."""
+                                                               sim: SimulatorHandle) -> None:
+        """After a rotation (the old key revoked, a new one made): replace-key stores the new key (sealed),
+        keeps every synced row, and the next sync-now with it succeeds and still equals the truth."""
         iid = connect(env)
         assert invoke(env, "sync-now").exit_code == 0
         since, until = str(TODAY - timedelta(days=29)), str(TODAY)
         report = invoke(env, "report", "--since", since, "--until", until, "--format", "json").stdout
-        rotated.key = NEW_KEY
+        new_key = sim.rotate_key(0)
         assert invoke(env, "sync-now").exit_code == 1  # the old key is refused now
         assert self.stored(env, iid).status == "error"
-        result = invoke(env, "integrations", "replace-key", str(iid), key=NEW_KEY)
+        result = invoke(env, "integrations", "replace-key", str(iid), key=new_key)
         assert result.exit_code == 0, result.output
-        assert "sk-ant-admin01-...EfGh replaced by sk-ant-admin01-...UvWx" in result.stdout
-        assert NEW_KEY not in result.output
+        assert f"{key_hint(KEY)} replaced by {key_hint(new_key)}" in result.stdout
+        assert new_key not in result.output
         row = self.stored(env, iid)
-        assert row.key_hint == "sk-ant-admin01-...UvWx"
-        assert NEW_KEY.encode() not in row.key_ciphertext and FAKE_ADMIN_KEY.encode() not in row.key_ciphertext
+        assert row.key_hint == key_hint(new_key) != key_hint(KEY)
+        assert new_key.encode() not in row.key_ciphertext and KEY.encode() not in row.key_ciphertext
         # Nothing synced was lost by the swap.
         assert invoke(env, "report", "--since", since, "--until", until, "--format", "json").stdout == report
         synced = invoke(env, "sync-now")
@@ -168,44 +158,43 @@ class TestReplaceKey:
         assert self.stored(env, iid).status == "ok"
         rows = json.loads(invoke(env, "report", "--since", since, "--until", until, "--format", "json").stdout)
         total = sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0))
-        assert total == sum((rotated.truth_cost(TODAY - timedelta(days=i)) for i in range(30)), Decimal(0))
+        assert total == Truth(sim, TODAY - timedelta(days=29), TODAY + timedelta(days=1)).cost()
 
-    def test_failed_backfill_is_queued_again(self, env: dict[str, str], rotated: FakeAdminApi) -> None:
+    def test_failed_backfill_is_queued_again(self, env: dict[str, str], sim: SimulatorHandle) -> None:
         """A backfill stopped by the revocation goes back to pending, so `run` resumes it."""
         iid = connect(env)
-        rotated.key = NEW_KEY
+        new_key = sim.rotate_key(0)
         assert invoke(env, "sync-now").exit_code == 1
         assert self.stored(env, iid).status == "error"
-        assert invoke(env, "integrations", "replace-key", str(iid), key=NEW_KEY).exit_code == 0
+        assert invoke(env, "integrations", "replace-key", str(iid), key=new_key).exit_code == 0
         assert self.stored(env, iid).status == "pending"
 
-    def test_key_of_another_organization_is_refused(self, env: dict[str, str], rotated: FakeAdminApi) -> None:
+    def test_key_of_another_organization_is_refused(self, env: dict[str, str], sim: SimulatorHandle) -> None:
         """A key of a different organization: exit 2, one line, the stored key untouched."""
         iid = connect(env)
         before = self.stored(env, iid)
-        rotated.key, rotated.org_id = NEW_KEY, "0b1c2d3e-other-org"
-        result = invoke(env, "integrations", "replace-key", str(iid), key=NEW_KEY)
+        result = invoke(env, "integrations", "replace-key", str(iid), key=sim.keys[1])
         assert result.exit_code == 2
         (line,) = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
-        assert "belongs to organization" in line and "0b1c2d3e-other-org" in line
+        assert "belongs to organization" in line and sim.orgs[1].id in line
         after = self.stored(env, iid)
         assert (after.key_ciphertext, after.key_hint) == (before.key_ciphertext, before.key_hint)
 
-    def test_unknown_integration_sends_nothing(self, env: dict[str, str], fake: FakeAdminApi) -> None:
-        result = invoke(env, "integrations", "replace-key", "42", key=NEW_KEY)
+    def test_unknown_integration_sends_nothing(self, env: dict[str, str], sim: SimulatorHandle) -> None:
+        result = invoke(env, "integrations", "replace-key", "42", key=sim.keys[1])
         assert result.exit_code == 2 and "no integration 42" in result.output
-        assert fake.requests == []
+        assert sim.requests == []
 
     def test_connecting_an_organization_again_points_to_replace_key(self, env: dict[str, str],
-                                                                   fake: FakeAdminApi) -> None:
+                                                                   sim: SimulatorHandle) -> None:
         iid = connect(env)
         result = invoke(env, "connect")
         assert result.exit_code == 2 and f"integrations replace-key {iid}" in result.output
 
 
 class TestSyncAndReport:
-    def test_sync_now_then_report_equals_truth(self, env: dict[str, str], fake: FakeAdminApi) -> None:
-        """sync-now backfills; `report --format json` equals the fake's truth per (date, model)."""
+    def test_sync_now_then_report_equals_truth(self, env: dict[str, str], sim: SimulatorHandle) -> None:
+        """sync-now backfills; `report --format json` equals the simulator's truth per (date, model)."""
         connect(env)
         result = invoke(env, "sync-now")
         assert result.exit_code == 0, result.output
@@ -215,20 +204,15 @@ class TestSyncAndReport:
         assert rows, "report is empty"
         keys = {"date", "model", "cost_usd", "input_tokens", "output_tokens", "cache_read_tokens",
                 "cache_write_tokens"}
-        for row in rows:
-            assert set(row) == keys
-            day = datetime.fromisoformat(row["date"]).date()
-            assert Decimal(row["cost_usd"]) == fake.truth_cost(day, row["model"])
-            assert isinstance(row["cost_usd"], str)
-            truth = fake.truth_tokens(day, row["model"])
-            assert row["input_tokens"] == truth["uncached_input_tokens"]
-            assert row["output_tokens"] == truth["output_tokens"]
-            assert row["cache_read_tokens"] == truth["cache_read_input_tokens"]
-            assert row["cache_write_tokens"] == (truth["cache_creation_5m_input_tokens"]
-                                                 + truth["cache_creation_1h_input_tokens"])
+        assert all(set(row) == keys and isinstance(row["cost_usd"], str) for row in rows)
+        got = {(datetime.fromisoformat(r["date"]).date(), r["model"]): (
+            Decimal(r["cost_usd"]), r["input_tokens"], r["output_tokens"], r["cache_read_tokens"],
+            r["cache_write_tokens"]) for r in rows}
+        truth = Truth(sim, since, until + timedelta(days=1))
+        assert got == truth.report_rows()
         assert any(r["model"] is None for r in rows)  # web search / code execution fees
         total = sum(Decimal(r["cost_usd"]) for r in rows)
-        assert total == sum((fake.truth_cost(since + timedelta(days=i)) for i in range(30)), Decimal(0))
+        assert total == truth.cost()
         # until is inclusive, and a single day works
         one = json.loads(invoke(env, "report", "--since", str(until), "--until", str(until), "--format",
                                 "json").stdout)
@@ -238,12 +222,13 @@ class TestSyncAndReport:
         parsed = list(csv.DictReader(io.StringIO(out)))
         assert [Decimal(r["cost_usd"]) for r in parsed] == [Decimal(r["cost_usd"]) for r in rows]
         table = invoke(env, "report", "--since", str(since), "--until", str(until)).stdout
-        assert table.splitlines()[-1].split()[:2] == ["total", str(total) if "." in str(total) else total]
+        label, shown = table.splitlines()[-1].split()[:2]
+        assert label == "total" and Decimal(shown) == total
 
-    def test_sync_now_fails_with_exit_1(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+    def test_sync_now_fails_with_exit_1(self, env: dict[str, str], sim: SimulatorHandle) -> None:
         """A blocked integration makes sync-now exit 1 and shows the reason."""
         iid = connect(env)
-        fake.faults.block_after(len(fake.requests), status=401)
+        sim.add_fault("revoke:org=0")
         result = invoke(env, "sync-now", "--integration", str(iid))
         assert result.exit_code == 1 and "FAILED" in result.output
         item = json.loads(invoke(env, "integrations", "list", "--format", "json").stdout)[0]
@@ -257,12 +242,12 @@ class TestSyncAndReport:
         ["integrations", "remove", "99"],
         ["report", "--since", "2026-01-01", "--until", "2026-01-02", "--format", "xml"],
     ])
-    def test_bad_usage_exits_2(self, env: dict[str, str], fake: FakeAdminApi, args: list[str]) -> None:
+    def test_bad_usage_exits_2(self, env: dict[str, str], sim: SimulatorHandle, args: list[str]) -> None:
         """Bad dates, unknown ids and unknown formats are usage errors."""
         connect(env)
         assert invoke(env, *args).exit_code == 2
 
-    def test_remove_deletes_integration_and_rows(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+    def test_remove_deletes_integration_and_rows(self, env: dict[str, str], sim: SimulatorHandle) -> None:
         """integrations remove drops the integration and its data."""
         iid = connect(env)
         invoke(env, "sync-now")
@@ -274,7 +259,7 @@ class TestSyncAndReport:
 
 
 class TestKeys:
-    def test_rotation_reencrypts_and_old_key_no_longer_needed(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+    def test_rotation_reencrypts_and_old_key_no_longer_needed(self, env: dict[str, str], sim: SimulatorHandle) -> None:
         """keys rotate re-seals under the new master key while the old one still decrypts; then the old one can go."""
         connect(env)
         old = env["COST_WORKER_MASTER_KEY"]
@@ -289,7 +274,7 @@ class TestKeys:
         assert "0 re-encrypted, 1 already current" in again.output  # resumable: nothing left to do
         assert invoke(without_old, "sync-now").exit_code == 0
 
-    def test_tampered_ciphertext_names_the_integration(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+    def test_tampered_ciphertext_names_the_integration(self, env: dict[str, str], sim: SimulatorHandle) -> None:
         """A modified ciphertext fails decryption with a clear error; nothing is sent to the API."""
         iid = connect(env)
         engine = make_engine(env["COST_WORKER_DATABASE_URL"])
@@ -298,10 +283,10 @@ class TestKeys:
             flipped = blob[:-1] + bytes([blob[-1] ^ 1])
             conn.execute(update(integrations).where(integrations.c.id == iid).values(key_ciphertext=flipped))
         engine.dispose()
-        sent = len(fake.requests)
+        sent = len(sim.requests)
         result = invoke(env, "sync-now")
         assert result.exit_code == 1 and f"integration {iid}" in result.output
-        assert len(fake.requests) == sent
+        assert len(sim.requests) == sent
 
     def test_generate_writes_a_private_file(self, env: dict[str, str], tmp_path: Path) -> None:
         """keys generate writes a 0600 key file and refuses to overwrite it."""
@@ -310,7 +295,7 @@ class TestKeys:
         assert out.stat().st_mode & 0o777 == 0o600
         assert invoke(env, "keys", "generate", "--out", str(out)).exit_code != 0
 
-    def test_default_master_key_file_is_generated_with_warning(self, env: dict[str, str], fake: FakeAdminApi,
+    def test_default_master_key_file_is_generated_with_warning(self, env: dict[str, str], sim: SimulatorHandle,
                                                                tmp_path: Path) -> None:
         """With no master key configured, one is generated in the data directory with a loud warning."""
         bare = {k: v for k, v in env.items() if k != "COST_WORKER_MASTER_KEY"}
@@ -321,7 +306,7 @@ class TestKeys:
 
 
 class TestSettings:
-    def test_config_file_and_env_precedence(self, env: dict[str, str], tmp_path: Path, fake: FakeAdminApi) -> None:
+    def test_config_file_and_env_precedence(self, env: dict[str, str], tmp_path: Path, sim: SimulatorHandle) -> None:
         """Values come from the TOML file; the environment wins over it."""
         cfg = tmp_path / "cw.toml"
         cfg.write_text('api_base_url = "https://elsewhere.test"\nresync_days = 5\n')
@@ -355,7 +340,7 @@ class TestSettings:
         result = invoke({**env, "COST_WORKER_BURST": "0"}, "integrations", "list")
         assert result.exit_code == 2 and "COST_WORKER_BURST" in result.output
 
-    def test_bad_master_key_is_one_line(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+    def test_bad_master_key_is_one_line(self, env: dict[str, str], sim: SimulatorHandle) -> None:
         """A master key that is not 32 urlsafe-base64 bytes is refused without echoing it."""
         result = invoke({**env, "COST_WORKER_MASTER_KEY": "short-not-a-key"}, "connect")
         assert result.exit_code == 2 and "COST_WORKER_MASTER_KEY" in result.output

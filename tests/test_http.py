@@ -1,5 +1,5 @@
 """The health and metrics server of `cost-worker run`: liveness follows the scheduler, readiness the
-database and its schema, /metrics is valid Prometheus text whose numbers match the fake API's own
+database and its schema, /metrics is valid Prometheus text whose numbers match the simulator's own
 request log and the stored rows; sync logs carry integration, window and request-id, never a key."""
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ import pytest
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import OperationalError
 
-from tests.fake_api import COST_PATH, FAKE_ADMIN_KEY, USAGE_PATH, FakeAdminApi
-from tests.test_sync import TODAY, integration, onboard
+from tests.simulated import COST_PATH, TODAY, USAGE_PATH, make_sim, report_requests
+from tests.test_sync import integration, onboard
 from worker.app import App
 from worker.http import HealthServer
 from worker.logs import setup_logging
+from worker.simulator import SimulatorHandle
 from worker.storage import repo
 from worker.storage.db import head_revision
 from worker.storage.tables import cost_rows, reconcile_runs, usage_rows
@@ -41,17 +42,17 @@ SAMPLE = re.compile(r'^(cost_worker_[a-z0-9_]+)(\{([a-z_]+="(?:[^"\\]|\\.)*",?)*
 
 
 @pytest.fixture
-def fake() -> FakeAdminApi:
-    return FakeAdminApi(start=TODAY - timedelta(days=45), end=TODAY + timedelta(days=1), seed=9)
+def sim() -> SimulatorHandle:
+    return make_sim(seed=9)
 
 
 Client = Callable[[str], Awaitable[httpx.Response]]
 
 
 @asynccontextmanager
-async def serving(app: App, fake: FakeAdminApi, *, scheduler: bool = True) -> AsyncIterator[tuple[SyncService, HealthServer, Client]]:
-    """A SyncService on the fake API (its scheduler started or not) and its HealthServer on a free port."""
-    service = SyncService(app, transport=fake.transport())
+async def serving(app: App, sim: SimulatorHandle, *, scheduler: bool = True) -> AsyncIterator[tuple[SyncService, HealthServer, Client]]:
+    """A SyncService on the simulator (its scheduler started or not) and its HealthServer on a free port."""
+    service = SyncService(app, transport=sim.transport())
     server = HealthServer(app, service, 0, host="127.0.0.1")
     await server.start()
     stop = asyncio.Event()
@@ -108,32 +109,32 @@ async def until_idle(service: SyncService) -> None:
 
 
 class TestHealthz:
-    async def _get(self, app: App, fake: FakeAdminApi, *, scheduler: bool = True,
+    async def _get(self, app: App, sim: SimulatorHandle, *, scheduler: bool = True,
                    stale: bool = False) -> httpx.Response:
-        async with serving(app, fake, scheduler=scheduler) as (service, _server, get):
+        async with serving(app, sim, scheduler=scheduler) as (service, _server, get):
             if stale:
                 service.last_poll = time.monotonic() - 3600
             return await get("/healthz")
 
-    def test_alive_while_the_scheduler_polls(self, app: App, fake: FakeAdminApi) -> None:
+    def test_alive_while_the_scheduler_polls(self, app: App, sim: SimulatorHandle) -> None:
         """200 once the scheduler runs and has polled."""
-        response = asyncio.run(self._get(app, fake))
+        response = asyncio.run(self._get(app, sim))
         assert response.status_code == 200 and response.text.startswith("ok: scheduler running")
 
-    def test_unhealthy_without_a_recent_poll(self, app: App, fake: FakeAdminApi) -> None:
+    def test_unhealthy_without_a_recent_poll(self, app: App, sim: SimulatorHandle) -> None:
         """503 when the poll job has not started for longer than the limit (a stuck loop or hung poll)."""
-        response = asyncio.run(self._get(app, fake, stale=True))
+        response = asyncio.run(self._get(app, sim, stale=True))
         assert response.status_code == 503 and "no poll for" in response.text
 
-    def test_unhealthy_before_the_scheduler_starts(self, app: App, fake: FakeAdminApi) -> None:
+    def test_unhealthy_before_the_scheduler_starts(self, app: App, sim: SimulatorHandle) -> None:
         """503 while no scheduler runs."""
-        response = asyncio.run(self._get(app, fake, scheduler=False))
+        response = asyncio.run(self._get(app, sim, scheduler=False))
         assert response.status_code == 503 and "scheduler not running" in response.text
 
-    def test_unknown_path_and_method(self, app: App, fake: FakeAdminApi) -> None:
+    def test_unknown_path_and_method(self, app: App, sim: SimulatorHandle) -> None:
         """404 for other paths, 405 for other methods."""
         async def go() -> tuple[int, int]:
-            async with serving(app, fake) as (_s, server, get):
+            async with serving(app, sim) as (_s, server, get):
                 async with httpx.AsyncClient() as http:
                     post = await http.post(f"http://127.0.0.1:{server.port}/healthz")
                 return (await get("/nope")).status_code, post.status_code
@@ -141,26 +142,26 @@ class TestHealthz:
 
 
 class TestReadyz:
-    def test_ready_when_migrated(self, app: App, fake: FakeAdminApi) -> None:
+    def test_ready_when_migrated(self, app: App, sim: SimulatorHandle) -> None:
         """200 naming the head revision when the database answers and is migrated."""
         async def go() -> httpx.Response:
-            async with serving(app, fake, scheduler=False) as (_s, _server, get):
+            async with serving(app, sim, scheduler=False) as (_s, _server, get):
                 return await get("/readyz")
         response = asyncio.run(go())
         assert response.status_code == 200 and head_revision() in response.text  # type: ignore[operator]
 
-    def test_not_ready_when_schema_is_not_at_head(self, app: App, fake: FakeAdminApi) -> None:
+    def test_not_ready_when_schema_is_not_at_head(self, app: App, sim: SimulatorHandle) -> None:
         """503 when the database was migrated by another build (its revision differs from this head)."""
         with app.engine.begin() as conn:
             conn.execute(text("UPDATE alembic_version SET version_num = '0001_initial'"))
 
         async def go() -> httpx.Response:
-            async with serving(app, fake, scheduler=False) as (_s, _server, get):
+            async with serving(app, sim, scheduler=False) as (_s, _server, get):
                 return await get("/readyz")
         response = asyncio.run(go())
         assert response.status_code == 503 and "expects" in response.text
 
-    def test_not_ready_when_database_fails(self, app: App, fake: FakeAdminApi,
+    def test_not_ready_when_database_fails(self, app: App, sim: SimulatorHandle,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
         """503 with one line (no credentials) when the database does not answer."""
         def down(_self: HealthServer) -> None:
@@ -168,7 +169,7 @@ class TestReadyz:
         monkeypatch.setattr(HealthServer, "_check_database", down)
 
         async def go() -> httpx.Response:
-            async with serving(app, fake, scheduler=False) as (_s, _server, get):
+            async with serving(app, sim, scheduler=False) as (_s, _server, get):
                 return await get("/readyz")
         response = asyncio.run(go())
         assert response.status_code == 503 and "database unavailable" in response.text
@@ -176,13 +177,13 @@ class TestReadyz:
 
 
 class TestMetrics:
-    def test_metrics_match_the_fake_api_and_the_tables(self, app: App, fake: FakeAdminApi) -> None:
-        """After a backfill: requests equal the fake's log, rows the tables, status ok."""
-        iid = onboard(app, fake)
-        fake.requests.clear()
+    def test_metrics_match_the_simulator_and_the_tables(self, app: App, sim: SimulatorHandle) -> None:
+        """After a backfill: requests equal the simulator's log, rows the tables, status ok."""
+        iid = onboard(app, sim)
+        sim.requests.clear()
 
         async def go() -> httpx.Response:
-            async with serving(app, fake, scheduler=False) as (service, _server, get):
+            async with serving(app, sim, scheduler=False) as (service, _server, get):
                 await until_idle(service)
                 return await get("/metrics")
         response = asyncio.run(go())
@@ -190,9 +191,9 @@ class TestMetrics:
         assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
         m = parse_metrics(response.text)
         i = str(iid)
-        reports = fake.report_requests()
+        reports = report_requests(sim)
         assert value(m, "cost_worker_requests_total", integration_id=i) == len(reports)
-        by_path = {path: len(fake.report_requests(path)) for path in (COST_PATH, USAGE_PATH)}
+        by_path = {path: len(report_requests(sim, path)) for path in (COST_PATH, USAGE_PATH)}
         assert value(m, "cost_worker_process_http_requests_total", integration_id=i, endpoint="cost",
                      status="200") == by_path[COST_PATH]
         assert value(m, "cost_worker_process_http_requests_total", integration_id=i, endpoint="usage",
@@ -217,11 +218,11 @@ class TestMetrics:
         assert value(m, "cost_worker_sync_in_progress", integration_id=i) == 0
         assert value(m, "cost_worker_process_sync_runs_total", kind="backfill", result="ok") == 1
         assert value(m, "cost_worker_database_up") == 1
-        assert FAKE_ADMIN_KEY not in response.text
+        assert sim.keys[0] not in response.text
 
-    def test_backfill_progress_midway(self, app: App, fake: FakeAdminApi) -> None:
+    def test_backfill_progress_midway(self, app: App, sim: SimulatorHandle) -> None:
         """The ratio follows the slower endpoint's checkpoint."""
-        iid = onboard(app, fake)
+        iid = onboard(app, sim)
         integ = integration(app, iid)
         total = (integ.backfill_end - integ.backfill_start).days + 1
         with app.engine.begin() as conn:
@@ -229,30 +230,30 @@ class TestMetrics:
                                     usage_checkpoint=integ.backfill_start + timedelta(days=10))
 
         async def go() -> httpx.Response:
-            async with serving(app, fake, scheduler=False) as (_s, _server, get):
+            async with serving(app, sim, scheduler=False) as (_s, _server, get):
                 return await get("/metrics")
         m = parse_metrics(asyncio.run(go()).text)
         assert value(m, "cost_worker_backfill_progress_ratio", integration_id=str(iid)) == pytest.approx(10 / total)
         assert value(m, "cost_worker_backfill_days_remaining", integration_id=str(iid)) == total - 10
         assert value(m, "cost_worker_integration_status", integration_id=str(iid), status="pending") == 1
 
-    def test_label_values_are_escaped(self, app: App, fake: FakeAdminApi) -> None:
+    def test_label_values_are_escaped(self, app: App, sim: SimulatorHandle) -> None:
         """Quotes, backslashes and newlines in a label (prometheus_client escapes them) keep the text valid."""
-        iid = onboard(app, fake)
+        iid = onboard(app, sim)
         with app.engine.begin() as conn:
             repo.update_integration(conn, iid, label='a "b"\\\nc')
 
         async def go() -> httpx.Response:
-            async with serving(app, fake, scheduler=False) as (_s, _server, get):
+            async with serving(app, sim, scheduler=False) as (_s, _server, get):
                 return await get("/metrics")
         body = asyncio.run(go()).text
         [line] = [ln for ln in body.splitlines() if ln.startswith("cost_worker_integration_info{")]
         assert 'label="a \\"b\\"\\\\\\nc"' in line
         assert value(parse_metrics(body), "cost_worker_integration_info", integration_id=str(iid)) == 1
 
-    def test_every_documented_series_and_only_those(self, app: App, fake: FakeAdminApi) -> None:
+    def test_every_documented_series_and_only_those(self, app: App, sim: SimulatorHandle) -> None:
         """The metric families of a scrape (after a sync and a reconcile) are exactly docs/operations.md's table."""
-        iid = onboard(app, fake)
+        iid = onboard(app, sim)
         with app.engine.begin() as conn:
             conn.execute(insert(reconcile_runs).values(
                 finished_at=app.clock.now(), integration_id=iid, sources="", since=TODAY, until=TODAY,
@@ -260,7 +261,7 @@ class TestMetrics:
                 delta_usd=Decimal(0), unexplained_usd=Decimal(0), rows=1, drift_rows=0))
 
         async def go() -> httpx.Response:
-            async with serving(app, fake, scheduler=False) as (service, _server, get):
+            async with serving(app, sim, scheduler=False) as (service, _server, get):
                 await until_idle(service)
                 return await get("/metrics")
         served = set(re.findall(r"^# TYPE (\S+) ", asyncio.run(go()).text, re.MULTILINE))
@@ -271,17 +272,17 @@ class TestMetrics:
 
 class TestLogs:
     def test_page_and_failure_lines_carry_integration_window_and_request_id(self, app: App,
-                                                                            fake: FakeAdminApi) -> None:
+                                                                            sim: SimulatorHandle) -> None:
         """JSON lines of a sync: integration_id, window and request_id on page lines; no key anywhere."""
-        iid = onboard(app, fake)
-        fake.faults.error(len(fake.requests) + 1, status=500)  # the sync's first request fails once, then retries
+        iid = onboard(app, sim)
+        sim.add_fault("500")  # the sync's first request fails once, then retries
         stream = io.StringIO()
         root = logging.getLogger()
         saved = (root.level, list(root.handlers))
         setup_logging("json", "info", stream=stream)
         try:
             async def go() -> None:
-                async with serving(app, fake, scheduler=False) as (service, _server, _get):
+                async with serving(app, sim, scheduler=False) as (service, _server, _get):
                     await until_idle(service)
             asyncio.run(go())
         finally:
@@ -300,17 +301,17 @@ class TestLogs:
         assert failures[0]["integration_id"] == iid and failures[0]["window"] and failures[0]["request_id"]
         started = [ln for ln in lines if "sync of" in ln["message"]]
         assert started and all(ln["integration_id"] == iid for ln in started)
-        assert FAKE_ADMIN_KEY not in stream.getvalue()
+        assert sim.keys[0] not in stream.getvalue()
 
-    def test_sync_now_lines_carry_integration_window_and_request_id(self, app: App, fake: FakeAdminApi) -> None:
+    def test_sync_now_lines_carry_integration_window_and_request_id(self, app: App, sim: SimulatorHandle) -> None:
         """`sync-now` runs outside the service: its lines name the integration, window and request-id too."""
-        iid = onboard(app, fake)
+        iid = onboard(app, sim)
         stream = io.StringIO()
         root = logging.getLogger()
         saved = (root.level, list(root.handlers))
         setup_logging("json", "info", stream=stream)
         try:
-            [outcome] = asyncio.run(sync_now(app, [iid], transport=fake.transport()))
+            [outcome] = asyncio.run(sync_now(app, [iid], transport=sim.transport()))
         finally:
             root.handlers[:] = saved[1]
             root.setLevel(saved[0])
@@ -323,7 +324,7 @@ class TestLogs:
             assert re.fullmatch(r"\d{4}-\d\d-\d\d\.\.\d{4}-\d\d-\d\d", ln["window"])
             assert ln["request_id"]
         assert all(ln.get("integration_id") == iid for ln in lines if "sync of" in ln["message"])
-        assert FAKE_ADMIN_KEY not in stream.getvalue()
+        assert sim.keys[0] not in stream.getvalue()
 
 
 # --- the real process ------------------------------------------------------------------------------

@@ -20,19 +20,27 @@ import pytest
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from tests.fake_api import FAKE_ADMIN_KEY, FakeAdminApi
-from tests.test_sync import TODAY, integration, onboard
+from tests.simulated import make_sim
+from tests.test_sync import integration, onboard
 from worker.api import Organization
 from worker.app import App, DbExecutor, db_threads
 from worker.integrations import connect
 from worker.secret import AdminKey
+from worker.simulator import SimulatorHandle
 from worker.storage import repo
 from worker.sync.scheduler import SyncService
 
 
 @pytest.fixture
-def fake() -> FakeAdminApi:
-    return FakeAdminApi(start=TODAY - timedelta(days=45), end=TODAY + timedelta(days=5), seed=5)
+def sim() -> SimulatorHandle:
+    return make_sim(orgs=4, seed=5)
+
+
+def connect_org(app: App, sim: SimulatorHandle, org: int) -> int:
+    """Connect org `org` without a connection test (no request)."""
+    o = sim.orgs[org]
+    return connect(app, AdminKey(sim.keys[org]), Organization(o.id, o.name, "organization"), label=o.name,
+                   tier="free")
 
 
 def dispatch(service: SyncService) -> list[str]:
@@ -46,44 +54,44 @@ def dispatch(service: SyncService) -> list[str]:
 
 
 class TestDispatch:
-    def test_pending_backfill_then_daily_slot_once(self, app: App, fake: FakeAdminApi) -> None:
+    def test_pending_backfill_then_daily_slot_once(self, app: App, sim: SimulatorHandle) -> None:
         """A connected integration is backfilled at the next poll; the next 06:00 runs once, however often polled."""
-        iid = onboard(app, fake)
-        service = SyncService(app, transport=fake.transport())
+        iid = onboard(app, sim)
+        service = SyncService(app, transport=sim.transport())
         assert dispatch(service) == ["backfill"]
         assert integration(app, iid).status == "ok"
         assert dispatch(service) == []  # nothing due until the next slot
         app.clock.advance((datetime(2026, 3, 11, 6, 0, 30, tzinfo=UTC) - app.clock.now()).total_seconds())  # type: ignore[attr-defined]
-        fake.requests.clear()
+        sim.requests.clear()
         assert dispatch(service) == ["daily"]
-        assert len(fake.requests) == 2
+        assert len(sim.requests) == 2
         assert dispatch(service) == [] and dispatch(service) == []
         assert integration(app, iid).last_daily_slot == datetime(2026, 3, 11, 6, tzinfo=UTC)
 
-    def test_restart_after_missed_slot_runs_it_once(self, app: App, fake: FakeAdminApi) -> None:
+    def test_restart_after_missed_slot_runs_it_once(self, app: App, sim: SimulatorHandle) -> None:
         """A worker down at 06:00 runs that day's sync once when it comes back at 09:00."""
-        iid = onboard(app, fake)
-        dispatch(SyncService(app, transport=fake.transport()))
+        iid = onboard(app, sim)
+        dispatch(SyncService(app, transport=sim.transport()))
         app.clock.advance((datetime(2026, 3, 11, 9, 0, tzinfo=UTC) - app.clock.now()).total_seconds())  # type: ignore[attr-defined]
         restarted = App(app.settings, clock=app.clock)
-        service = SyncService(restarted, transport=fake.transport())
+        service = SyncService(restarted, transport=sim.transport())
         assert dispatch(service) == ["daily"]
         assert dispatch(service) == []
         # a second replica/process polling the same database finds the slot taken
         replica = App(app.settings, clock=app.clock)
         try:
-            assert dispatch(SyncService(replica, transport=fake.transport())) == []
+            assert dispatch(SyncService(replica, transport=sim.transport())) == []
         finally:
             replica.close()
         assert integration(app, iid).status == "ok"
         restarted.close()
 
-    def test_daily_job_and_poll_firing_together_start_one_sync(self, app: App, fake: FakeAdminApi) -> None:
+    def test_daily_job_and_poll_firing_together_start_one_sync(self, app: App, sim: SimulatorHandle) -> None:
         """The cron job and the poll are separate APScheduler jobs: at 06:00 both may read the due rows before
         either has started a task. One sync per integration starts; a second one (same lease owner) would lose
         the slot claim and release the lease under the first, whose next page then failed as LeaseLost."""
-        iid = onboard(app, fake)
-        service = SyncService(app, transport=fake.transport())
+        iid = onboard(app, sim)
+        service = SyncService(app, transport=sim.transport())
         dispatch(service)
         app.clock.advance((datetime(2026, 3, 11, 6, 0, 1, tzinfo=UTC) - app.clock.now()).total_seconds())  # type: ignore[attr-defined]
 
@@ -97,20 +105,18 @@ class TestDispatch:
             runs = repo.recent_runs(conn, iid)
         assert [(r["kind"], r["outcome"]) for r in runs if r["kind"] == "daily"] == [("daily", "ok")]
 
-    def test_syncs_share_one_tls_context(self, app: App, fake: FakeAdminApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_syncs_share_one_tls_context(self, app: App, sim: SimulatorHandle, monkeypatch: pytest.MonkeyPatch) -> None:
         """Each sync has its own small connection pool, all on one TLS context: httpx builds a context per
         transport otherwise (the CA bundle loaded again: ~25 ms of CPU and ~1 MiB for every organization)."""
         from worker.sync import engine
 
-        iids = [onboard(app, fake)]
-        iids.append(connect(app, AdminKey(FAKE_ADMIN_KEY), Organization("org-2", "Two", "organization"),
-                            label="two", tier="free"))
+        iids = [onboard(app, sim), connect_org(app, sim, 1)]
         made: list[dict[str, object]] = []
 
         class Recording(httpx.MockTransport):
             def __init__(self, **kwargs: object) -> None:
                 made.append(kwargs)
-                super().__init__(lambda request: fake.handle(request, request.url.path))
+                super().__init__(sim.transport().handle_request)
         monkeypatch.setattr(engine.httpx, "AsyncHTTPTransport", Recording)
         service = SyncService(app)  # no test transport: the syncs make their own
         assert sorted(dispatch(service)) == ["backfill", "backfill"]
@@ -119,18 +125,18 @@ class TestDispatch:
         assert isinstance(contexts[0], ssl.SSLContext) and contexts[1] is contexts[0]
         assert all(integration(app, i).status == "ok" for i in iids)
 
-    def test_pages_in_flight_are_bounded_across_syncs(self, app: App, fake: FakeAdminApi,
+    def test_pages_in_flight_are_bounded_across_syncs(self, app: App, sim: SimulatorHandle,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
         """Pages requested and not yet stored, over all the syncs of the service, never exceed its page slots
         (memory stays flat with the fleet's size); a slot is taken after the rate wait and given back after
         the store, or when a sync fails mid-page."""
         from worker.sync.engine import IntegrationSync
 
-        iids = [onboard(app, fake)] + [
-            connect(app, AdminKey(FAKE_ADMIN_KEY), Organization(f"org-{i}", f"Org {i}", "organization"),
-                    label=f"org {i}", tier="free") for i in range(2, 5)]
+        iids = [onboard(app, sim)] + [connect_org(app, sim, i) for i in range(1, 4)]
         blocked = iids[-1]
+        sim.add_fault("403:org=3,rate=1")  # it fails after taking its slot
         outstanding = [0, 0]  # now, most ever
+        both_slots_taken = asyncio.Event()
         store = IntegrationSync._store
 
         def counted_store(self: IntegrationSync, *args: object) -> int:
@@ -140,14 +146,16 @@ class TestDispatch:
 
         class Counting(httpx.AsyncBaseTransport):
             async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-                task = asyncio.current_task()
-                if task is not None and task is service.tasks.get(blocked):  # fails after taking its slot
-                    return httpx.Response(403, json={"type": "error", "error": {
-                        "type": "permission_error", "message": "no"}}, headers={"request-id": "req_x"})
                 outstanding[0] += 1
                 outstanding[1] = max(outstanding[1], outstanding[0])
-                await asyncio.sleep(0.01)  # the other syncs get to send meanwhile
-                return await fake.transport().handle_async_request(request)
+                if outstanding[0] >= 2:
+                    both_slots_taken.set()
+                # Hold the first page until a second sync has taken the other slot (bounded: never a hang).
+                await asyncio.wait_for(both_slots_taken.wait(), timeout=30)
+                response = await sim.transport().handle_async_request(request)
+                if response.status_code != 200:
+                    outstanding[0] -= 1  # no page to store: its slot is given back now
+                return response
 
         service = SyncService(app, transport=Counting())
         service.page_slots = asyncio.Semaphore(2)
@@ -156,13 +164,13 @@ class TestDispatch:
         assert service.page_slots._value == 2  # every slot given back, the blocked sync's too
         assert integration(app, blocked).status == "error"
 
-    def test_stopped_while_opening_leaves_no_lease_or_running_record(self, app: App, fake: FakeAdminApi,
+    def test_stopped_while_opening_leaves_no_lease_or_running_record(self, app: App, sim: SimulatorHandle,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
         """A sync cancelled (SIGTERM) while its opening transaction (lease, slot, run record) runs on the database
         thread: that transaction still commits, so the sync undoes it: run `interrupted`, lease released."""
         from worker.sync.engine import IntegrationSync, sync_integration
 
-        iid = onboard(app, fake)
+        iid = onboard(app, sim)
         started, proceed = threading.Event(), threading.Event()
         original = IntegrationSync._open
 
@@ -173,7 +181,7 @@ class TestDispatch:
         monkeypatch.setattr(IntegrationSync, "_open", slow_open)
 
         async def go() -> None:
-            task = asyncio.create_task(sync_integration(app, iid, "backfill", transport=fake.transport()))
+            task = asyncio.create_task(sync_integration(app, iid, "backfill", transport=sim.transport()))
             await asyncio.to_thread(started.wait, 5)
             task.cancel()
             await asyncio.sleep(0.01)
@@ -185,27 +193,12 @@ class TestDispatch:
         with app.engine.begin() as conn:
             assert [(r["kind"], r["outcome"]) for r in repo.recent_runs(conn, iid)] == [("backfill", "interrupted")]
 
-    def test_a_failing_integration_does_not_stop_the_others(self, app: App, fake: FakeAdminApi) -> None:
+    def test_a_failing_integration_does_not_stop_the_others(self, app: App, sim: SimulatorHandle) -> None:
         """Two integrations due; one is blocked (403), the other still syncs."""
-        from tests.fake_api import FAKE_ADMIN_KEY
-        from worker.api import Organization
-        from worker.integrations import connect
-        from worker.secret import AdminKey
-
-        good = onboard(app, fake)
-        bad = connect(app, AdminKey(FAKE_ADMIN_KEY), Organization("org-bad", "Bad", "organization"),
-                      label="bad", tier="free")
-
-        class ByOrg(httpx.AsyncBaseTransport):
-            # The bad integration's requests are refused; tell them apart by the task that sends them.
-            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-                task = asyncio.current_task()
-                if task is not None and task is service.tasks.get(bad):
-                    return httpx.Response(403, json={"type": "error", "error": {
-                        "type": "permission_error", "message": "not an admin key"}}, headers={"request-id": "req_x"})
-                return await fake.transport().handle_async_request(request)
-
-        service = SyncService(app, transport=ByOrg())
+        good = onboard(app, sim)
+        bad = connect_org(app, sim, 1)
+        sim.add_fault("403:org=1,rate=1,message=not an admin key")
+        service = SyncService(app, transport=sim.transport())
         dispatch(service)
         assert integration(app, good).status == "ok"
         assert integration(app, bad).status == "error"

@@ -1,4 +1,4 @@
-"""Fixtures for the Admin API tests: a fake API on respx, a fake clock and a counting gate."""
+"""Fixtures for the Admin API tests: the simulator in-process, a fake clock and a counting gate."""
 
 from __future__ import annotations
 
@@ -10,43 +10,42 @@ from datetime import date
 from typing import Any, TypeVar
 
 import pytest
-import respx
 
-from tests.fake_api import FAKE_ADMIN_KEY, CountingGate, FakeAdminApi
+from tests.api.support import CountingGate
+from tests.simulated import make_sim
 from worker.api import AdminApiClient, CostRow, Page, RequestStats, UsageRow
 from worker.clock import FakeClock
 from worker.secret import AdminKey
+from worker.simulator import SimulatorHandle
 
-BASE_URL = "https://api.anthropic.com"
 T = TypeVar("T")
 
 
 @dataclass
 class Harness:
-    fake: FakeAdminApi
+    sim: SimulatorHandle
     clock: FakeClock = field(default_factory=FakeClock)  # 2026-03-10 12:00 UTC
     waits: list[float] = field(default_factory=list)
     wait_reasons: list[str] = field(default_factory=list)  # what each of `waits` was for
     gate: CountingGate | None = None
     client: AdminApiClient | None = None
-    key: str | None = None  # the key the client sends; the fake's own key by default
+    key: str | None = None  # the key the client sends; org 0's by default
 
     def run(self, body: Callable[[AdminApiClient], Awaitable[T]], **client_kw: Any) -> T:
-        """Run `body(api)` against the fake mounted on a fresh respx router."""
+        """Run `body(api)` against the simulator."""
         self.gate = self.gate or CountingGate(self.clock)
         kw: dict[str, Any] = {"rng": random.Random(1), "on_wait": self.waited, "stats": RequestStats()}
         kw.update(client_kw)
-        key = AdminKey(self.key or self.fake.key)
-        self.client = AdminApiClient(key, base_url=BASE_URL, gate=self.gate, clock=self.clock, **kw)
+        key = AdminKey(self.key or self.sim.keys[0])
+        self.client = AdminApiClient(key, base_url=self.sim.base_url, gate=self.gate, clock=self.clock,
+                                     transport=self.sim.transport(), **kw)
 
         async def main() -> T:
             assert self.client is not None
             async with self.client as api:
                 return await body(api)
 
-        with respx.mock(assert_all_called=False) as router:
-            self.fake.mount(router, BASE_URL)
-            return asyncio.run(main())
+        return asyncio.run(main())
 
     def waited(self, seconds: float, reason: str) -> None:
         self.waits.append(seconds)
@@ -56,6 +55,10 @@ class Harness:
     def stats(self) -> RequestStats:
         assert self.client is not None
         return self.client.stats
+
+    def request_id(self, number: int) -> str:
+        """The request-id the simulator gave its `number`th request (1-based)."""
+        return self.sim.requests[number - 1].request_id
 
     def cost_pages(self, start: date, end: date, limit: int = 31, **kw: Any) -> list[Page[CostRow]]:
         async def body(api: AdminApiClient) -> list[Page[CostRow]]:
@@ -71,27 +74,20 @@ class Harness:
 
 
 @pytest.fixture
-def fake() -> FakeAdminApi:
-    return FakeAdminApi(start=date(2025, 12, 1), end=date(2026, 3, 10), seed=7)
+def sim() -> SimulatorHandle:
+    return make_sim(seed=7)
 
 
 @pytest.fixture
-def harness(fake: FakeAdminApi) -> Harness:
-    return Harness(fake=fake)
-
-
-@pytest.fixture
-def admin_key_text() -> str:
-    return FAKE_ADMIN_KEY
+def harness(sim: SimulatorHandle) -> Harness:
+    return Harness(sim=sim)
 
 
 @pytest.fixture
 def make_harness() -> Callable[..., Harness]:
-    """Build extra harnesses in one test (each with its own fake, clock and gate)."""
+    """Build extra harnesses in one test (each with its own simulator, clock and gate)."""
 
-    def make(**fake_kw: Any) -> Harness:
-        fake_kw.setdefault("start", date(2026, 3, 1))
-        fake_kw.setdefault("end", date(2026, 3, 10))
-        return Harness(fake=FakeAdminApi(**fake_kw))
+    def make(**sim_kw: Any) -> Harness:
+        return Harness(sim=make_sim(**sim_kw))
 
     return make

@@ -14,7 +14,8 @@ import httpx
 import pytest
 import respx
 
-from tests.fake_api import COST_PATH, ME_PATH, USAGE_PATH, CountingGate
+from tests.api.support import CountingGate
+from tests.simulated import COST_PATH, ME_PATH, USAGE_PATH, report_requests
 from worker import USER_AGENT
 from worker.api import (
     AdminApiClient,
@@ -42,17 +43,18 @@ class TestRequests:
     def test_organization(self, harness: Harness) -> None:
         """GET /v1/organizations/me parses into an Organization."""
         org = harness.run(_org)
-        assert org == Organization(harness.fake.org_id, "Fake Org", "organization")
-        assert [r.path for r in harness.fake.requests] == [ME_PATH]
+        assert org == Organization(harness.sim.orgs[0].id, harness.sim.orgs[0].name, "organization")
+        assert [r.path for r in harness.sim.requests] == [ME_PATH]
 
     def test_headers_on_every_request(self, harness: Harness) -> None:
         """Every request carries the key, the API version, our user agent and accept: json."""
-        harness.fake.faults.rate_limit(2, retry_after=1)
+        harness.sim.add_fault("429:after=1,retry_after=1")
         harness.cost_pages(*WINDOW)
         harness.usage_pages(*WINDOW)
-        assert len(harness.fake.requests) >= 7
-        for request in harness.fake.requests:
-            assert request.headers["x-api-key"] == harness.fake.key
+        assert len(harness.sim.requests) >= 7
+        assert [r.status for r in harness.sim.requests].count(429) == 1
+        for request in harness.sim.requests:
+            assert request.headers["x-api-key"] == harness.sim.keys[0]
             assert request.headers["anthropic-version"] == "2023-06-01"
             assert request.headers["user-agent"] == USER_AGENT
             assert request.headers["accept"] == "application/json"
@@ -60,7 +62,7 @@ class TestRequests:
     def test_cost_params(self, harness: Harness) -> None:
         """cost_report: 1d buckets, grouped by workspace and description, the window and limit every time."""
         harness.cost_pages(*WINDOW, limit=20)
-        requests = harness.fake.report_requests(COST_PATH)
+        requests = report_requests(harness.sim, COST_PATH)
         assert len(requests) == 4
         for i, r in enumerate(requests):
             assert r.params["bucket_width"] == ["1d"]
@@ -73,7 +75,7 @@ class TestRequests:
     def test_usage_params(self, harness: Harness) -> None:
         """usage_report/messages: the five documented group_by dimensions, the window and limit every time."""
         harness.usage_pages(*WINDOW, limit=31)
-        requests = harness.fake.report_requests(USAGE_PATH)
+        requests = report_requests(harness.sim, USAGE_PATH)
         assert len(requests) == 3
         for r in requests:
             assert r.params["group_by[]"] == ["model", "workspace_id", "service_tier", "context_window", "api_key_id"]
@@ -82,11 +84,11 @@ class TestRequests:
 
     def test_gate_once_per_http_request(self, harness: Harness) -> None:
         """The gate is passed before every HTTP request: first tries, retries, pages and /me."""
-        faults = harness.fake.faults
-        faults.rate_limit(2, retry_after=10)
-        faults.error(3, status=503)
-        faults.disconnect(5)
-        faults.timeout(6)
+        sim = harness.sim
+        sim.add_fault("429:after=1,retry_after=10")  # request 2
+        sim.add_fault("503:after=2")  # request 3
+        sim.add_fault("cutoff:after=4")  # request 5: the connection drops mid-body
+        sim.add_fault("delay:after=5,seconds=3600")  # request 6: no answer within the read timeout
         harness.gate = CountingGate(harness.clock, wait=60.0)
 
         async def body(api: AdminApiClient) -> int:
@@ -94,7 +96,7 @@ class TestRequests:
             return len([p async for p in api.cost_pages(*WINDOW)])
 
         assert harness.run(body) == 3
-        assert harness.gate.calls == len(harness.fake.requests) == harness.stats.requests == 1 + 3 + 4
+        assert harness.gate.calls == len(sim.requests) == harness.stats.requests == 1 + 3 + 4
         assert harness.stats.retries == 4
         assert harness.stats.waited_seconds == pytest.approx(sum(harness.waits))
         assert harness.stats.waited_seconds >= 60.0 * harness.gate.calls + 10
@@ -134,20 +136,20 @@ class TestRequests:
 class TestRetry:
     def test_429_waits_retry_after(self, harness: Harness) -> None:
         """429s wait at least what retry-after says, every time, then succeed."""
-        harness.fake.faults.rate_limit(1, retry_after=30)
-        harness.fake.faults.rate_limit(2, retry_after=45)
-        harness.fake.faults.rate_limit(3, retry_after="7")
-        assert harness.run(_org).id == harness.fake.org_id
+        harness.sim.add_fault("429:retry_after=30")
+        harness.sim.add_fault("429:after=1,retry_after=45")
+        harness.sim.add_fault("429:after=2,retry_after=7")
+        assert harness.run(_org).id == harness.sim.orgs[0].id
         sleeps = harness.clock.sleeps
         assert len(sleeps) == 3
         for waited, told in zip(sleeps, (30, 45, 7), strict=True):
             assert told <= waited < told + 1.0
         assert (harness.stats.rate_limited, harness.stats.retries, harness.stats.requests) == (3, 3, 4)
-        assert harness.stats.failures == [(429, "req_fake000001"), (429, "req_fake000002"), (429, "req_fake000003")]
+        assert harness.stats.failures == [(429, harness.request_id(n)) for n in (1, 2, 3)]
 
     def test_429_without_retry_after_backs_off(self, harness: Harness) -> None:
         """Without retry-after, waits grow exponentially with jitter from 2 s, capped at 120 s."""
-        harness.fake.faults.rate_limit(1, 2, 3, 4, 5, 6, 7)
+        harness.sim.add_fault("429:count=7,retry_after=none")
         harness.run(_org)
         sleeps = harness.clock.sleeps
         assert len(sleeps) == 7
@@ -162,7 +164,7 @@ class TestRetry:
         runs = []
         for seed in (1, 2):
             h = make_harness()
-            h.fake.faults.error(1, 2, status=503)
+            h.sim.add_fault("503:count=2")
             h.run(_org, rng=random.Random(seed))
             runs.append(h.clock.sleeps)
         assert runs[0] != runs[1]
@@ -170,63 +172,64 @@ class TestRetry:
     @pytest.mark.parametrize("status", [500, 502, 503, 504, 529])
     def test_server_errors_then_success(self, harness: Harness, status: int) -> None:
         """5xx and 529 overloaded are retried with backoff, then the page is served."""
-        harness.fake.faults.error(2, 3, status=status)
+        harness.sim.add_fault(f"{status}:after=1,count=2")
         pages = harness.cost_pages(*WINDOW)
         assert len(pages) == 3
         assert harness.stats.retries == 2
-        assert harness.stats.failures == [(status, "req_fake000002"), (status, "req_fake000003")]
+        assert harness.stats.failures == [(status, harness.request_id(2)), (status, harness.request_id(3))]
         assert len(harness.clock.sleeps) == 2
 
     def test_transport_failures_and_bad_json_are_retried(self, harness: Harness) -> None:
         """Dropped connections, timeouts and a 2xx with a cut-off JSON body are retried."""
-        harness.fake.faults.disconnect(1)
-        harness.fake.faults.timeout(2)
-        harness.fake.faults.bad_json(3)
-        assert harness.run(_org).name == "Fake Org"
+        harness.sim.add_fault("cutoff")
+        harness.sim.add_fault("delay:after=1,seconds=3600")
+        harness.sim.add_fault("bad-json:after=2")
+        assert harness.run(_org).name == harness.sim.orgs[0].name
         assert harness.stats.retries == 3
         assert [s for s, _ in harness.stats.failures] == [None, None, 200]
 
     def test_budget_exhausted_by_attempts(self, harness: Harness) -> None:
         """After max_attempts retryable failures the client gives up, naming the last cause and request-id."""
-        harness.fake.faults.error(1, 2, 3, status=529)
+        harness.sim.add_fault("529:count=3")
         with pytest.raises(RetriesExhausted) as caught:
             harness.run(_org, max_attempts=3)
         err = caught.value
-        assert err.attempts == 3 and err.status == 529 and err.request_id == "req_fake000003"
-        assert "529" in str(err) and "req_fake000003" in str(err) and "overloaded_error" in str(err)
-        assert len(harness.fake.requests) == harness.gate.calls == 3  # type: ignore[union-attr]
+        third = harness.request_id(3)
+        assert err.attempts == 3 and err.status == 529 and err.request_id == third
+        assert "529" in str(err) and third in str(err) and "overloaded_error" in str(err)
+        assert len(harness.sim.requests) == harness.gate.calls == 3  # type: ignore[union-attr]
         assert len(harness.clock.sleeps) == 2
 
     def test_budget_exhausted_by_time(self, harness: Harness) -> None:
         """When the next wait would cross max_retry_seconds, give up now instead of sleeping."""
-        harness.fake.faults.rate_limit(1, 2, 3, retry_after=60)
+        harness.sim.add_fault("429:count=3,retry_after=60")
         with pytest.raises(RetriesExhausted) as caught:
             harness.run(_org, max_retry_seconds=100)
         assert caught.value.attempts == 2
-        assert caught.value.status == 429 and caught.value.request_id == "req_fake000002"
+        assert caught.value.status == 429 and caught.value.request_id == harness.request_id(2)
         assert len(harness.clock.sleeps) == 1 and harness.clock.sleeps[0] >= 60
         assert harness.stats.rate_limited == 2
 
     def test_retry_after_beyond_budget_is_not_shortened(self, harness: Harness) -> None:
         """A retry-after longer than the budget is never cut short: the client gives up instead."""
-        harness.fake.faults.rate_limit(1, retry_after=3600)
+        harness.sim.add_fault("429:retry_after=3600")
         with pytest.raises(RetriesExhausted):
             harness.run(_org, max_retry_seconds=900)
         assert harness.clock.sleeps == []
 
     def test_rejections_are_not_retried(self, harness: Harness) -> None:
         """A 404 is raised at once with its request-id."""
-        harness.fake.faults.error(1, status=404, message="no such organization")
+        harness.sim.add_fault("404:message=no such organization")
         with pytest.raises(RequestRejected) as caught:
             harness.run(_org)
-        assert caught.value.request_id == "req_fake000001" and "no such organization" in str(caught.value)
-        assert len(harness.fake.requests) == 1 and harness.clock.sleeps == []
+        assert caught.value.request_id == harness.request_id(1) and "no such organization" in str(caught.value)
+        assert len(harness.sim.requests) == 1 and harness.clock.sleeps == []
 
 
 class TestBlocked:
     def test_401_mid_pagination(self, harness: Harness) -> None:
         """A 401 on the third page stops at once with the request-id and tells the user to add a new key."""
-        harness.fake.faults.block_after(2, status=401)
+        harness.sim.add_fault("401:after=2,rate=1")  # every request after the second
         got: list[object] = []
 
         async def body(api: AdminApiClient) -> None:
@@ -237,10 +240,10 @@ class TestBlocked:
             harness.run(body)
         err = caught.value
         assert len(got) == 2
-        assert err.status == 401 and err.request_id == "req_fake000003"
+        assert err.status == 401 and err.request_id == harness.request_id(3)
         assert err.error_type == "authentication_error"
-        assert "new Admin key" in err.action and "req_fake000003" in str(err)
-        assert len(harness.fake.requests) == 3  # not retried
+        assert "new Admin key" in err.action and harness.request_id(3) in str(err)
+        assert len(harness.sim.requests) == 3  # not retried
 
     @pytest.mark.parametrize(
         ("status", "message"),
@@ -248,13 +251,13 @@ class TestBlocked:
     )
     def test_403_402_show_the_api_message(self, harness: Harness, status: int, message: str) -> None:
         """402 and 403 block the integration and show what the API said."""
-        harness.fake.faults.error(1, status=status, message=message)
+        harness.sim.add_fault(str(status), message=message)
         with pytest.raises(IntegrationBlocked) as caught:
             harness.run(_org)
         assert message in caught.value.action and caught.value.status == status
 
     def test_wrong_key_is_401(self, harness: Harness) -> None:
-        """The fake refuses a key it does not know, like the API."""
+        """The simulator refuses a key it does not know, like the API."""
         harness.key = "sk-ant-admin01-some-other-key"
         with pytest.raises(IntegrationBlocked) as caught:
             harness.run(_org)
@@ -269,21 +272,21 @@ class TestNoKeyLeaks:
     @pytest.mark.parametrize(
         "break_it",
         [
-            lambda f: f.faults.block_after(0, status=401),
-            lambda f: f.faults.error(1, status=403, message=f"key {f.key} is not an admin key"),
-            lambda f: f.faults.error(1, status=400, message=f"bad request with x-api-key: {f.key}"),
-            lambda f: f.faults.error(1, 2, 3, status=503, message=f"overloaded {f.key}"),
-            lambda f: f.faults.disconnect(1, 2, 3),
-            lambda f: setattr(f.faults, "malformed_amount", f.key),
-            lambda f: setattr(f.faults, "has_more_without_cursor", True),
+            lambda sim, key: sim.add_fault("401", rate=1),
+            lambda sim, key: sim.add_fault("403", message=f"key {key} is not an admin key"),
+            lambda sim, key: sim.add_fault("400", message=f"bad request with x-api-key: {key}"),
+            lambda sim, key: sim.add_fault("503", count=3, message=f"overloaded {key}"),
+            lambda sim, key: sim.add_fault("cutoff:count=3"),
+            lambda sim, key: sim.add_fault("bad-amount", amount=key),
+            lambda sim, key: sim.add_fault("no-next-page"),
         ],
     )
     def test_not_in_errors_reprs_or_logs(
-        self, harness: Harness, caplog: pytest.LogCaptureFixture, break_it: Callable[[Any], None]
+        self, harness: Harness, caplog: pytest.LogCaptureFixture, break_it: Callable[[Any, str], None]
     ) -> None:
         """Whatever fails (even a server echoing the key), the key is in no message, repr or log line."""
-        key = harness.fake.key
-        break_it(harness.fake)
+        key = harness.sim.keys[0]
+        break_it(harness.sim, key)
         caplog.set_level(logging.DEBUG)
         texts: list[str] = []
 
@@ -332,11 +335,12 @@ class TestNoKeyLeaks:
 def test_failures_are_logged_with_request_id(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
     """Every failure is logged on worker.api with status, error type, path and request-id."""
     caplog.set_level(logging.WARNING, logger="worker.api")
-    harness.fake.faults.error(1, status=529)
+    harness.sim.add_fault("529")
     harness.run(_org)
     (record,) = [r for r in caplog.records if r.name == "worker.api"]
     message = record.getMessage()
-    assert "529" in message and "overloaded_error" in message and ME_PATH in message and "req_fake000001" in message
+    assert "529" in message and "overloaded_error" in message and ME_PATH in message
+    assert harness.request_id(1) in message
 
 
 def test_request_id_from_body_when_header_missing(caplog: pytest.LogCaptureFixture) -> None:

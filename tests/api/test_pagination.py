@@ -1,9 +1,11 @@
-"""Pages over real generated data: exact totals against the ground truth, and a broken chain never passes."""
+"""Pages over the simulator's generated data: exact totals against its ground truth, and a broken chain
+never passes."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -12,16 +14,8 @@ import httpx
 import pytest
 import respx
 
-from tests.fake_api import (
-    COST_PATH,
-    COUNTERS,
-    TOO_LARGE_MESSAGE,
-    USAGE_PATH,
-    CountingGate,
-    FakeAdminApi,
-    cost_by_day_model,
-    days_of,
-)
+from tests.api.support import CountingGate, cost_by_day_model, days_of
+from tests.simulated import COST_PATH, COUNTERS, USAGE_PATH, Truth, report_requests
 from worker.api import AdminApiClient, ProtocolViolation, ResponseTooLarge
 from worker.api.pagination import CursorPaginator, DayCoverage
 from worker.clock import FakeClock
@@ -31,6 +25,7 @@ if TYPE_CHECKING:
     from tests.api.conftest import Harness
 
 START, END = date(2025, 12, 1), date(2026, 3, 10)  # 99 days, all before the fake clock's today (2026-03-10)
+TOO_LARGE_MESSAGE = "response too large: reduce limit or group by fewer dimensions"
 
 
 class TestGroundTruth:
@@ -38,13 +33,10 @@ class TestGroundTruth:
         """Over a multi-month window, dollars per (day, model) equal the integer ground truth exactly."""
         pages = harness.cost_pages(START, END)
         got = cost_by_day_model(pages)
-        fake = harness.fake
-        for day in fake.days:
-            for model in fake.models:
-                assert got.get((day, model), Decimal(0)) == fake.truth_cost(day, model), (day, model)
-        assert set(got) <= {(d, m) for d in fake.days for m in fake.models}
-        assert sum(got.values()) == fake.truth_cost()
-        assert fake.truth_cost() > 1000  # a real amount, not an empty fake
+        truth = Truth(harness.sim, START, END)
+        assert {k: v for k, v in got.items() if v} == truth.by_day_model()
+        assert sum(got.values()) == truth.cost()
+        assert truth.cost() > 1000  # a real amount, not an empty window
         assert any(r.amount_usd != r.amount_usd.quantize(Decimal("0.01")) for p in pages for b in p.buckets
                    for r in b.rows)  # fractional cents really occurred  # fmt: skip
 
@@ -70,18 +62,17 @@ class TestGroundTruth:
                 for row in bucket.rows:
                     for name in COUNTERS:
                         got[(bucket.day, row.model)][name] += getattr(row, name)
-        fake = harness.fake
-        for day in fake.days:
-            for model in fake.models:
-                assert got.get((day, model), dict.fromkeys(COUNTERS, 0)) == fake.truth_tokens(day, model)
-        total = fake.truth_tokens()
+        truth = Truth(harness.sim, START, END)
+        want = {key: truth.tokens(*key) for key in truth.rows if key[1] is not None}
+        assert dict(got) == want
+        total = truth.tokens()
         assert total["cache_creation_5m_input_tokens"] > 0 and total["cache_creation_1h_input_tokens"] > 0
         rows = [r for p in pages for b in p.buckets for r in b.rows]
         assert None in {r.api_key_id for r in rows} and None in {r.workspace_id for r in rows}
 
     def test_unknown_fields_and_types_kept(self, harness: Harness) -> None:
         """New fields, cost types, token types and nested counters are kept, and totals are unaffected."""
-        harness.fake.faults.novel_fields = True
+        harness.sim.add_fault("novel-fields:rate=1")
         window = (date(2026, 3, 1), date(2026, 3, 8))
         cost_rows = [r for p in harness.cost_pages(*window) for b in p.buckets for r in b.rows]
         novel = [r for r in cost_rows if r.cost_type == "session_usage_v2"]
@@ -92,10 +83,12 @@ class TestGroundTruth:
         for row in usage_rows:
             assert row.extra["cache_creation.ephemeral_30m_input_tokens"] == 7
             assert row.extra["server_tool_use.code_execution_requests"] == 2
-            assert row.extra["speed"] == "fast" and row.extra["brand_new_field"] == {"nested": [1, 2]}
-        day = date(2026, 3, 2)
-        got = sum(r.cache_creation_5m_input_tokens for r in usage_rows if r.day == day)
-        assert got == harness.fake.truth_tokens(day)["cache_creation_5m_input_tokens"]
+            assert row.extra["brand_new_field"] == {"nested": [1, 2]}
+        truth = Truth(harness.sim, *window)
+        for day in truth.days:
+            got = sum(r.cache_creation_5m_input_tokens for r in usage_rows if r.day == day)
+            assert got == truth.tokens(day)["cache_creation_5m_input_tokens"]
+        assert truth.tokens()["cache_creation_5m_input_tokens"] > 0
 
 
 class TestPaging:
@@ -103,26 +96,28 @@ class TestPaging:
         """Small pages follow opaque cursors; every day arrives once, in order, empty days included."""
         pages = harness.cost_pages(START, END, limit=7)
         assert len(pages) == 15  # ceil(99 / 7)
-        assert days_of(pages) == harness.fake.days
+        truth = Truth(harness.sim, START, END)
+        assert days_of(pages) == truth.days
         empty = [b.day for p in pages for b in p.buckets if not b.rows]
-        assert empty == harness.fake.empty_days and len(empty) >= 5
-        requests = harness.fake.report_requests(COST_PATH)
+        assert empty == truth.empty_days and len(empty) >= 5
+        requests = report_requests(harness.sim, COST_PATH)
         assert [r.param("page") is None for r in requests] == [True] + [False] * 14
         cursors = [r.param("page") for r in requests[1:]]
         assert len(set(cursors)) == 14
         assert all(p.limit == 7 and p.request_id for p in pages)
-        assert [p.request_id for p in pages] == [f"req_fake{n:06d}" for n in range(1, 16)]
+        assert [p.request_id for p in pages] == [r.request_id for r in requests]
 
     def test_window_ending_in_the_future(self, harness: Harness) -> None:
         """Days from today on may be absent without an error; earlier ones may not."""
-        harness.fake.faults.missing_days = {date(2026, 3, 10), date(2026, 3, 12)}
+        for day in ("2026-03-10", "2026-03-12"):
+            harness.sim.add_fault(f"missing-day:day={day},rate=1")
         pages = harness.cost_pages(date(2026, 3, 1), date(2026, 3, 14))
         assert date(2026, 3, 9) in days_of(pages)
 
     def test_empty_window_makes_no_request(self, harness: Harness) -> None:
         """start == end is nothing to fetch."""
         assert harness.cost_pages(START, START) == []
-        assert harness.fake.requests == []
+        assert harness.sim.requests == []
 
     def test_stopping_early_is_fine(self, harness: Harness) -> None:
         """A consumer may stop after one page; no more requests are made."""
@@ -133,14 +128,14 @@ class TestPaging:
             return 0
 
         assert harness.run(body) == 5
-        assert len(harness.fake.requests) == 1
+        assert len(harness.sim.requests) == 1
 
 
 class TestBrokenPagination:
-    @pytest.mark.parametrize("fault", ["has_more_without_cursor", "empty_cursor", "repeat_cursor"])
+    @pytest.mark.parametrize("fault", ["no-next-page", "empty-next-page", "repeat-next-page"])
     def test_broken_cursor_chain(self, harness: Harness, fault: str) -> None:
         """has_more without a cursor, an empty cursor, or a cursor seen before is a violation, not the end."""
-        setattr(harness.fake.faults, fault, True)
+        harness.sim.add_fault(f"{fault}:rate=1")
         pages: list[Any] = []
 
         async def body(api: AdminApiClient) -> None:
@@ -151,28 +146,30 @@ class TestBrokenPagination:
             harness.run(body)
         assert "cursor" in str(caught.value) or "next_page" in str(caught.value)
         assert caught.value.request_id is not None
-        assert len(harness.fake.requests) <= 3
+        assert len(harness.sim.requests) <= 3
 
     def test_missing_day(self, harness: Harness) -> None:
         """A past day the API never sent is detected and named when it says it is done."""
-        harness.fake.faults.missing_days = {date(2026, 1, 15), date(2026, 2, 3)}
+        for day in ("2026-01-15", "2026-02-03"):
+            harness.sim.add_fault(f"missing-day:day={day},rate=1")
         with pytest.raises(ProtocolViolation) as caught:
             harness.cost_pages(START, END)
         assert "2026-01-15" in str(caught.value) and "2026-02-03" in str(caught.value)
 
     def test_day_twice(self, harness: Harness) -> None:
         """The same day twice in one window is a violation."""
-        harness.fake.faults.duplicate_day = date(2026, 3, 5)
+        harness.sim.add_fault("duplicate-day:day=2026-03-05,rate=1")
         with pytest.raises(ProtocolViolation, match="twice"):
             harness.usage_pages(date(2026, 3, 1), date(2026, 3, 10), limit=20)
 
     @pytest.mark.parametrize("amount", ["NaN", None, True, "12,50", "Infinity", {"v": 1}])
     def test_malformed_amount(self, harness: Harness, amount: object) -> None:
         """A malformed amount stops the window with a violation naming the request-id."""
-        harness.fake.faults.malformed_amount = amount
+        harness.sim.add_fault("bad-amount", amount=amount, rate=1)
         with pytest.raises(ProtocolViolation) as caught:
             harness.cost_pages(START, END)
-        assert caught.value.request_id == "req_fake000001" and "req_fake000001" in str(caught.value)
+        first = harness.request_id(1)
+        assert caught.value.request_id == first and first in str(caught.value)
 
     @pytest.mark.parametrize(
         ("data", "match"),
@@ -209,49 +206,56 @@ class TestBrokenPagination:
 
 
 class TestResponseTooLarge:
-    def test_shrinks_limit_until_it_fits(self, harness: Harness) -> None:
+    def test_shrinks_limit_until_it_fits(self, make_harness: Callable[..., Harness]) -> None:
         """A too-large 400 halves the limit and re-requests; the totals are still exactly the truth."""
-        harness.fake.faults.too_large_above_limit = 5
+        data = make_harness().sim.data
+        results = [len(data.day(0, START + timedelta(days=i)).cost) for i in range((END - START).days)]
+        cap = max(sum(results[i:i + 3]) for i in range(0, len(results), 3))  # every 3-day page fits...
+        assert sum(results[:7]) > cap  # ... the first 7-day page does not
+        harness = make_harness(max_results=cap)
         pages = harness.cost_pages(START, END, limit=31)
-        limits = [int(r.param("limit") or 0) for r in harness.fake.report_requests()]
+        limits = [int(r.param("limit") or 0) for r in report_requests(harness.sim)]
         assert limits[:4] == [31, 15, 7, 3] and set(limits[4:]) == {3}
-        assert days_of(pages) == harness.fake.days
-        got = cost_by_day_model(pages)
-        assert all(got.get((d, m), 0) == harness.fake.truth_cost(d, m) for d in harness.fake.days
-                   for m in harness.fake.models)  # fmt: skip
+        assert [r.status for r in harness.sim.requests[:4]] == [400, 400, 400, 200]
+        truth = Truth(harness.sim, START, END)
+        assert days_of(pages) == truth.days
+        assert {k: v for k, v in cost_by_day_model(pages).items() if v} == truth.by_day_model()
         assert not harness.clock.sleeps  # not a retry: nothing to wait for
 
     def test_restart_mid_window_from_first_unyielded_day(self, harness: Harness) -> None:
         """When page 3 is too large, the next request starts at the first day not yet yielded, without a cursor."""
-        harness.fake.faults.error(3, status=400, message=TOO_LARGE_MESSAGE)
+        harness.sim.add_fault("400", after=2, message=TOO_LARGE_MESSAGE)
         pages = harness.usage_pages(START, END, limit=7)
-        requests = harness.fake.report_requests(USAGE_PATH)
+        requests = report_requests(harness.sim, USAGE_PATH)
+        assert requests[2].status == 400
         restart = requests[3]
         assert restart.param("page") is None
         assert restart.param("starting_at") == f"{START + timedelta(days=14)}T00:00:00Z"
         assert restart.param("ending_at") == f"{END}T00:00:00Z"
         assert restart.param("limit") == "3"
-        assert days_of(pages) == harness.fake.days
-        assert sum(r.output_tokens for p in pages for b in p.buckets for r in b.rows) == (
-            harness.fake.truth_tokens()["output_tokens"]
-        )
+        truth = Truth(harness.sim, START, END)
+        assert days_of(pages) == truth.days
+        assert sum(r.output_tokens for p in pages for b in p.buckets for r in b.rows) == truth.tokens()["output_tokens"]
 
-    def test_results_cap(self, harness: Harness) -> None:
+    def test_results_cap(self, make_harness: Callable[..., Harness]) -> None:
         """A per-response result cap (dense days) is also handled by shrinking."""
-        harness.fake.faults.max_results_per_page = 350
+        harness = make_harness(max_results=350)
         pages = harness.cost_pages(START, END)
-        assert days_of(pages) == harness.fake.days
-        assert sum(cost_by_day_model(pages).values()) == harness.fake.truth_cost()
+        truth = Truth(harness.sim, START, END)
+        assert days_of(pages) == truth.days
+        assert sum(cost_by_day_model(pages).values()) == truth.cost()
         assert min(p.limit for p in pages) < 31
+        assert all(sum(len(b.rows) for b in p.buckets) <= 350 for p in pages)
 
-    def test_gives_up_at_limit_one(self, harness: Harness) -> None:
+    def test_gives_up_at_limit_one(self, make_harness: Callable[..., Harness]) -> None:
         """Too large even with one day per page raises ResponseTooLarge."""
-        harness.fake.faults.too_large_above_limit = 0
+        harness = make_harness(max_results=1)
+        assert len(harness.sim.data.day(0, START).cost) > 1
         with pytest.raises(ResponseTooLarge) as caught:
             harness.cost_pages(START, END)
-        limits = [r.param("limit") for r in harness.fake.report_requests()]
+        limits = [r.param("limit") for r in report_requests(harness.sim)]
         assert limits == ["31", "15", "7", "3", "1"]
-        assert caught.value.status == 400 and caught.value.request_id == "req_fake000005"
+        assert caught.value.status == 400 and caught.value.request_id == harness.request_id(5)
 
 
 class TestStrategyObjects:
@@ -293,9 +297,3 @@ def _raw_pages(body: Any, start: date, end: date) -> list[Any]:
 
 def _json_response(body: Any) -> httpx.Response:
     return httpx.Response(200, json=body, headers={"request-id": "req_raw"})
-
-
-def test_fake_is_deterministic() -> None:
-    """Same seed, same data; another seed, other data."""
-    a, b, c = (FakeAdminApi(start=date(2026, 1, 1), end=date(2026, 2, 1), seed=s) for s in (3, 3, 4))
-    assert a.truth_cost() == b.truth_cost() != c.truth_cost()

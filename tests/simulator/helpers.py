@@ -53,6 +53,13 @@ def client(sim: SimulatorHandle, org: int = 0, **headers: str) -> httpx.Client:
     return httpx.Client(base_url=sim.base_url, headers=base, timeout=10)
 
 
+def local_client(sim: SimulatorHandle, org: int = 0, **headers: str) -> httpx.Client:
+    """A client of an in-process simulator, through its transport (no server, no socket)."""
+    base = {"x-api-key": sim.keys[org], "anthropic-version": VERSION}
+    base.update(headers)
+    return httpx.Client(base_url=sim.base_url, headers=base, timeout=10, transport=sim.transport())
+
+
 def report_params(start: date, end: date, limit: int, *group_by: str, **extra: Any) -> dict[str, Any]:
     params: dict[str, Any] = {"starting_at": ts(start), "ending_at": ts(end), "limit": limit}
     if group_by:

@@ -12,11 +12,25 @@ from worker.simulator import (
     FaultSpecError,
     SimulatorData,
     SimulatorHandle,
+    in_process,
     parse_fault,
     running_simulator,
 )
 
-from .helpers import COST, ME, TODAY, USAGE, buckets, cents, client, fetch_pages, report_params, ts
+from .helpers import (
+    COST,
+    ME,
+    TODAY,
+    USAGE,
+    buckets,
+    cents,
+    client,
+    day_of,
+    fetch_pages,
+    local_client,
+    report_params,
+    ts,
+)
 
 START = TODAY - timedelta(days=20)
 PARAMS = report_params(START, TODAY, 7, "description")
@@ -68,6 +82,141 @@ class TestErrorFaults:
             r = c.get(ME)
         assert (r.status_code, r.headers["retry-after"]) == (429, "7")
         assert r.json()["error"]["type"] == "rate_limit_error"
+
+
+class TestScriptedFaults:
+    @pytest.mark.parametrize(("kind", "error_type"), [
+        ("400", "invalid_request_error"), ("401", "authentication_error"), ("402", "billing_error"),
+        ("403", "permission_error"), ("404", "not_found_error"), ("502", "api_error"), ("503", "api_error"),
+    ])
+    def test_error_kinds_with_their_message(self, local_sim: SimulatorHandle, kind: str, error_type: str) -> None:
+        """Every documented status can be injected, with the API's error type and a message of the test's."""
+        local_sim.add_fault(kind, message="what the API said: no, with commas, too")
+        with local_client(local_sim) as c:
+            r = c.get(ME)
+            assert c.get(ME).status_code == 200
+        assert (r.status_code, r.json()["error"]["type"]) == (int(kind), error_type)
+        assert r.json()["error"]["message"] == "what the API said: no, with commas, too"
+
+    def test_after_counts_every_matching_request(self, local_sim: SimulatorHandle) -> None:
+        """after=N lets N matching requests through, counting those another fault answered: faults added
+        together script request numbers."""
+        local_sim.add_fault("529")  # request 1
+        local_sim.add_fault("500:after=2")  # request 3
+        local_sim.add_fault("401:after=4,rate=1")  # request 5 and every one after it
+        with local_client(local_sim) as c:
+            statuses = [c.get(ME).status_code for _ in range(7)]
+        assert statuses == [529, 200, 500, 200, 401, 401, 401]
+
+    def test_after_with_path(self, local_sim: SimulatorHandle) -> None:
+        """Only requests the fault matches count towards after."""
+        local_sim.add_fault("503:after=1,path=usage_report")
+        with local_client(local_sim) as c:
+            params = report_params(START, TODAY, 7)
+            statuses = [c.get(path, params=params).status_code for path in (COST, USAGE, COST, USAGE, USAGE)]
+        assert statuses == [200, 200, 200, 503, 200]
+
+    def test_429_without_retry_after(self, local_sim: SimulatorHandle) -> None:
+        """retry_after=none sends a 429 without the header."""
+        local_sim.add_fault("429:retry_after=none")
+        with local_client(local_sim) as c:
+            r = c.get(ME)
+        assert r.status_code == 429 and "retry-after" not in r.headers
+
+    def test_bad_json(self, fresh_sim: SimulatorHandle) -> None:
+        """bad-json: a complete 200 (Content-Length matches) whose body is not JSON."""
+        fresh_sim.add_fault("bad-json:fraction=0.4")
+        with client(fresh_sim) as c:
+            r = c.get(COST, params=PARAMS)
+            good = c.get(COST, params=PARAMS)
+        assert r.status_code == 200 and int(r.headers["content-length"]) == len(r.content)
+        assert good.content.startswith(r.content) and len(r.content) < len(good.content)
+        with pytest.raises(ValueError):
+            r.json()
+
+
+class TestPageFaults:
+    def test_empty_next_page(self, local_sim: SimulatorHandle) -> None:
+        """A page with more to come says next_page "" (a last page is left alone)."""
+        local_sim.add_fault("empty-next-page:rate=1")
+        with local_client(local_sim) as c:
+            more = c.get(COST, params=report_params(START, TODAY, 7)).json()
+            last = c.get(COST, params=report_params(START, TODAY, 31)).json()
+        assert (more["has_more"], more["next_page"]) == (True, "")
+        assert (last["has_more"], last["next_page"]) == (False, None)
+
+    def test_repeat_next_page(self, local_sim: SimulatorHandle) -> None:
+        """A page fetched with a cursor names that same cursor again; the first page is untouched."""
+        local_sim.add_fault("repeat-next-page")
+        params = report_params(START, TODAY, 5)
+        with local_client(local_sim) as c:
+            first = c.get(COST, params=params).json()
+            second = c.get(COST, params={**params, "page": first["next_page"]}).json()
+        assert first["next_page"] and second["next_page"] == first["next_page"]
+        assert second["data"][0]["starting_at"] == ts(START + timedelta(days=5))
+
+    @pytest.mark.parametrize(("kind", "copies"), [("missing-day", 0), ("duplicate-day", 2)])
+    def test_day_left_out_or_twice(self, local_sim: SimulatorHandle, kind: str, copies: int) -> None:
+        """The day's bucket is left out of (or doubled in) the page that holds it; pages without it, and
+        the other buckets, are unchanged; the fault waits for a page holding its day."""
+        day = START + timedelta(days=9)
+        local_sim.add_fault(f"{kind}:day={day}")
+        params = report_params(START, TODAY, 7, "description")
+        with local_client(local_sim) as c, local_client(in_process(
+                orgs=3, seed=7, today=TODAY, requests_per_minute=0)) as clean:
+            want = buckets(fetch_pages(clean, COST, params))
+            got = buckets(fetch_pages(c, COST, params))
+        days = [day_of(b["starting_at"]) for b in got]
+        assert days.count(day) == copies
+        assert [b for b in got if day_of(b["starting_at"]) != day] == [
+            b for b in want if day_of(b["starting_at"]) != day]
+
+    @pytest.mark.parametrize("amount", ["NaN", None, True, {"v": 1}])
+    def test_bad_amount(self, local_sim: SimulatorHandle, amount: object) -> None:
+        """The page's first cost amount becomes any JSON value; the rest of the page is unchanged."""
+        local_sim.add_fault("bad-amount", amount=amount)
+        params = report_params(START, TODAY, 7, "description")
+        with local_client(local_sim) as c:
+            bad, good = c.get(COST, params=params).json(), c.get(COST, params=params).json()
+        rows = [r for b in bad["data"] for r in b["results"]]
+        assert rows[0]["amount"] == amount
+        assert rows[1:] == [r for b in good["data"] for r in b["results"]][1:]
+
+    def test_novel_fields(self, local_sim: SimulatorHandle) -> None:
+        """Unknown counters and fields on usage rows, one unknown cost row per bucket with results: the
+        known numbers are unchanged."""
+        local_sim.add_fault("novel-fields:rate=1")
+        params = report_params(START, TODAY, 31, "model")
+        with local_client(local_sim) as c:
+            usage = buckets(fetch_pages(c, USAGE, params))
+            cost = buckets(fetch_pages(c, COST, report_params(START, TODAY, 31, "description")))
+        rows = [r for b in usage for r in b["results"]]
+        assert rows and all(r["cache_creation"]["ephemeral_30m_input_tokens"] == 7
+                            and r["server_tool_use"]["code_execution_requests"] == 2
+                            and r["brand_new_field"] == {"nested": [1, 2]} for r in rows)
+        truth = local_sim.data.truth(0, START, TODAY)
+        assert sum(r["output_tokens"] for r in rows) == sum(t.output_tokens for t in truth)
+        novel = [r for b in cost for r in b["results"] if r["cost_type"] == "session_usage_v2"]
+        assert len(novel) == sum(1 for b in cost if len(b["results"]) > 1)
+        known = sum(cents(r["amount"]) for b in cost for r in b["results"] if r["cost_type"] != "session_usage_v2")
+        assert known == local_sim.data.truth_total(0, START, TODAY)
+
+
+class TestKeyRotation:
+    def test_new_key_works_old_one_is_revoked(self, local_sim: SimulatorHandle) -> None:
+        """rotate-key gives the org a new admin key (listed by /_sim/keys); the old one answers 401 revoked;
+        other orgs are untouched; reset brings the original back."""
+        old = local_sim.keys[0]
+        new = local_sim.rotate_key(0)
+        assert new != old and new.startswith("sk-ant-admin01-") and local_sim.keys[0] == new
+        with local_client(local_sim) as c:
+            assert c.get(ME).json()["id"] == local_sim.orgs[0].id
+            refused = c.get(ME, headers={"x-api-key": old})
+            keys = c.get("/_sim/keys").json()["orgs"]
+        assert refused.status_code == 401 and "revoked" in refused.json()["error"]["message"]
+        assert [o["admin_key"] for o in keys] == [new, *(o.admin_key for o in local_sim.orgs[1:])]
+        local_sim.reset()
+        assert local_sim.keys[0] == old
 
 
 class TestTransportFaults:
@@ -198,7 +347,8 @@ class TestControlApi:
 
     @pytest.mark.parametrize("spec", ["explode", "500:count=0", "500:rate=2", "restate", "spike", "500:bogus=1",
                                       "spike:day=2026-03-01,factor=0",
-                                      "cutoff:fraction=1.5", "revoke:org=9"])
+                                      "cutoff:fraction=1.5", "revoke:org=9", "missing-day", "500:after=-1",
+                                      "429:retry_after=soon"])
     def test_bad_fault_specs(self, fresh_sim: SimulatorHandle, spec: str) -> None:
         """Malformed fault specs are refused with 400."""
         with control(fresh_sim) as c:
@@ -241,6 +391,12 @@ class TestFaultSpecs:
             ("cutoff:fraction=0.1", {"kind": "cutoff", "count": 1, "fraction": 0.1}),
             ("restate:org=0,day=2026-03-01", {"kind": "restate", "org": 0, "day": "2026-03-01"}),
             ("spike:day=2026-03-01,factor=3", {"kind": "spike", "day": "2026-03-01", "factor": 3.0}),
+            ("401:after=6,rate=1", {"kind": "401", "after": 6, "rate": 1.0}),
+            ("429:retry_after=none", {"kind": "429", "retry_after": None}),
+            ("403:message=not an admin key", {"kind": "403", "message": "not an admin key"}),
+            ("missing-day:day=2026-03-02", {"kind": "missing-day", "day": "2026-03-02", "count": 1}),
+            ("bad-amount:amount=NaN", {"kind": "bad-amount", "amount": "NaN"}),
+            ("rotate-key:org=1", {"kind": "rotate-key", "org": 1}),
         ],
     )
     def test_parse(self, spec: str, expected: dict[str, object]) -> None:

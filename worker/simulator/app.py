@@ -1,8 +1,10 @@
 """The simulated Admin API, transport-free: one request in, one ``Response`` out.
 
 Order of checks for ``/v1/`` requests: credentials (401/403), ``anthropic-version`` (400), the
-key's rate limit (429), injected faults, then the endpoint itself. ``/_sim/`` is the control API
-for tests and benchmarks; it needs no key and is not counted in the stats.
+key's rate limit (429), injected faults, then the endpoint itself (and page faults on its page).
+``/_sim/`` is the control API for tests and benchmarks; it needs no key and is not counted in the
+stats. With ``record_requests`` every ``/v1/`` request is also kept in ``requests`` (in-process
+tests read it; it holds the keys sent, so it is never served).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from worker.simulator.data import Org, SimulatorData
+from worker.simulator.data import Org, SimulatorData, stable_hash
 from worker.simulator.errors import ApiError, invalid, new_request_id
 from worker.simulator.faults import (
     ERROR_KINDS,
+    PAGE_KINDS,
+    PRE_KINDS,
     STATE_KINDS,
     Fault,
     FaultSet,
@@ -39,13 +43,12 @@ from worker.simulator.reports import (
     check_result_cap,
     parse_query,
 )
+from worker.simulator.tamper import PageView
 
 ME_PATH = "/v1/organizations/me"
 COST_PATH = "/v1/organizations/cost_report"
 USAGE_PATH = "/v1/organizations/usage_report/messages"
 _API_PATHS = {ME_PATH: None, COST_PATH: COST_REPORT, USAGE_PATH: USAGE_REPORT}
-_PRE_KINDS = frozenset({*ERROR_KINDS, "429", "cutoff", "delay"})
-_PAGE_KINDS = frozenset({"no-next-page"})
 
 
 @dataclass(slots=True)
@@ -55,6 +58,24 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     cutoff: float | None = None  # send only this fraction of the body, then close
     delay: float = 0.0
+
+
+@dataclass(slots=True)
+class RecordedRequest:
+    """One ``/v1/`` request as received, with the status it was answered with."""
+
+    number: int  # 1-based, since the app was made or its requests were cleared
+    method: str
+    path: str
+    params: dict[str, list[str]]
+    headers: dict[str, str]  # lower-case names
+    status: int = 0
+    request_id: str = ""
+
+    def param(self, name: str) -> str | None:
+        """The last value of query parameter ``name``."""
+        values = self.params.get(name)
+        return values[-1] if values else None
 
 
 @dataclass(slots=True)
@@ -129,6 +150,7 @@ class SimulatorApp:
         max_results: int | None = None,
         faults: Sequence[str | Fault] = (),
         clock: Callable[[], float] = time.monotonic,
+        record_requests: bool = False,
     ) -> None:
         self.data = data
         self.max_results = max_results
@@ -136,8 +158,12 @@ class SimulatorApp:
         self.faults = FaultSet(data.seed)
         self.stats = Stats()
         self.revoked: set[int] = set()
+        self.requests: list[RecordedRequest] | None = [] if record_requests else None
         self.lock = threading.RLock()
-        self._keys: dict[str, Org] = {o.admin_key: o for o in data.orgs}
+        self._keys: dict[str, Org] = {}
+        self._current_keys: dict[int, str] = {}
+        self._retired_keys: set[str] = set()
+        self._reset_keys()
         secret = hashlib.sha256(f"cursor\x1f{data.seed}".encode()).digest()
         self._cursors = CursorCodec(secret)
         for spec in faults:
@@ -165,6 +191,8 @@ class SimulatorApp:
                         self.data.spike(org, fault.day, fault.factor)
                     except ValueError as exc:
                         raise FaultSpecError(str(exc)) from None
+                elif fault.kind == "rotate-key":
+                    self._rotate_key(org)
                 else:
                     assert fault.day is not None
                     try:
@@ -173,15 +201,39 @@ class SimulatorApp:
                         raise FaultSpecError(str(exc)) from None
             return fault
 
+    def _reset_keys(self) -> None:
+        self._keys = {o.admin_key: o for o in self.data.orgs}
+        self._current_keys = {o.index: o.admin_key for o in self.data.orgs}
+        self._retired_keys.clear()
+
+    def _rotate_key(self, org: int) -> str:
+        o = self.data.org(org)
+        generation = sum(1 for k in self._keys.values() if k.index == org)
+        suffix = f"{stable_hash('admin', self.data.seed, org, generation):016x}"
+        key = f"sk-ant-admin01-sim-{org}-r{generation}-{suffix}"
+        self._retired_keys.add(self._current_keys[org])
+        self._keys[key] = o
+        self._current_keys[org] = key
+        return key
+
+    def admin_key(self, org: int) -> str:
+        """The org's admin key now (a ``rotate-key`` fault replaces it)."""
+        with self.lock:
+            return self._current_keys[self.data.org(org).index]
+
     def reset_stats(self) -> None:
         with self.lock:
             self.stats = Stats()
 
     def reset(self) -> None:
-        """Forget faults, revocations, restatements, spikes, rate-limit state and stats."""
+        """Forget faults, revocations, rotated keys, restatements, spikes, rate-limit state, stats and
+        requests."""
         with self.lock:
             self.faults.clear()
             self.revoked.clear()
+            self._reset_keys()
+            if self.requests is not None:
+                self.requests.clear()
             self.data.clear_restatements()
             self.limiter.reset()
             self.stats = Stats()
@@ -189,7 +241,7 @@ class SimulatorApp:
     def keys_json(self) -> list[dict[str, Any]]:
         with self.lock:
             return [
-                {"org": o.index, "id": o.id, "name": o.name, "admin_key": o.admin_key,
+                {"org": o.index, "id": o.id, "name": o.name, "admin_key": self._current_keys[o.index],
                  "regular_key": o.regular_key, "revoked": o.index in self.revoked,
                  "workspaces": [w.id for w in o.workspaces]}
                 for o in self.data.orgs
@@ -203,11 +255,13 @@ class SimulatorApp:
     ) -> Response:
         """Answer one request; every response carries a ``request-id`` header."""
         request_id = new_request_id()
+        record: RecordedRequest | None = None
         with self.lock:
             try:
                 if path.startswith("/_sim/") or path == "/_sim":
                     response = self._control(method, path, query, body)
                 else:
+                    record = self._record(method, path, query, headers, request_id)
                     response = self._api(method, path, query, headers)
             except ApiError as exc:
                 response = Response(exc.status, exc.body(request_id), dict(exc.headers))
@@ -215,15 +269,31 @@ class SimulatorApp:
                 traceback.print_exc(file=sys.stderr)
                 error = ApiError(500, f"simulator internal error: {type(exc).__name__}")
                 response = Response(500, error.body(request_id))
+            if record is not None:
+                record.status = response.status
         response.headers["request-id"] = request_id
         return response
+
+    def _record(
+        self, method: str, path: str, query: Sequence[tuple[str, str]], headers: Mapping[str, str],
+        request_id: str,
+    ) -> RecordedRequest | None:
+        if self.requests is None:
+            return None
+        params: dict[str, list[str]] = {}
+        for name, value in query:
+            params.setdefault(name, []).append(value)
+        record = RecordedRequest(len(self.requests) + 1, method, path, params,
+                                 {k.lower(): v for k, v in headers.items()}, request_id=request_id)
+        self.requests.append(record)
+        return record
 
     def _api(
         self, method: str, path: str, query: Sequence[tuple[str, str]], headers: Mapping[str, str]
     ) -> Response:
         key = headers.get("x-api-key")
         org = self._keys.get(key) if key else None
-        label = org.admin_key if org else ("(missing)" if not key else "(invalid)")
+        label = key if org and key else ("(missing)" if not key else "(invalid)")
         try:
             response = self._api_checked(method, path, query, headers, key, org)
         except ApiError as exc:
@@ -251,7 +321,7 @@ class SimulatorApp:
             )
         if org is None:
             raise ApiError(401, "invalid x-api-key")
-        if org.index in self.revoked:
+        if org.index in self.revoked or key in self._retired_keys:
             raise ApiError(401, "invalid x-api-key: this API key has been revoked")
         if not headers.get("anthropic-version"):
             raise invalid("anthropic-version: header is required")
@@ -264,14 +334,15 @@ class SimulatorApp:
                 headers={"retry-after": str(retry_after)},
             )
         extra = {"anthropic-organization-id": org.id}
-        fault = self.faults.take(org.index, path, _PRE_KINDS)
+        fault = self.faults.take(org.index, path, PRE_KINDS)
         if fault is not None and fault.kind in ERROR_KINDS:
             status, error_type, message = ERROR_KINDS[fault.kind]
-            raise ApiError(status, message, error_type=error_type, headers=extra)
+            raise ApiError(status, fault.message or message, error_type=error_type, headers=extra)
         if fault is not None and fault.kind == "429":
+            retry = {} if fault.retry_after is None else {"retry-after": str(fault.retry_after)}
             raise ApiError(
-                429, "Number of requests has exceeded your rate limit (simulated)",
-                headers={**extra, "retry-after": str(fault.retry_after)},
+                429, fault.message or "Number of requests has exceeded your rate limit (simulated)",
+                headers={**extra, **retry},
             )
         if path not in _API_PATHS:
             raise ApiError(404, f"Not found: {path}")
@@ -283,6 +354,8 @@ class SimulatorApp:
             response = self._report(_API_PATHS[path] or "", org.index, query, extra)
         if fault is not None and fault.kind == "cutoff":
             response.cutoff = fault.fraction
+        if fault is not None and fault.kind == "bad-json":
+            response.body = response.body[: int(len(response.body) * fault.fraction)]
         if fault is not None and fault.kind == "delay":
             response.delay = fault.seconds
         return response
@@ -295,9 +368,14 @@ class SimulatorApp:
         q = parse_query(report, query, now=int(today_end.timestamp()) - 1)
         page = build_page(self.data, org, q, self._cursors)
         check_result_cap(page, self.max_results)
-        path = COST_PATH if report == COST_REPORT else USAGE_PATH
-        drop = self.faults.take(org, path, _PAGE_KINDS)
-        return Response(200, page.render(drop_next_page=drop is not None), headers)
+        body = page.render()
+        if self.faults.has(PAGE_KINDS):
+            view = PageView(body, cost=report == COST_REPORT, cursor=q.page)
+            path = COST_PATH if report == COST_REPORT else USAGE_PATH
+            fired = self.faults.take_all(org, path, PAGE_KINDS, view.applies)
+            if fired:
+                body = view.render(fired)
+        return Response(200, body, headers)
 
     # -- control API --------------------------------------------------------------------------
 

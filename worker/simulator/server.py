@@ -1,7 +1,8 @@
 """A small asyncio HTTP/1.1 server (keep-alive, one loop) in front of ``SimulatorApp``.
 
 ``serve`` runs it until an event is set (the CLI); ``running_simulator`` runs it in a background
-thread for tests and benchmarks and hands back a ``SimulatorHandle``.
+thread for tests and benchmarks and hands back a ``SimulatorHandle``; ``in_process`` hands back one
+with no server at all, for clients given its ``transport()``.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from worker.simulator.app import Response, SimulatorApp
+from worker.simulator.app import RecordedRequest, Response, SimulatorApp
 from worker.simulator.data import Org, SimulatorData
 from worker.simulator.errors import ApiError, new_request_id
-from worker.simulator.faults import Fault
+from worker.simulator.faults import Fault, fault_from_mapping
+from worker.simulator.transport import SimulatorTransport
 
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 1024 * 1024
@@ -189,6 +191,7 @@ def build_app(
     clock: Callable[[], float] = time.monotonic,
     history_days: int = 730,
     traffic: str = "varied",
+    record_requests: bool = False,
 ) -> SimulatorApp:
     """A simulator's state: generated data, keys, rate limits, faults and stats."""
     data = SimulatorData(seed, orgs, today, history_days=history_days, traffic=traffic)
@@ -199,6 +202,7 @@ def build_app(
         max_results=max_results,
         faults=faults,
         clock=clock,
+        record_requests=record_requests,
     )
 
 
@@ -221,7 +225,7 @@ async def serve(
 
 @dataclass
 class SimulatorHandle:
-    """A simulator running in a background thread."""
+    """A simulator: running in a background thread, or in-process (reached through ``transport()``)."""
 
     base_url: str
     app: SimulatorApp
@@ -236,11 +240,33 @@ class SimulatorHandle:
 
     @property
     def keys(self) -> list[str]:
-        """Admin keys, by org index."""
-        return [o.admin_key for o in self.app.data.orgs]
+        """Admin keys, by org index (as they are now: see ``rotate_key``)."""
+        return [self.app.admin_key(o.index) for o in self.app.data.orgs]
 
-    def add_fault(self, spec: str | Fault) -> Fault:
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every ``/v1/`` request so far, in order (needs ``record_requests=True``)."""
+        if self.app.requests is None:
+            raise RuntimeError("this simulator does not record requests: build it with record_requests=True")
+        return self.app.requests
+
+    def transport(self) -> SimulatorTransport:
+        """An httpx transport answering from this simulator, in-process."""
+        return SimulatorTransport(self.app)
+
+    def add_fault(self, spec: str | Fault, **options: Any) -> Fault:
+        """Add a fault: a spec string (``"529:count=2"``), a Fault, or a kind and its options
+        (``add_fault("403", message="no, not with this key")``: text with commas needs this form)."""
+        if options:
+            if not isinstance(spec, str):
+                raise TypeError("options go with a fault kind, not a Fault")
+            spec = fault_from_mapping(spec, options)
         return self.app.add_fault(spec)
+
+    def rotate_key(self, org: int) -> str:
+        """Give the org a new admin key (the old one answers 401 from now on); returns the new key."""
+        self.app.add_fault(f"rotate-key:org={org}")
+        return self.app.admin_key(org)
 
     def clear_faults(self) -> None:
         with self.app.lock:
@@ -264,6 +290,12 @@ class SimulatorHandle:
 
     def reset(self) -> None:
         self.app.reset()
+
+
+def in_process(base_url: str = "https://api.anthropic.com", **options: Any) -> SimulatorHandle:
+    """A simulator without a server; ``options`` are those of ``build_app``. Point clients at
+    ``base_url`` with ``transport=handle.transport()`` (any host reaches it: only paths matter)."""
+    return SimulatorHandle(base_url, build_app(**options))
 
 
 @contextlib.contextmanager

@@ -14,7 +14,9 @@ import asyncio
 import json
 import math
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select, update
 
@@ -41,6 +44,7 @@ from worker.vault import MasterKey
 pytestmark = pytest.mark.slow
 
 WORKER_RPM, SIM_RPM = 60, 60
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]  # (name, labels) -> value
 needs_pg = pytest.mark.skipif(not PG_URL, reason="needs COST_WORKER_TEST_DATABASE_URL (PostgreSQL)")
 
 
@@ -77,18 +81,62 @@ class Deployment:
                   if k.startswith("COST_WORKER_") and k != "COST_WORKER_TEST_DATABASE_URL"}
         self.app = App(Settings(**values))  # type: ignore[arg-type]
         self.procs: list[subprocess.Popen[str]] = []
+        self.ports: dict[int, int] = {}  # pid -> the /metrics port of a replica started with http=True
 
     def connect(self, org: int) -> int:
         key = AdminKey(self.sim.keys[org])
         organization = asyncio.run(check_connection(self.app, key))
         return connect(self.app, key, organization, label=f"org {org}", tier="free")
 
-    def start(self, *args: str, name: str = "run") -> subprocess.Popen[str]:
+    def start(self, *args: str, name: str = "run", http: bool = False) -> subprocess.Popen[str]:
+        """Start a worker command (`run` by default); with `http`, its /metrics on a port of its own."""
+        env = dict(self.env)
+        if http:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            env.update(COST_WORKER_HTTP_PORT=str(port), COST_WORKER_HTTP_HOST="127.0.0.1")
         with (self.tmp_path / f"{name}-{len(self.procs)}.log").open("w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "worker", *(args or ("run",))], env=self.env,
+            proc = subprocess.Popen([sys.executable, "-m", "worker", *(args or ("run",))], env=env,
                                     stdout=log, stderr=subprocess.STDOUT, text=True)
         self.procs.append(proc)
+        if http:
+            self.ports[proc.pid] = port
         return proc
+
+    def metrics(self, proc: subprocess.Popen[str]) -> tuple[float, Series] | None:
+        """(wall time just before the scrape, its samples) of a replica's /metrics; None while it does not
+        answer."""
+        at = time.time()
+        try:
+            response = httpx.get(f"http://127.0.0.1:{self.ports[proc.pid]}/metrics", timeout=5)
+        except httpx.TransportError:
+            return None
+        if response.status_code != 200:
+            return None
+        series: Series = {}
+        for line in response.text.splitlines():
+            match = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
+            if match:
+                labels = frozenset(re.findall(r'([a-z_]+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+                series[(match.group(1), labels)] = float(match.group(3))
+        return at, series
+
+    def polled_since(self, proc: subprocess.Popen[str], moment: float) -> bool:
+        """Whether the replica's scheduler has started a poll after wall time `moment` (the scrape began after
+        the poll did, so `at - age` is never later than the poll's start)."""
+        scraped = self.metrics(proc)
+        if scraped is None:
+            return False
+        at, series = scraped
+        age = series.get(("cost_worker_scheduler_last_poll_age_seconds", frozenset()), -1.0)
+        return age >= 0 and at - age > moment
+
+    def outcomes(self, proc: subprocess.Popen[str]) -> dict[frozenset[tuple[str, str]], float]:
+        """The replica's own sync outcomes (cost_worker_process_sync_runs_total, by kind and result)."""
+        scraped = self.metrics(proc)
+        assert scraped is not None
+        return {labels: v for (name, labels), v in scraped[1].items() if name == "cost_worker_process_sync_runs_total"}
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "worker", *args], env=self.env, capture_output=True,
@@ -279,16 +327,23 @@ class TestReplicas:
             with d.app.engine.begin() as conn:  # make today's daily slot due once the backfill is done
                 conn.execute(update(integrations).values(last_daily_slot=None))
             d.sim.reset_stats()
-            for _ in range(3):
-                d.start()
-            time.sleep(2)
+            replicas = [d.start(http=True) for _ in range(3)]
+            wait_for(lambda: all(d.polled_since(r, 0) for r in replicas), 30, "every replica to poll")
             manual = d.start("sync-now", name="sync-now")
             wait_for(lambda: manual.poll() is not None, 80, "sync-now")
             assert manual.returncode == 0
             wait_for(lambda: all(len([r for r in d.runs(i) if r["kind"] == "daily"]) == 1
                                  and all(r["outcome"] != "running" for r in d.runs(i)) for i in ids),
                      40, "the daily runs")
-            time.sleep(3)  # a few more polls by every replica: nothing else may run
+            # Every replica then polls twice more; the first of those polls ran to its end before the second
+            # started (one poll at a time), and anything it started had a poll interval to record a run or an
+            # outcome: nothing else may run.
+            before: list[dict[frozenset[tuple[str, str]], float]] = []
+            for _ in range(2):
+                moment = time.time()
+                wait_for(lambda m=moment: all(d.polled_since(r, m) for r in replicas), 30, "a poll by every replica")
+                before = before or [d.outcomes(r) for r in replicas]
+            assert [d.outcomes(r) for r in replicas] == before
             assert d.stop_all() == [0, 0, 0, 0]
 
             for org, iid in enumerate(ids):
@@ -318,8 +373,10 @@ class TestReplicas:
             victim = d.start()
             wait_for(lambda: (d.integration(iid).cost_checkpoint - d.integration(iid).backfill_start).days >= 62,
                      60, "two cost pages stored")
-            survivor = d.start()
-            time.sleep(1.5)  # the survivor polls and finds the lease held
+            survivor = d.start(http=True)
+            skipped = frozenset({("kind", "backfill"), ("result", "skipped")})
+            wait_for(lambda: d.polled_since(survivor, 0) and d.outcomes(survivor).get(skipped, 0) >= 1, 30,
+                     "the survivor to poll and find the lease held")
             victim.kill()
             victim.wait()
             killed_at = datetime.now(UTC)

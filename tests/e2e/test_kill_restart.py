@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -16,6 +18,29 @@ from .procs import Simulator, Worker, diff, min_report_requests, window
 pytestmark = pytest.mark.slow
 
 KILLS = 3
+DELAY = 0.3  # every report answer is held back this long: a request counted by the simulator is in flight
+
+
+def reports(sim: Simulator) -> int:
+    """Report requests the simulator has counted as answered (200), the ones still in flight included."""
+    now = sim.requests()
+    return now["cost_report"] + now["usage_report"]
+
+
+def checkpoints(worker: Worker) -> tuple[str, str] | None:
+    """The integration's two checkpoints, read without taking any lock the worker waits for."""
+    path = worker.env["COST_WORKER_DATABASE_URL"].removeprefix("sqlite:///")
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+        row = conn.execute("SELECT cost_checkpoint, usage_checkpoint FROM integrations").fetchone()
+    return None if row is None else (str(row[0]), str(row[1]))
+
+
+def wait_until(proc: subprocess.Popen[str], condition: Callable[[], bool], what: str, seed: int) -> None:
+    deadline = time.monotonic() + 40
+    while not condition():
+        assert proc.poll() is None, f"sync exited ({proc.returncode}) before {what} (seed {seed})"
+        assert time.monotonic() < deadline, f"timed out waiting for {what} (seed {seed})"
+        time.sleep(0.02)
 
 
 def test_sigkill_mid_backfill_then_restart(sim: Simulator, make_worker: Callable[..., Worker]) -> None:
@@ -25,25 +50,24 @@ def test_sigkill_mid_backfill_then_restart(sim: Simulator, make_worker: Callable
     # 120 per minute: the 24 backfill pages take ~12 s, so every kill lands mid-backfill.
     worker = make_worker(sim, requests_per_minute=120)
     worker.connect(sim.keys[0], "pro")
+    sim.fault(f"delay:rate=1,seconds={DELAY},path=report")
     before = sim.requests()
     progress = []
     for _ in range(KILLS):
         proc = worker.popen("sync-now")  # waits for the lease the previous (killed) process left behind
-        pages_before = sim.requests()
-        deadline = time.monotonic() + 40
-        # Kill after 1-3 more answered report requests, at a random moment inside the next request slot.
+        counted = reports(sim)
+        # Kill after 1-3 more report requests: either while the last of them is in flight (counted by the
+        # simulator, its answer held back), or once the worker has stored its page (a checkpoint moved).
         target = rng.randint(1, 3)
-        while time.monotonic() < deadline and proc.poll() is None:
-            now = sim.requests()
-            if (now["cost_report"] + now["usage_report"]) - (pages_before["cost_report"]
-                                                              + pages_before["usage_report"]) >= target:
-                break
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.5))
+        wait_until(proc, lambda t=target, c=counted: reports(sim) >= c + t, f"report request {target}", seed)
+        if rng.random() < 0.5:
+            stored = checkpoints(worker)
+            wait_until(proc, lambda s=stored: checkpoints(worker) != s, "the page stored", seed)
         assert proc.poll() is None, f"sync finished before the kill (seed {seed})"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         progress.append(sim.requests())
+    sim.clear_faults()
     worker.run("sync-now", timeout=120)
 
     since, until = window(sim.today(), 365)
@@ -53,6 +77,6 @@ def test_sigkill_mid_backfill_then_restart(sim: Simulator, make_worker: Callable
     after = sim.requests()
     answered = (after["cost_report"] + after["usage_report"]) - (before["cost_report"] + before["usage_report"])
     # The backfill minimum plus the final re-read (one page per endpoint); at most one page again per kill.
-    # A request in flight when killed may or may not have reached the server: count only answered ones.
+    # A request in flight when killed was counted by the simulator but never reached the worker.
     assert min_report_requests(365) + 2 <= answered <= min_report_requests(365) + 2 + KILLS, (
         f"seed {seed}: {answered} answered report requests, progress {progress}")

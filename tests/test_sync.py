@@ -105,7 +105,8 @@ class TestConnect:
 
 
 class TestBackfill:
-    @pytest.mark.parametrize(("tier", "days", "requests"), [("free", 30, 2), ("pro", 365, 24)])
+    @pytest.mark.parametrize(("tier", "days", "requests"), [
+        ("free", 30, 2), pytest.param("pro", 365, 24, marks=pytest.mark.slow)])  # slow: a year of data
     def test_tier_backfill_equals_truth(self, app: App, sim: SimulatorHandle, tier: str, days: int,
                                         requests: int) -> None:
         """A tier's backfill stores exactly the truth for its days, with the minimum number of requests."""
@@ -129,6 +130,7 @@ class TestBackfill:
         assert (run_row["window_start"], run_row["window_end"]) == (first, TODAY)
         assert run_row["rows"] > 0 and run_row["duration_seconds"] is not None
 
+    @pytest.mark.slow  # a year of data
     def test_requests_are_spaced_by_the_budget(self, app: App, sim: SimulatorHandle) -> None:
         """A 365-day backfill at 1 request/minute waits 60 s between its 24 requests, never less."""
         iid = onboard(app, sim, "pro")
@@ -137,6 +139,7 @@ class TestBackfill:
         sleeps = app.clock.sleeps  # type: ignore[attr-defined]
         assert len(sleeps) == 24 and all(s == pytest.approx(60) for s in sleeps)
 
+    @pytest.mark.slow  # a year of data
     def test_resume_after_crash_refetches_only_the_page_in_flight(self, app: App, sim: SimulatorHandle,
                                                                   request: pytest.FixtureRequest) -> None:
         """A process killed mid-backfill resumes at its checkpoint: no page skipped, one re-fetched."""
@@ -317,6 +320,7 @@ def test_money_is_decimal_everywhere(app: App, sim: SimulatorHandle) -> None:
     _ = datetime.now(UTC)
 
 
+@pytest.mark.slow  # a year of data
 def test_response_too_large_shrinks_limit_for_the_rest_of_the_run(app: App, sim: SimulatorHandle) -> None:
     """A 400 "too large" halves the limit, keeps it for later windows of that endpoint, and the data is still
     exact. The result cap is chosen from the simulator's data: every 7-day cost page and 31-day usage page

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -72,6 +71,7 @@ async def raw_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ta
     return head, json.loads(await reader.readexactly(int(length[1])))
 
 
+@pytest.mark.slow
 class TestConcurrency:
     def test_many_orgs_concurrently(self) -> None:
         """A thousand keep-alive connections on one loop each page through 15 days of usage."""
@@ -98,13 +98,10 @@ class TestConcurrency:
             return await asyncio.gather(*(one(port, k) for k in sim.keys))
 
         with running_simulator(orgs=orgs, seed=1, today=TODAY, requests_per_minute=60, burst=5) as s:
-            started = time.monotonic()
             counts = asyncio.run(main(s))
-            elapsed = time.monotonic() - started
             stats = s.stats()
         assert counts == [15] * orgs
         assert stats["total"]["requests"] == orgs * 3 and stats["total"]["rate_limited"] == 0
-        assert elapsed < 60
 
 
 @pytest.mark.slow

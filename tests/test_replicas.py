@@ -11,6 +11,7 @@ be refused constantly, so zero 429s proves the budget is shared.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import os
@@ -154,7 +155,7 @@ class Deployment:
 
     def stop_all(self) -> list[int | None]:
         """SIGTERM every live process; each must exit within 10 s."""
-        codes = []
+        codes: list[int | None] = []
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -193,6 +194,10 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
             return result
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def all_polled_since(d: Deployment, replicas: list[subprocess.Popen[str]], moment: float) -> bool:
+    return all(d.polled_since(r, moment) for r in replicas)
 
 
 def assert_report_equals_truth(d: Deployment, iid: int, org: int) -> None:
@@ -328,7 +333,7 @@ class TestReplicas:
                 conn.execute(update(integrations).values(last_daily_slot=None))
             d.sim.reset_stats()
             replicas = [d.start(http=True) for _ in range(3)]
-            wait_for(lambda: all(d.polled_since(r, 0) for r in replicas), 30, "every replica to poll")
+            wait_for(functools.partial(all_polled_since, d, replicas, 0), 30, "every replica to poll")
             manual = d.start("sync-now", name="sync-now")
             wait_for(lambda: manual.poll() is not None, 80, "sync-now")
             assert manual.returncode == 0
@@ -341,7 +346,7 @@ class TestReplicas:
             before: list[dict[frozenset[tuple[str, str]], float]] = []
             for _ in range(2):
                 moment = time.time()
-                wait_for(lambda m=moment: all(d.polled_since(r, m) for r in replicas), 30, "a poll by every replica")
+                wait_for(functools.partial(all_polled_since, d, replicas, moment), 30, "a poll by every replica")
                 before = before or [d.outcomes(r) for r in replicas]
             assert [d.outcomes(r) for r in replicas] == before
             assert d.stop_all() == [0, 0, 0, 0]

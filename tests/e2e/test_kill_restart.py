@@ -3,6 +3,7 @@ the truth, with no duplicates and at most one page re-fetched per kill."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -35,6 +36,14 @@ def checkpoints(worker: Worker) -> tuple[str, str] | None:
     return None if row is None else (str(row[0]), str(row[1]))
 
 
+def counted_at_least(sim: Simulator, count: int) -> bool:
+    return reports(sim) >= count
+
+
+def moved(worker: Worker, stored: tuple[str, str] | None) -> bool:
+    return checkpoints(worker) != stored
+
+
 def wait_until(proc: subprocess.Popen[str], condition: Callable[[], bool], what: str, seed: int) -> None:
     deadline = time.monotonic() + 40
     while not condition():
@@ -59,10 +68,10 @@ def test_sigkill_mid_backfill_then_restart(sim: Simulator, make_worker: Callable
         # Kill after 1-3 more report requests: either while the last of them is in flight (counted by the
         # simulator, its answer held back), or once the worker has stored its page (a checkpoint moved).
         target = rng.randint(1, 3)
-        wait_until(proc, lambda t=target, c=counted: reports(sim) >= c + t, f"report request {target}", seed)
+        wait_until(proc, functools.partial(counted_at_least, sim, counted + target), f"report request {target}",
+                   seed)
         if rng.random() < 0.5:
-            stored = checkpoints(worker)
-            wait_until(proc, lambda s=stored: checkpoints(worker) != s, "the page stored", seed)
+            wait_until(proc, functools.partial(moved, worker, checkpoints(worker)), "the page stored", seed)
         assert proc.poll() is None, f"sync finished before the kill (seed {seed})"
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -223,13 +223,11 @@ class Page:
     has_more: bool
     next_page: str | None
 
-    def render(self, *, drop_next_page: bool = False) -> bytes:
-        has_more = True if drop_next_page else self.has_more
-        next_page = None if drop_next_page else self.next_page
+    def render(self) -> bytes:
         return (
             '{"data":['
             + ",".join(self.buckets)
-            + f'],"has_more":{json.dumps(has_more)},"next_page":{json.dumps(next_page)}}}'
+            + f'],"has_more":{json.dumps(self.has_more)},"next_page":{json.dumps(self.next_page)}}}'
         ).encode()
 
 

@@ -10,7 +10,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,12 +20,13 @@ from click.testing import CliRunner, Result
 from rich.console import Console
 from sqlalchemy import Engine
 
-from tests.fake_api import FAKE_ADMIN_KEY, FakeAdminApi
+from tests.simulated import make_sim, mount
 from worker.api.models import CostRow, UsageRow
 from worker.cli import cli
 from worker.csvsafe import csv_cell, csv_writer
 from worker.logs import setup_logging
 from worker.money import EXACT, decimal_text, money_sum, money_text
+from worker.simulator import SimulatorHandle
 from worker.storage import repo
 from worker.storage.rows import cost_table_rows, usage_table_rows
 from worker.sync.progress import BarProgress
@@ -119,19 +120,15 @@ class TestPrintable:
 
 # --- the commands ------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def fake_data() -> FakeAdminApi:
-    return FakeAdminApi(start=TODAY - timedelta(days=3), end=TODAY + timedelta(days=1), seed=3)
+SIM = make_sim(seed=3, today=TODAY, base_url=BASE)
 
 
 @pytest.fixture
-def fake(fake_data: FakeAdminApi) -> Iterator[FakeAdminApi]:
-    fake_data.requests.clear()
-    name = fake_data.name
+def sim() -> Iterator[SimulatorHandle]:
+    SIM.reset()  # faults, names given by a test and recorded requests
     with respx.mock(assert_all_called=False) as router:
-        fake_data.mount(router, BASE)
-        yield fake_data
-    fake_data.name = name
+        mount(SIM, router)
+        yield SIM
 
 
 @pytest.fixture
@@ -142,7 +139,7 @@ def env(db_url: str, tmp_path: Path, master_key: MasterKey) -> dict[str, str]:
 
 
 def invoke(env: dict[str, str], *args: str) -> Result:
-    result = CliRunner().invoke(cli, list(args), env={**env, "ANTHROPIC_ADMIN_KEY": FAKE_ADMIN_KEY},
+    result = CliRunner().invoke(cli, list(args), env={**env, "ANTHROPIC_ADMIN_KEY": SIM.keys[0]},
                                 catch_exceptions=False)
     assert "Traceback" not in result.output
     return result
@@ -206,25 +203,26 @@ class TestReport:
 
 
 class TestLabels:
-    def test_label_with_a_newline_is_refused_before_any_request(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+    def test_label_with_a_newline_is_refused_before_any_request(self, env: dict[str, str], sim: SimulatorHandle) -> None:
         """`--label` must be one line without control characters: exit 2, nothing sent, nothing stored."""
         for label in ("prod\nsecond line", f"prod{CLEAR}", "tab\tbed"):
             result = invoke(env, "connect", "--label", label)
             assert result.exit_code == 2 and "--label must be one line" in result.output
-        assert fake.requests == []
+        assert sim.requests == []
         assert json.loads(invoke(env, "integrations", "list", "--format", "json").stdout) == []
 
-    def test_hostile_organization_name(self, env: dict[str, str], fake: FakeAdminApi) -> None:
+    def test_hostile_organization_name(self, env: dict[str, str], sim: SimulatorHandle) -> None:
         """An organization name with ESC [2J and an OSC sequence: the default label is stored clean, the raw
         name never reaches the terminal (test-connection, connect, integrations list), JSON keeps it escaped."""
-        fake.name = f"Evil{CLEAR} Corp{OSC_TITLE}\nfake line"
+        hostile = f"Evil{CLEAR} Corp{OSC_TITLE}\nfake line"
+        sim.add_fault("rename", name=hostile)
         for args in (("test-connection",), ("connect",)):
             result = invoke(env, *args)
             assert result.exit_code == 0, result.output
             assert "\x1b" not in result.output and "\x07" not in result.output
         (item,) = json.loads(invoke(env, "integrations", "list", "--format", "json").stdout)
         assert item["label"] == "Anthropic - Evil Corp fake line"
-        assert item["organization_name"] == fake.name  # stored as the API said; shown escaped
+        assert item["organization_name"] == hostile  # stored as the API said; shown escaped
         table = invoke(env, "integrations", "list").stdout
         assert "Anthropic - Evil Corp fake line" in table and "\x1b" not in table
 

@@ -202,7 +202,7 @@ class TestPageFaults:
         assert known == local_sim.data.truth_total(0, START, TODAY)
 
 
-class TestKeyRotation:
+class TestOrganizationState:
     def test_new_key_works_old_one_is_revoked(self, local_sim: SimulatorHandle) -> None:
         """rotate-key gives the org a new admin key (listed by /_sim/keys); the old one answers 401 revoked;
         other orgs are untouched; reset brings the original back."""
@@ -217,6 +217,18 @@ class TestKeyRotation:
         assert [o["admin_key"] for o in keys] == [new, *(o.admin_key for o in local_sim.orgs[1:])]
         local_sim.reset()
         assert local_sim.keys[0] == old
+
+    def test_rename(self, local_sim: SimulatorHandle) -> None:
+        """rename gives /me (and /_sim/keys) any name at all, control characters included, until reset."""
+        hostile = "Evil\x1b[2J Corp\nsecond line"
+        local_sim.add_fault("rename", org=1, name=hostile)
+        with local_client(local_sim, 1) as c, local_client(local_sim, 0) as other:
+            assert c.get(ME).json()["name"] == hostile
+            assert other.get(ME).json()["name"] == local_sim.orgs[0].name
+            assert c.get("/_sim/keys").json()["orgs"][1]["name"] == hostile
+        local_sim.reset()
+        with local_client(local_sim, 1) as c:
+            assert c.get(ME).json()["name"] == local_sim.orgs[1].name
 
 
 class TestTransportFaults:
@@ -347,7 +359,7 @@ class TestControlApi:
 
     @pytest.mark.parametrize("spec", ["explode", "500:count=0", "500:rate=2", "restate", "spike", "500:bogus=1",
                                       "spike:day=2026-03-01,factor=0",
-                                      "cutoff:fraction=1.5", "revoke:org=9", "missing-day", "500:after=-1",
+                                      "cutoff:fraction=1.5", "revoke:org=9", "missing-day", "500:after=-1", "rename",
                                       "429:retry_after=soon"])
     def test_bad_fault_specs(self, fresh_sim: SimulatorHandle, spec: str) -> None:
         """Malformed fault specs are refused with 400."""
@@ -397,6 +409,7 @@ class TestFaultSpecs:
             ("missing-day:day=2026-03-02", {"kind": "missing-day", "day": "2026-03-02", "count": 1}),
             ("bad-amount:amount=NaN", {"kind": "bad-amount", "amount": "NaN"}),
             ("rotate-key:org=1", {"kind": "rotate-key", "org": 1}),
+            ("rename:org=1,name=Acme", {"kind": "rename", "org": 1, "name": "Acme"}),
         ],
     )
     def test_parse(self, spec: str, expected: dict[str, object]) -> None:

@@ -163,6 +163,7 @@ class SimulatorApp:
         self._keys: dict[str, Org] = {}
         self._current_keys: dict[int, str] = {}
         self._retired_keys: set[str] = set()
+        self._names: dict[int, str] = {}  # org -> a name given by a ``rename`` fault
         self._reset_keys()
         secret = hashlib.sha256(f"cursor\x1f{data.seed}".encode()).digest()
         self._cursors = CursorCodec(secret)
@@ -193,6 +194,9 @@ class SimulatorApp:
                         raise FaultSpecError(str(exc)) from None
                 elif fault.kind == "rotate-key":
                     self._rotate_key(org)
+                elif fault.kind == "rename":
+                    assert fault.name is not None
+                    self._names[org] = fault.name
                 else:
                     assert fault.day is not None
                     try:
@@ -226,12 +230,13 @@ class SimulatorApp:
             self.stats = Stats()
 
     def reset(self) -> None:
-        """Forget faults, revocations, rotated keys, restatements, spikes, rate-limit state, stats and
+        """Forget faults, revocations, rotated keys, new names, restatements, spikes, rate-limit state, stats
         requests."""
         with self.lock:
             self.faults.clear()
             self.revoked.clear()
             self._reset_keys()
+            self._names.clear()
             if self.requests is not None:
                 self.requests.clear()
             self.data.clear_restatements()
@@ -241,7 +246,8 @@ class SimulatorApp:
     def keys_json(self) -> list[dict[str, Any]]:
         with self.lock:
             return [
-                {"org": o.index, "id": o.id, "name": o.name, "admin_key": self._current_keys[o.index],
+                {"org": o.index, "id": o.id, "name": self._names.get(o.index, o.name),
+                 "admin_key": self._current_keys[o.index],
                  "regular_key": o.regular_key, "revoked": o.index in self.revoked,
                  "workspaces": [w.id for w in o.workspaces]}
                 for o in self.data.orgs
@@ -349,7 +355,8 @@ class SimulatorApp:
         if method != "GET":
             raise ApiError(405, f"Method {method} not allowed on {path}", headers={"allow": "GET"})
         if path == ME_PATH:
-            response = _json(200, {"id": org.id, "type": "organization", "name": org.name}, extra)
+            name = self._names.get(org.index, org.name)
+            response = _json(200, {"id": org.id, "type": "organization", "name": name}, extra)
         else:
             response = self._report(_API_PATHS[path] or "", org.index, query, extra)
         if fault is not None and fault.kind == "cutoff":

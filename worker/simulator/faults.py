@@ -42,6 +42,8 @@ State kinds (applied once, immediately):
     spike:day=YYYY-MM-DD[,org=I,factor=F]   the day's token volume times F (default 5; 1 removes it)
     rotate-key[:org=I]         the org gets a new admin key (``/_sim/keys``); the old one answers
                                401 "revoked"
+    rename:name=TEXT[,org=I]   the org's name (``/v1/organizations/me``) becomes TEXT, any
+                               characters at all (through Python or the control API's JSON)
 
 Examples: ``529:count=3``, ``500:rate=0.05,path=cost_report``, ``cutoff:org=2``,
 ``401:after=6,rate=1`` (every request after the sixth), ``restate:org=0,day=2026-03-01``,
@@ -74,11 +76,11 @@ PAGE_KINDS = frozenset({
     "novel-fields",
 })
 REQUEST_KINDS = PRE_KINDS | PAGE_KINDS
-STATE_KINDS = frozenset({"revoke", "restore", "restate", "spike", "rotate-key"})
+STATE_KINDS = frozenset({"revoke", "restore", "restate", "spike", "rotate-key", "rename"})
 _DAY_KINDS = frozenset({"restate", "spike", "missing-day", "duplicate-day"})
 _INT_KEYS = {"count", "org", "after"}
 _FLOAT_KEYS = {"rate", "fraction", "seconds", "factor"}
-_KEYS = _INT_KEYS | _FLOAT_KEYS | {"path", "day", "retry_after", "message", "amount"}
+_KEYS = _INT_KEYS | _FLOAT_KEYS | {"path", "day", "retry_after", "message", "amount", "name"}
 
 
 class FaultSpecError(ValueError):
@@ -100,12 +102,13 @@ class Fault:
     after: int = 0  # matching requests still to let through before firing
     message: str | None = None
     amount: Any = None
+    name: str | None = None
     id: int = 0
     fired: int = field(default=0)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "kind": self.kind, "fired": self.fired}
-        for k in ("count", "rate", "org", "path", "message"):
+        for k in ("count", "rate", "org", "path", "message", "name"):
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
         if self.after:
@@ -167,6 +170,8 @@ def fault_from_mapping(kind: str, options: dict[str, Any]) -> Fault:
         raise FaultSpecError(f"{kind} needs day=YYYY-MM-DD")
     if not 0 < fault.factor <= 1000:
         raise FaultSpecError("factor must be in (0, 1000]")
+    if kind == "rename" and fault.name is None:
+        raise FaultSpecError("rename needs name=TEXT")
     if kind in REQUEST_KINDS and fault.count is None and fault.rate is None:
         fault.count = 1
     return fault

@@ -245,6 +245,7 @@ class TestDayBoundary:
     ORGS = range(60)
     """Generated organizations per variant: on today's rules about half of the cost-less ones fail."""
 
+    @pytest.mark.slow  # 60 generated organizations per variant
     @pytest.mark.parametrize("variant", ["evening_to_next_day", "morning_to_previous_day", "evening_lost"])
     def test_a_shifted_day_over_generated_organizations(self, variant: str) -> None:
         """One day's calls cross midnight (clock 8 h ahead: 16:00-24:00 into the next day; 8 h behind:

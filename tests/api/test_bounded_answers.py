@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.fake_api import CountingGate
+from tests.api.support import CountingGate
 from worker.api import AdminApiClient, ApiUnreachable, BodyTooLarge, RetriesExhausted
 from worker.api.client import BUDGET_WAIT
 from worker.clock import FakeClock
@@ -174,8 +174,8 @@ class TestUnreachable:
 class TestWaitReasons:
     def test_each_wait_names_what_it_waits_for(self, harness: Harness) -> None:
         """Gate waits name the budget, a 429 wait names the retry-after, a 503 wait names the backoff."""
-        harness.fake.faults.rate_limit(1, retry_after=30)
-        harness.fake.faults.error(2, status=503)
+        harness.sim.add_fault("429:retry_after=30")  # request 1
+        harness.sim.add_fault("503:after=1")  # request 2
         harness.gate = CountingGate(harness.clock, wait=60.0)
         harness.run(_org)
         assert harness.wait_reasons == [

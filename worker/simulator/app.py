@@ -230,8 +230,8 @@ class SimulatorApp:
             self.stats = Stats()
 
     def reset(self) -> None:
-        """Forget faults, revocations, rotated keys, new names, restatements, spikes, rate-limit state, stats
-        requests."""
+        """Forget faults, revocations, rotated keys, new names, restatements, spikes, rate-limit state,
+        stats and requests."""
         with self.lock:
             self.faults.clear()
             self.revoked.clear()

@@ -63,6 +63,7 @@ def test_rules_read_only_metrics_that_exist() -> None:
     assert used <= served_metrics(), used - served_metrics()
 
 
+@pytest.mark.slow  # promtool processes
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (apt-get install -y prometheus)")
 def test_promtool_checks_and_unit_tests(tmp_path: Path) -> None:
     """`promtool check rules` on both files (the PrometheusRule's groups extracted) and `promtool test rules`."""

@@ -76,6 +76,7 @@ def is_null(value: str) -> bool:
     return value == ""
 
 
+@pytest.mark.slow  # a year of data
 class TestColumns:
     def test_every_mandatory_column(self, exported: Any) -> None:
         """All 21 Mandatory columns of the 1.2 list are there, under their exact column ids."""
@@ -99,6 +100,7 @@ class TestColumns:
                 "RegionName", "SubAccountId", "SubAccountName", "ChargeFrequency", "ServiceSubcategory"} <= set(header)
 
 
+@pytest.mark.slow  # a year of data
 class TestValueRules:
     def test_types_nulls_and_allowed_values(self, exported: Any) -> None:
         """Per the column list: no null where nulls are not allowed, Decimal in Numeric Format, Date/Time as
@@ -202,6 +204,7 @@ def check(rule: dict[str, Any], r: dict[str, str], header: list[str]) -> None:
         raise AssertionError(f"unknown rule kind {kind}")
 
 
+@pytest.mark.slow  # a year of data
 class TestAgainstTheTruth:
     def test_billed_cost_sums_to_the_bill(self, exported: Any, year: tuple[App, SimulatorApp]) -> None:
         """Over 365 days BilledCost sums exactly (Decimal) to the simulator's truth, and per (day, model) too."""
@@ -274,6 +277,7 @@ class TestFile:
         assert row["ChargeDescription"] == "'-2+3 Usage" and row["BilledCost"] == "-1.25"
         assert result.stdout.splitlines()[1].endswith("\r") or "\r\n" in result.stdout_bytes.decode()  # RFC 4180
 
+    @pytest.mark.slow  # a year of data
     def test_errors_are_one_line_and_leave_no_file(self, year: tuple[App, SimulatorApp], tmp_path: Path) -> None:
         """Bad usage exits 2 with one line; an unwritable --out leaves nothing behind."""
         app, _ = year
@@ -291,6 +295,7 @@ class TestFile:
                                           "2026-03-01"], env=e)
         assert result.exit_code == 2
 
+    @pytest.mark.slow  # a year of data
     def test_one_month_to_stdout_and_by_integration(self, year: tuple[App, SimulatorApp], tmp_path: Path) -> None:
         """Without --out the CSV goes to stdout; --integration keeps that integration's rows."""
         app, sim = year

@@ -32,6 +32,7 @@ def anomalies(app: App, since: date, until: date) -> list[Any]:
 
 
 class TestOnTheSimulator:
+    @pytest.mark.slow  # a year of data
     def test_an_ordinary_year_has_no_integration_anomaly(self, bill: tuple[App, SimulatorApp]) -> None:
         """A year of steady traffic (weekends at about a third of weekdays, a slow +-30 % trend): no day of the
         integration's total is an anomaly, and across every workspace and model under 0.3 % of days are."""
@@ -42,6 +43,7 @@ class TestOnTheSimulator:
                     for r in sim.data.day(0, YEAR_AGO + timedelta(days=d)).cost})
         assert len(found) < 0.003 * 365 * keys, found
 
+    @pytest.mark.slow  # a year of data
     def test_weekends_are_not_drops(self, bill: tuple[App, SimulatorApp]) -> None:
         """A Saturday costs about a third of the Friday before it, and is judged ordinary (score near 0)."""
         app, sim = bill

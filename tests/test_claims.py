@@ -148,16 +148,22 @@ class TestAdvisoryClaims:
         """The server ends the claims session (a restart, a network cut): `holds` says so, and the next claim
         opens a new session."""
         claims = AdvisoryClaims(pg_engine)
+
+        def end_session_holding(integration_id: int) -> None:
+            with pg_engine.connect() as conn:
+                schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+                pid = conn.execute(text("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = :i "
+                                        "AND classid = CAST(:c AS oid)"),
+                                   {"i": integration_id, "c": lock_class(schema) & 0xFFFFFFFF}).scalar_one()
+                conn.execute(text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid})  # waits for it to end
         try:
             assert claims.claim(3)
-            with pg_engine.connect() as conn:
-                pid = conn.execute(text("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 3 "
-                                        "AND classid = CAST(:c AS oid)"),
-                                   {"c": lock_class(conn.execute(text("SELECT current_schema()")).scalar_one())
-                                    & 0xFFFFFFFF}).scalar_one()
-                conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            end_session_holding(3)
             assert not claims.holds(3)
             assert claims.claim(3) and claims.holds(3)
+            end_session_holding(3)
+            assert claims.claim(4)  # straight on a dead session: retried once on a new one
+            assert not claims.holds(3) and claims.holds(4)
         finally:
             claims.close()
 

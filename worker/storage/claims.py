@@ -194,7 +194,11 @@ class AdvisoryClaims:
         with self._lock:
             if integration_id in self._held:
                 return False  # session locks are reentrant: a second sync in this process must not share one
-            if not self._call("SELECT pg_try_advisory_lock(:c, :i)", integration_id):
+            try:
+                taken = self._call("SELECT pg_try_advisory_lock(:c, :i)", integration_id)
+            except DBAPIError:  # the session had ended (a server restart, a network cut): once more, on a new one
+                taken = self._call("SELECT pg_try_advisory_lock(:c, :i)", integration_id)
+            if not taken:
                 return False
             self._held.add(integration_id)
             return True

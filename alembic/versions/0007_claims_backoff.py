@@ -1,8 +1,8 @@
 """integrations: when the lease was taken (for "held by ... since ..."), and the retry backoff of a failing
 integration (consecutive failed attempts, earliest next attempt)
 
-Revision ID: 0006_claims_backoff
-Revises: 0005_sync_runs_running
+Revision ID: 0007_claims_backoff
+Revises: 0006_watch
 
 Written by hand.
 """
@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 import worker.storage.types
 
-revision = '0006_claims_backoff'
-down_revision = '0005_sync_runs_running'
+revision = '0007_claims_backoff'
+down_revision = '0006_watch'
 branch_labels = None
 depends_on = None
 

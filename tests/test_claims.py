@@ -222,10 +222,10 @@ class TestSyncNowWaits:
         trying, and syncs as soon as the holder lets go."""
         holding, waiting = two_apps
         held = self.hold(holding, 1)
-        heard: list[tuple[int, repo.LeaseHolder | None]] = []
+        heard: list[tuple[int, repo.LeaseHolder]] = []
         tries = 0
 
-        def on_wait(iid: int, holder: repo.LeaseHolder | None) -> None:
+        def on_wait(iid: int, holder: repo.LeaseHolder) -> None:
             heard.append((iid, holder))
 
         async def go() -> list[SyncOutcome]:
@@ -252,7 +252,7 @@ class TestSyncNowWaits:
         holding, waiting = two_apps
         self.hold(holding, 1)
 
-        def on_wait(_iid: int, _holder: repo.LeaseHolder | None) -> None:
+        def on_wait(_iid: int, _holder: repo.LeaseHolder) -> None:
             assert remove(holding.engine, 1)
 
         [outcome] = asyncio.run(sync_now(waiting, [1], on_claim_wait=on_wait))

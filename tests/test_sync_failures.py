@@ -9,6 +9,7 @@ answer hostile."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -170,6 +171,18 @@ def limit_pages(engine: Engine, pages: int) -> None:
         dbapi_conn.execute(f"PRAGMA max_page_count = {pages}")
 
 
+def finished_by_one_poll(service: SyncService) -> list[tuple[str, str]]:
+    """One poll, waited for: the (kind, result) of every sync it started (from the service's own counts: a
+    sync may end, and leave `service.tasks`, before the poll returns)."""
+    before = Counter(service.outcomes)
+
+    async def go() -> None:
+        await service.dispatch_due()
+        await asyncio.gather(*service.tasks.values())
+    asyncio.run(go())
+    return sorted((service.outcomes - before).elements())
+
+
 def _integration(app: App, iid: int) -> repo.Integration:
     with app.engine.begin() as conn:
         found = repo.get_integration(conn, iid)
@@ -193,11 +206,7 @@ class TestBackoff:
         clock: FakeClock = app.clock  # type: ignore[assignment]
 
         def poll() -> list[str]:
-            async def go() -> list[str]:
-                await service.dispatch_due()
-                done = await asyncio.gather(*service.tasks.values())
-                return [o.kind for o in done if o is not None and not o.skipped]
-            return asyncio.run(go())
+            return [kind for kind, result in finished_by_one_poll(service) if result != "skipped"]
 
         assert poll() == ["backfill"]  # the connect's backfill: fails (usage pages)
         for attempt in range(1, 8):
@@ -247,12 +256,7 @@ class TestBackoff:
         clock: FakeClock = app.clock  # type: ignore[assignment]
 
         def poll() -> int:
-            async def go() -> int:
-                await service.dispatch_due()
-                started = len(service.tasks)
-                await asyncio.gather(*service.tasks.values())
-                return started
-            return asyncio.run(go())
+            return len(finished_by_one_poll(service))
         assert poll() == 1
         assert poll() == 0
         clock.advance(retry_delay(1))

@@ -251,7 +251,7 @@ def sync_now_cmd(ctx: click.Context, ids: tuple[int, ...]) -> None:
     if not known:
         fail("no integrations: add one with `cost-worker connect`", EXIT_USAGE)
 
-    def waiting(integration_id: int, holder: repo.LeaseHolder | None) -> None:
+    def waiting(integration_id: int, holder: repo.LeaseHolder) -> None:
         click.echo(f"integration {integration_id}: waiting for another process syncing it: "
                    f"{describe_holder(holder)}", err=True)
 

@@ -395,7 +395,8 @@ class IntegrationSync:
                                 "stored page", integ.display)
                 plan = self._plan(integ, now.date())
                 self.run_id = repo.start_run(conn, self.id, self.kind, plan.first, plan.last, now)
-                if plan.backfill and integ.status in ("pending", "error"):
+                if plan.backfill and integ.status == "pending":
+                    # An `error` stays until a run succeeds: a retry is not a recovery (worker.watch notifies both).
                     repo.update_integration(conn, self.id, status="backfilling", updated_at=now)
         except _Skipped as skipped:
             app.claims.release(self.id)
@@ -500,11 +501,8 @@ class IntegrationSync:
                                         retry_at=retry_at, updated_at=now)
 
 
-def describe_holder(holder: repo.LeaseHolder | None) -> str:
+def describe_holder(holder: repo.LeaseHolder) -> str:
     """`held by HOST:PID:ID since ... until ...` (UTC, to the second) for a waiting process to print."""
-    if holder is None:
-        return "held by another process (its lease is not recorded yet)"
-
     def at(moment: datetime | None) -> str:
         return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else "?"
     return (f"held by {holder.owner} since {at(holder.since)}, lease until {at(holder.until)} (renewed while it "
@@ -525,7 +523,7 @@ async def sync_integration(app: App, integration_id: int, kind: Kind, *, progres
 
 async def sync_now(app: App, integration_ids: list[int] | None, *, progress: Progress | None = None,
                    transport: httpx.AsyncBaseTransport | None = None, lease_poll_seconds: float = 2.0,
-                   on_claim_wait: Callable[[int, repo.LeaseHolder | None], None] | None = None) -> list[SyncOutcome]:
+                   on_claim_wait: Callable[[int, repo.LeaseHolder], None] | None = None) -> list[SyncOutcome]:
     """Bring integrations up to date in the foreground: pending backfills, then the trailing window.
 
     Integrations run concurrently (each has its own organization budget). One that another process is
@@ -550,9 +548,9 @@ async def sync_now(app: App, integration_ids: list[int] | None, *, progress: Pro
             exists, held = await app.db(holder, iid)
             if not exists:
                 return SyncOutcome(iid, "manual", False, "failed: the integration was removed meanwhile")
-            seen = (held.owner, held.since) if held is not None else ("", None)
-            if seen != announced:
-                announced = seen
+            # No lease recorded while the claim is held: its holder has just let go, or not written it yet.
+            if held is not None and (held.owner, held.since) != announced:
+                announced = (held.owner, held.since)
                 if on_claim_wait is not None:
                     on_claim_wait(iid, held)
                 else:

@@ -5,12 +5,14 @@ request log and the stored rows; sync logs carry integration, window and request
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -174,6 +176,32 @@ class TestReadyz:
         response = asyncio.run(go())
         assert response.status_code == 503 and "database unavailable" in response.text
         assert response.text.count("\n") == 1
+
+    def test_not_ready_when_the_integrations_table_is_malformed(self, app: App, sim: SimulatorHandle) -> None:
+        """An overwritten page of `integrations`: `SELECT 1` and the schema revision still answer, but every
+        poll fails ("database disk image is malformed"), so /readyz, which runs the poll's queries, is 503."""
+        if app.engine.dialect.name != "sqlite":
+            pytest.skip("overwrites a page of the SQLite file")
+        onboard(app, sim)
+        with app.engine.begin() as conn:
+            root = conn.exec_driver_sql("SELECT rootpage FROM sqlite_master WHERE name = 'integrations'").scalar_one()
+            size = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
+        app.engine.dispose()
+        path = Path(app.engine.url.database or "")
+        with contextlib.closing(sqlite3.connect(path)) as raw:
+            raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the main file
+        with path.open("r+b") as db:
+            db.seek((root - 1) * size)
+            db.write(b"\xff" * size)
+        with app.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")  # what readiness used to check: still fine
+
+        async def go() -> tuple[httpx.Response, httpx.Response]:
+            async with serving(app, sim, scheduler=False) as (_s, _server, get):
+                return await get("/readyz"), await get("/healthz")
+        ready, _alive = asyncio.run(go())
+        assert ready.status_code == 503, ready.text
+        assert ready.text == "not ready: database unavailable: database disk image is malformed\n"
 
 
 class TestMetrics:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -254,6 +254,24 @@ class TestLeases:
             assert repo.take_lease(conn, integration_id, "b", datetime(2026, 3, 10, 0, 11, tzinfo=UTC), later)
             repo.release_lease(conn, integration_id, "a")  # not the owner any more: no effect
             assert repo.holds_lease(conn, integration_id, "b")
+
+    def test_a_claim_holder_takes_the_lease_whatever_it_says(self, engine: Engine, integration_id: int) -> None:
+        """`force` (the caller holds the integration's claim: the lease's holder is dead) takes a live lease;
+        `since` is when the holder took it, kept by renewals, which only the holder can make."""
+        later, much_later = NOW + timedelta(minutes=5), NOW + timedelta(minutes=10)
+        with engine.begin() as conn:
+            assert repo.take_lease(conn, integration_id, "dead", NOW, much_later)
+            assert not repo.take_lease(conn, integration_id, "b", later, much_later)
+            assert repo.take_lease(conn, integration_id, "b", later, much_later, force=True)
+            assert repo.lease_holder(conn, integration_id) == repo.LeaseHolder("b", later, much_later)
+            assert repo.take_lease(conn, integration_id, "b", much_later, much_later + timedelta(minutes=5))
+            assert not repo.renew_lease(conn, integration_id, "dead", much_later)
+            assert repo.renew_lease(conn, integration_id, "b", much_later + timedelta(minutes=9))
+            assert repo.lease_holder(conn, integration_id) == repo.LeaseHolder(
+                "b", later, much_later + timedelta(minutes=9))
+            repo.release_lease(conn, integration_id, "b")
+            assert repo.lease_holder(conn, integration_id) is None
+            assert not repo.take_lease(conn, 999_999, "b", NOW, later, force=True)  # no such integration
 
     def test_daily_slot_claimed_once(self, engine: Engine, integration_id: int) -> None:
         """Each daily slot can be claimed once per integration."""

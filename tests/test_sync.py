@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.simulated import COST_PATH, TODAY, USAGE_PATH, Truth, key_hint, make_sim, report_requests
 from worker.api import Organization
@@ -20,7 +20,7 @@ from worker.secret import AdminKey
 from worker.simulator import SimulatorHandle
 from worker.storage import repo
 from worker.storage.tables import cost_rows, integrations, sync_runs, usage_rows
-from worker.sync.engine import sync_integration, sync_now
+from worker.sync.engine import TAKEN_OVER, sync_integration, sync_now
 
 
 @pytest.fixture(scope="module")
@@ -163,19 +163,23 @@ class TestBackfill:
 
         with pytest.raises(Crash):
             run(app, iid, "backfill", CrashingTransport())
-        # A hard kill leaves its lease behind: a new process takes over once the lease expires.
+        # A hard kill leaves its lease and `running` record behind, but not its claim (a lock that died with
+        # it): the next process takes over at once, not when the lease expires.
         with app.engine.begin() as conn:
             repo.update_integration(conn, iid, lease_owner="dead-process",
                                     lease_expires_at=app.clock.now() + timedelta(seconds=300))
+            conn.execute(update(sync_runs).where(sync_runs.c.integration_id == iid).values(outcome="running"))
         restarted = App(app.settings, clock=app.clock)
         request.addfinalizer(restarted.close)
-        assert run(restarted, iid, "backfill", sim).skipped
-        app.clock.advance(301)  # type: ignore[attr-defined]
         before = len(sim.requests)
         outcome = run(restarted, iid, "backfill", sim)
         assert outcome.ok, outcome.message
         assert len(sim.requests) - before == 24 - 8  # 8 pages were stored; the 9th is fetched again
         assert_matches_truth(restarted, sim, TODAY - timedelta(days=364), TODAY)
+        with restarted.engine.begin() as conn:
+            first, second = sorted(repo.recent_runs(conn, iid), key=lambda r: r["id"])
+        assert (first["outcome"], first["error"]) == ("interrupted", TAKEN_OVER)
+        assert second["outcome"] == "ok" and integration(restarted, iid).lease_owner is None
 
     def test_any_order_of_overlapping_syncs_gives_the_same_rows(self, app: App, sim: SimulatorHandle) -> None:
         """Backfill, daily and manual syncs in any order and repeated leave identical rows."""
@@ -300,7 +304,7 @@ class TestSecrets:
         assert master not in caplog.text and master not in repr(app.settings)
         if db_url.startswith("sqlite"):
             app.engine.dispose()
-            raw = b"".join(p.read_bytes() for p in (app.settings.data_dir.parent).rglob("cw.db*"))
+            raw = b"".join(p.read_bytes() for p in (app.settings.data_dir.parent).rglob("cw.db*") if p.is_file())
             assert secret.encode() not in raw and master.encode() not in raw
         else:
             with app.engine.begin() as conn:

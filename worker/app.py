@@ -27,6 +27,7 @@ from sqlalchemy.exc import ArgumentError
 from worker.clock import Clock, SystemClock
 from worker.ratelimit import RateBudget
 from worker.settings import Settings, SettingsError
+from worker.storage.claims import Claims, claims_for
 from worker.storage.db import make_engine, upgrade
 from worker.vault import InvalidMasterKey, Keyring, MasterKey, read_master_key_file, write_master_key_file
 
@@ -233,6 +234,11 @@ class App:
         return engine
 
     @cached_property
+    def claims(self) -> Claims:
+        """This process's claims on integrations (locks that die with it: worker.storage.claims)."""
+        return claims_for(self.engine)
+
+    @cached_property
     def keyring(self) -> Keyring:
         return load_keyring(self.settings)
 
@@ -258,5 +264,7 @@ class App:
     def close(self) -> None:
         if "db_executor" in self.__dict__:
             self.db_executor.shutdown()
+        if "claims" in self.__dict__:
+            self.claims.close()
         if "engine" in self.__dict__:
             self.engine.dispose()

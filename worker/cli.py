@@ -13,9 +13,10 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("worker.cli")
 
 ADMIN_KEY_ENV = "ANTHROPIC_ADMIN_KEY"
+T = TypeVar("T")
 
 
 class LazyGroup(click.Group):
@@ -236,7 +238,7 @@ def integrations_replace_key(ctx: click.Context, integration_id: int) -> None:
 def sync_now_cmd(ctx: click.Context, ids: tuple[int, ...]) -> None:
     """Bring integrations up to date now: finish pending backfills, then re-read the trailing window."""
     from worker.storage import repo
-    from worker.sync.engine import sync_now
+    from worker.sync.engine import describe_holder, sync_now
     from worker.sync.progress import BarProgress, LogProgress
 
     app = get_app(ctx)
@@ -247,16 +249,41 @@ def sync_now_cmd(ctx: click.Context, ids: tuple[int, ...]) -> None:
         fail(f"no integration {missing[0]} (see `cost-worker integrations list`)", EXIT_USAGE)
     if not known:
         fail("no integrations: add one with `cost-worker connect`", EXIT_USAGE)
+
+    def waiting(integration_id: int, holder: repo.LeaseHolder) -> None:
+        click.echo(f"integration {integration_id}: waiting for another process syncing it: "
+                   f"{describe_holder(holder)}", err=True)
+
     if sys.stderr.isatty():
         with BarProgress() as bars:  # one line per integration, redrawn in place
-            outcomes = asyncio.run(sync_now(app, list(ids) or None, progress=bars))
+            outcomes = _run_stoppable(sync_now(app, list(ids) or None, progress=bars, on_claim_wait=waiting))
     else:
-        outcomes = asyncio.run(sync_now(app, list(ids) or None, progress=LogProgress()))
+        outcomes = _run_stoppable(sync_now(app, list(ids) or None, progress=LogProgress(), on_claim_wait=waiting))
     failed = [o for o in outcomes if not o.ok]
     for o in outcomes:
         click.echo(f"integration {o.integration_id}: {'ok' if o.ok else 'FAILED'}: {printable(o.message)}")
     if failed:
         raise SystemExit(EXIT_FAILED)
+
+
+def _run_stoppable(work: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, with SIGTERM (what a container runtime or a Kubernetes Job sends) stopping the work as
+    SIGINT does: the task is cancelled, each sync records its run `interrupted` and gives back its lease and
+    claim, and the command ends as an interrupted one (KeyboardInterrupt)."""
+    async def main() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await work
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
 
 
 @cli.command("run")

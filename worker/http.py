@@ -3,8 +3,9 @@
 - `/healthz`: liveness. 200 while the scheduler runs and its poll job started recently (a stuck
   event loop or a hung poll turns it 503, and the orchestrator restarts the process). It never
   touches the database: a database outage is not cured by a restart.
-- `/readyz`: readiness. 200 when the database answers and its schema is at this build's alembic
-  head; 503 with the reason otherwise (unreachable, or migrated by a newer/older build).
+- `/readyz`: readiness. 200 when the scheduler's poll works on the database (the same queries, rolled
+  back) and its schema is at this build's alembic head; 503 with the reason otherwise (unreachable, a
+  table the poll cannot read, or migrated by a newer/older build).
 - `/metrics`: Prometheus text format 0.0.4, every series declared and computed in `worker.metrics`
   (rendered by prometheus_client): per-integration series read from the database, the same on every
   replica, and this process's own (`cost_worker_process_*`, the scheduler gauge).
@@ -23,15 +24,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import text
-
 from worker.storage.db import current_revision, head_revision
+from worker.sync.scheduler import SyncService, poll_database
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
     from worker.app import App
-    from worker.sync.scheduler import SyncService
 
 log = logging.getLogger("worker.http")
 
@@ -95,8 +94,11 @@ class HealthServer:
         return Reply(200, f"ready: database at {current}\n")
 
     def _check_database(self) -> str | None:
-        with self.app.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        """What a poll reads (and writes), in a transaction rolled back: a database that answers `SELECT 1`
+        but fails every poll (a malformed table page, a full disk) is not ready."""
+        with self.app.engine.connect() as conn, conn.begin() as transaction:
+            poll_database(conn, self.app.clock.now())
+            transaction.rollback()
         return current_revision(self.app.engine)
 
     async def metrics(self) -> Reply:

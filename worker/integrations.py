@@ -115,8 +115,10 @@ def replace_key(app: App, integration_id: int, key: AdminKey, org: Organization)
         sealed = app.keyring.seal(key.reveal().encode(), aad=integration_aad(integration_id))
         values: dict[str, object] = {"key_ciphertext": sealed.blob, "key_id": sealed.key_id,
                                      "key_hint": key.hint, "updated_at": now}
-        if integ.status == "error" and not integ.backfill_done:
-            values["status"] = "pending"  # `run` resumes the backfill from its checkpoints
+        if integ.status == "error":
+            values.update(failed_attempts=0, retry_at=now)  # a new key: `run` tries again at its next poll
+            if not integ.backfill_done:
+                values["status"] = "pending"  # `run` resumes the backfill from its checkpoints
         repo.update_integration(conn, integration_id, **values)
     log.info("integration %d: Admin key replaced (organization %s)", integration_id, org.id)
     return integ

@@ -13,7 +13,7 @@ from decimal import Decimal
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, literal_column, or_, select, update
+from sqlalchemy import Connection, case, delete, func, insert, literal_column, or_, select, update
 
 from worker.storage.rows import (
     COST_COLUMNS,
@@ -53,7 +53,10 @@ class Integration:
     backfill_done: bool
     last_daily_slot: datetime | None
     lease_owner: str | None
+    lease_since: datetime | None
     lease_expires_at: datetime | None
+    failed_attempts: int
+    retry_at: datetime | None
 
     def __repr__(self) -> str:  # the ciphertext is not secret, but it is noise
         return f"Integration(id={self.id}, label={self.label!r}, status={self.status!r}, key_hint={self.key_hint!r})"
@@ -98,6 +101,16 @@ class DispatchState:
     status: str
     backfill_done: bool
     last_daily_slot: datetime | None
+    retry_at: datetime | None
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """Who holds an integration's lease, since and until when (renewed while its sync runs)."""
+
+    owner: str
+    since: datetime | None
+    until: datetime | None
 
 
 def _columns(cls: type[IntegrationState] | type[DispatchState]) -> list[Any]:
@@ -156,17 +169,27 @@ def delete_integration(conn: Connection, integration_id: int) -> bool:
 
 # --- leases: one process at a time syncs an integration -----------------------------------------
 
-def take_lease(conn: Connection, integration_id: int, owner: str, now: datetime, until: datetime) -> bool:
-    """Take (or renew) the lease when it is free, expired or already ours; atomic on both backends."""
+def take_lease(conn: Connection, integration_id: int, owner: str, now: datetime, until: datetime, *,
+               force: bool = False) -> bool:
+    """Take the lease when it is free, expired or already ours (atomic on both backends); with `force`
+    whatever it says (the caller holds the integration's claim, so its holder is dead). False when another
+    process holds it, or the integration is gone."""
+    c = integrations.c
+    free = or_(c.lease_owner.is_(None), c.lease_owner == owner, c.lease_expires_at.is_(None), c.lease_expires_at < now)
     result = conn.execute(
         update(integrations)
-        .where(
-            integrations.c.id == integration_id,
-            or_(integrations.c.lease_owner.is_(None), integrations.c.lease_owner == owner,
-                integrations.c.lease_expires_at.is_(None), integrations.c.lease_expires_at < now),
-        )
-        .values(lease_owner=owner, lease_expires_at=until)
+        .where(c.id == integration_id, *([] if force else [free]))
+        .values(lease_owner=owner, lease_expires_at=until,
+                lease_since=case((c.lease_owner == owner, func.coalesce(c.lease_since, now)), else_=now))
     )
+    return result.rowcount == 1
+
+
+def renew_lease(conn: Connection, integration_id: int, owner: str, until: datetime) -> bool:
+    """Extend our lease; False when it is no longer ours (another process took the integration over)."""
+    result = conn.execute(update(integrations)
+                          .where(integrations.c.id == integration_id, integrations.c.lease_owner == owner)
+                          .values(lease_expires_at=until))
     return result.rowcount == 1
 
 
@@ -174,8 +197,15 @@ def release_lease(conn: Connection, integration_id: int, owner: str) -> None:
     conn.execute(
         update(integrations)
         .where(integrations.c.id == integration_id, integrations.c.lease_owner == owner)
-        .values(lease_owner=None, lease_expires_at=None)
+        .values(lease_owner=None, lease_since=None, lease_expires_at=None)
     )
+
+
+def lease_holder(conn: Connection, integration_id: int) -> LeaseHolder | None:
+    """The lease as the row records it (None when free, or the integration is gone)."""
+    c = integrations.c
+    row = conn.execute(select(c.lease_owner, c.lease_since, c.lease_expires_at).where(c.id == integration_id)).first()
+    return LeaseHolder(row[0], row[1], row[2]) if row is not None and row[0] is not None else None
 
 
 def holds_lease(conn: Connection, integration_id: int, owner: str) -> bool:
@@ -380,6 +410,16 @@ def start_run(conn: Connection, integration_id: int, kind: str, window_start: da
 
 def update_run(conn: Connection, run_id: int, **values: Any) -> None:
     conn.execute(update(sync_runs).where(sync_runs.c.id == run_id).values(**values))
+
+
+def interrupt_runs(conn: Connection, integration_id: int, now: datetime, error: str) -> int:
+    """Mark the integration's `running` run records `interrupted` with `error` (its claim was just taken:
+    whatever process ran them is dead)."""
+    result = conn.execute(update(sync_runs)
+                          .where(sync_runs.c.integration_id == integration_id,
+                                 sync_runs.c.outcome == literal_column("'running'"))
+                          .values(outcome="interrupted", error=error, finished_at=now))
+    return int(result.rowcount or 0)
 
 
 def reap_abandoned_runs(conn: Connection, now: datetime, error: str) -> int:

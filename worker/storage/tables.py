@@ -63,9 +63,16 @@ integrations = Table(
     Column("backfill_done", Boolean, nullable=False, default=False),
     # The daily slot (its UTC start time) last handled, so each 06:00 runs once per integration.
     Column("last_daily_slot", UTCDateTime),
-    # Lease: one process at a time syncs an integration; an expired lease may be taken over.
+    # Lease: the record of which process syncs the integration, since and until when (the claim itself is
+    # a lock that dies with its process: worker.sync.claims). Without such a lock an expired lease may be
+    # taken over.
     Column("lease_owner", String(100)),
+    Column("lease_since", UTCDateTime),
     Column("lease_expires_at", UTCDateTime),
+    # Backoff of a failing integration: consecutive failed runs, and when `run` may try again (None: not by
+    # itself, e.g. a revoked key, until the next daily slot or a new key).
+    Column("failed_attempts", Integer, nullable=False, server_default=text("0")),
+    Column("retry_at", UTCDateTime),
     sqlite_autoincrement=True,
 )
 

@@ -49,8 +49,11 @@ class LeaseLost(Exception):
     """Another process took over this integration's lease (ours expired): stop without writing."""
 
 
-class _SlotTaken(Exception):
-    """Another process ran this daily slot: roll back the lease just taken."""
+class _Skipped(Exception):
+    """The opening transaction found nothing to do: roll back the lease just taken."""
+
+    def __init__(self, skip: Skip) -> None:
+        self.skip = skip
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class RunEnd:
     message: str
     error: str | None = None
     status: Literal["ok", "error"] | None = None
+    retry: bool = True  # an error `run` tries again after a backoff (not a blocked key: that needs a person)
 
     @classmethod
     def interrupted(cls, reason: str) -> RunEnd:
@@ -108,6 +112,27 @@ class SyncOutcome:
     skipped: bool = False
     run_id: int | None = None
     rows: int = 0
+    recorded: bool = True  # False: it failed before its run record and status could be written
+
+
+RETRY_FIRST_SECONDS = 60.0
+RETRY_MAX_SECONDS = 3600.0
+TAKEN_OVER = "interrupted: the process running it died; another took the integration over"
+
+
+def retry_delay(failed_attempts: int) -> float:
+    """How long `run` waits before trying a failing integration again: 1 min, doubling, at most 1 h."""
+    return min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2.0 ** min(max(0, failed_attempts - 1), 32))
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line naming an unexpected failure (a driver's own message for database errors), keys masked."""
+    from worker.logs import scrub
+
+    inner = getattr(exc, "orig", None) or exc
+    first = (str(inner).strip().splitlines() or [""])[0][:300]
+    return scrub(f"internal error: {type(inner).__name__}: {first}" if first else
+                 f"internal error: {type(inner).__name__}")
 
 
 class ObservedTransport(httpx.AsyncBaseTransport):
@@ -213,6 +238,7 @@ class IntegrationSync:
         self.daily_slot = daily_slot
         self.stats = RequestStats()
         self.run_id: int | None = None
+        self.failed_attempts = 0  # the integration's, as read when the run opened
         self.pages = 0
         self.rows = 0
         self.limits: dict[str, int] = {}
@@ -222,23 +248,40 @@ class IntegrationSync:
         """A blocking database call on the app's database threads (see `App.db`)."""
         return await self.app.db(functools.partial(fn, *args, **kwargs))
 
-    # --- lease -----------------------------------------------------------------------------------
+    # --- claim and lease ---------------------------------------------------------------------------
+    #
+    # The claim (app.claims: a lock that dies with this process) says who may sync; the row lease records
+    # it (owner, since, until) and is what every page's transaction checks.
 
-    def _take_lease(self) -> bool:
-        now = self.app.clock.now()
+    def _renew_lease(self) -> bool:
+        until = self.app.clock.now() + timedelta(seconds=self.app.settings.lease_seconds)
         with self.app.engine.begin() as conn:
-            return repo.take_lease(conn, self.id, self.app.owner, now,
-                                   now + timedelta(seconds=self.app.settings.lease_seconds))
+            return repo.renew_lease(conn, self.id, self.app.owner, until)
 
     def _release_lease(self) -> None:
-        with self.app.engine.begin() as conn:
-            repo.release_lease(conn, self.id, self.app.owner)
+        try:
+            with self.app.engine.begin() as conn:
+                repo.release_lease(conn, self.id, self.app.owner)
+        finally:
+            self.app.claims.release(self.id)
 
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.app.settings.lease_seconds / 3)
-            if not await self._db(self._take_lease):
+            try:
+                renewed = await self._db(self._renew_lease)
+                claimed = await self._db(self.app.claims.holds, self.id)
+            except Exception:
+                log.warning("%s: could not renew the lease (next try in %.0fs)", self.label,
+                            self.app.settings.lease_seconds / 3, exc_info=True)
+                continue
+            if not renewed:
                 log.error("%s: lease lost to another process", self.label)
+                return
+            if not claimed:
+                # The claim's PostgreSQL session broke: another replica may take the integration over, and
+                # this sync's next page store then stops it (the lease check).
+                log.error("%s: claim lost (its database session ended)", self.label)
                 return
 
     # --- storing a page --------------------------------------------------------------------------
@@ -299,12 +342,17 @@ class IntegrationSync:
             opened = await asyncio.shield(opening)
         except asyncio.CancelledError:
             # Stopped while the opening transaction ran on its thread: it may still commit. Then undo it,
-            # so no lease or `running` record outlives this process.
+            # so no lease, claim or `running` record outlives this process.
             opened = await opening
             if isinstance(opened, Opened):
                 await self._db(self._close, RunEnd.interrupted("stopped by shutdown"), t0)
                 await self._db(self._release_lease)
             raise
+        except Exception as exc:  # the database refused the opening transaction: nothing was written
+            reason = failure_reason(exc)
+            log.error("%s: could not start the sync: %s", self.label, reason, exc_info=True)
+            self.progress.finish(self.label, False, f"failed: {reason}")
+            return SyncOutcome(self.id, self.kind, False, f"failed: {reason}", recorded=False)
         if isinstance(opened, Skip):
             return SyncOutcome(self.id, self.kind, True, opened.value, skipped=True)
         heartbeat = asyncio.create_task(self._heartbeat())
@@ -316,28 +364,46 @@ class IntegrationSync:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            await asyncio.shield(self._db(self._release_lease))
+            try:
+                await asyncio.shield(self._db(self._release_lease))
+            except Exception:
+                log.error("%s: could not release the lease (the claim is given back all the same)", self.label,
+                          exc_info=True)
 
     def _open(self) -> Opened | Skip:
-        """Take the lease, claim the daily slot (if any), read the integration and start the run record, in
-        one transaction: a slot another process claimed first rolls the lease back with it."""
+        """Take the claim, then in one transaction the lease, the daily slot (if any), the integration as it
+        is and a `running` run record: a slot another process claimed first rolls the lease back with it,
+        and gives the claim back."""
         app = self.app
         now = app.clock.now()
+        if not app.claims.claim(self.id):
+            return Skip.LEASED  # another live process (or sync of this one) holds it
         try:
             with app.engine.begin() as conn:
+                # Holding the claim, the lease is ours whatever it says: only a dead process could have left it.
                 if not repo.take_lease(conn, self.id, app.owner, now,
-                                       now + timedelta(seconds=app.settings.lease_seconds)):
-                    return Skip.LEASED  # by another process, or the integration is gone
+                                       now + timedelta(seconds=app.settings.lease_seconds),
+                                       force=app.claims.exclusive):
+                    raise _Skipped(Skip.LEASED)  # by another process (lease only), or the integration is gone
                 if self.daily_slot is not None and not repo.claim_daily_slot(conn, self.id, self.daily_slot):
-                    raise _SlotTaken
+                    raise _Skipped(Skip.SLOT_TAKEN)
                 integ = repo.get_integration(conn, self.id)
                 assert integ is not None  # the lease UPDATE has just matched its row
+                self.failed_attempts = integ.failed_attempts
+                if app.claims.exclusive and repo.interrupt_runs(conn, self.id, now, TAKEN_OVER):
+                    log.warning("%s: took over from a process that died mid-sync; resuming from its last "
+                                "stored page", integ.display)
                 plan = self._plan(integ, now.date())
                 self.run_id = repo.start_run(conn, self.id, self.kind, plan.first, plan.last, now)
                 if plan.backfill and integ.status == "pending":
+                    # An `error` stays until a run succeeds: a retry is not a recovery (worker.watch notifies both).
                     repo.update_integration(conn, self.id, status="backfilling", updated_at=now)
-        except _SlotTaken:
-            return Skip.SLOT_TAKEN
+        except _Skipped as skipped:
+            app.claims.release(self.id)
+            return skipped.skip
+        except BaseException:
+            app.claims.release(self.id)
+            raise
         return Opened(integ, plan)
 
     def _plan(self, integ: repo.Integration, today: date) -> Plan:
@@ -384,9 +450,9 @@ class IntegrationSync:
             end = RunEnd("ok", f"{self.kind} sync ok: {self.pages} pages, {self.rows} rows, "
                                f"{self.stats.requests} requests", status="ok")
         except IntegrationBlocked as exc:
-            end = RunEnd("error", f"blocked: {exc}", str(exc), "error")
+            end = RunEnd("error", f"blocked: {exc}", str(exc), "error", retry=False)
         except (ApiError, VaultError) as exc:
-            end = RunEnd("error", f"failed: {exc} (retried at the next daily sync or with `cost-worker sync-now`)",
+            end = RunEnd("error", f"failed: {exc} (`run` retries it after a backoff; `cost-worker sync-now` now)",
                          str(exc), "error")
         except LeaseLost as exc:
             end = RunEnd.interrupted(str(exc))
@@ -394,7 +460,21 @@ class IntegrationSync:
             await asyncio.shield(self._db(self._close, RunEnd.interrupted("stopped by shutdown"), t0))
             self.progress.finish(self.label, False, "interrupted: will resume from the last stored page")
             raise
-        await self._db(self._close, end, t0)
+        except Exception as exc:
+            # A bug or a fault nothing above anticipates (an answer nested too deep to decode, a number the
+            # database cannot hold, a full disk): the page being stored rolled back as one transaction, and
+            # the run ends as a recorded failure like any other, never as a run left `running`.
+            reason = failure_reason(exc)
+            log.error("%s: sync failed: %s", self.label, reason, exc_info=True)
+            end = RunEnd("error", f"failed: {reason}", reason, "error")
+        try:
+            await self._db(self._close, end, t0)
+        except Exception as exc:
+            reason = failure_reason(exc)
+            log.error("%s: %s; could not record it: %s", self.label, end.message, reason, exc_info=True)
+            self.progress.finish(self.label, False, f"{end.message} (not recorded: {reason})")
+            return SyncOutcome(self.id, self.kind, False, f"{end.message} (not recorded: {reason})",
+                               run_id=self.run_id, rows=self.rows, recorded=False)
         if end.outcome == "error":
             log.error("%s: %s", self.label, end.message, extra={"integration_id": self.id})
         self.progress.finish(self.label, end.outcome == "ok", end.message)
@@ -413,9 +493,20 @@ class IntegrationSync:
                             duration_seconds=round(time.monotonic() - t0, 3), **self._run_counters())
             if end.status == "ok":
                 repo.update_integration(conn, self.id, status="ok", last_success_at=now, last_error=None,
-                                        updated_at=now)
+                                        failed_attempts=0, retry_at=None, updated_at=now)
             elif end.status == "error":
-                repo.update_integration(conn, self.id, status="error", last_error=end.error, updated_at=now)
+                failed = self.failed_attempts + 1
+                retry_at = now + timedelta(seconds=retry_delay(failed)) if end.retry else None
+                repo.update_integration(conn, self.id, status="error", last_error=end.error, failed_attempts=failed,
+                                        retry_at=retry_at, updated_at=now)
+
+
+def describe_holder(holder: repo.LeaseHolder) -> str:
+    """`held by HOST:PID:ID since ... until ...` (UTC, to the second) for a waiting process to print."""
+    def at(moment: datetime | None) -> str:
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else "?"
+    return (f"held by {holder.owner} since {at(holder.since)}, lease until {at(holder.until)} (renewed while it "
+            "runs; freed at once if that process dies)")
 
 
 async def sync_integration(app: App, integration_id: int, kind: Kind, *, progress: Progress | None = None,
@@ -431,23 +522,40 @@ async def sync_integration(app: App, integration_id: int, kind: Kind, *, progres
 
 
 async def sync_now(app: App, integration_ids: list[int] | None, *, progress: Progress | None = None,
-                   transport: httpx.AsyncBaseTransport | None = None,
-                   lease_poll_seconds: float = 2.0) -> list[SyncOutcome]:
+                   transport: httpx.AsyncBaseTransport | None = None, lease_poll_seconds: float = 2.0,
+                   on_claim_wait: Callable[[int, repo.LeaseHolder], None] | None = None) -> list[SyncOutcome]:
     """Bring integrations up to date in the foreground: pending backfills, then the trailing window.
 
     Integrations run concurrently (each has its own organization budget). One that another process is
-    syncing right now is waited for, then re-read.
+    syncing right now is waited for (its claim is tried every `lease_poll_seconds`; `on_claim_wait` hears
+    who holds it, once per holder), then re-read. A process that died holding one frees it at once.
     """
     with app.engine.begin() as conn:
         ids = integration_ids or [i.id for i in repo.list_integrations(conn)]
     page_slots = asyncio.Semaphore(PAGES_IN_FLIGHT)
 
+    def holder(iid: int) -> tuple[bool, repo.LeaseHolder | None]:
+        with app.engine.begin() as conn:
+            return repo.get_integration(conn, iid) is not None, repo.lease_holder(conn, iid)
+
     async def one(iid: int) -> SyncOutcome:
+        announced: tuple[str, datetime | None] | None = None
         while True:
             result = await sync_integration(app, iid, "manual", progress=progress, transport=transport,
                                             page_slots=page_slots)
             if not result.skipped:
                 return result
+            exists, held = await app.db(holder, iid)
+            if not exists:
+                return SyncOutcome(iid, "manual", False, "failed: the integration was removed meanwhile")
+            # No lease recorded while the claim is held: its holder has just let go, or not written it yet.
+            if held is not None and (held.owner, held.since) != announced:
+                announced = (held.owner, held.since)
+                if on_claim_wait is not None:
+                    on_claim_wait(iid, held)
+                else:
+                    log.info("integration %d: waiting for another process syncing it: %s", iid,
+                             describe_holder(held))
             await app.clock.sleep(lease_poll_seconds)
 
     return list(await asyncio.gather(*(one(i) for i in ids)))

@@ -24,19 +24,22 @@ Every sync task's log lines carry `integration_id` and `sync_kind`; each request
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy import Connection
 
 from worker.app import App
 from worker.logs import bind
 from worker.storage import repo
-from worker.sync.engine import PAGES_IN_FLIGHT, SyncOutcome, sync_integration
+from worker.sync.engine import PAGES_IN_FLIGHT, Kind, SyncOutcome, retry_delay, sync_integration
 from worker.sync.progress import LogProgress
 from worker.sync.windows import latest_slot
 from worker.watch.service import on_poll
@@ -46,6 +49,21 @@ log = logging.getLogger("worker.scheduler")
 BACKFILL_STATUSES = ("pending", "backfilling")
 SHUTDOWN_SECONDS = 8.0  # syncs get this long to store or roll back their page; the process exits within 10 s
 ABANDONED = "abandoned: the process running it stopped without finishing (its lease expired)"
+
+
+@dataclass(frozen=True)
+class Due:
+    """A sync the poll starts: which integration, which kind, and the daily slot it runs (if any)."""
+
+    integration_id: int
+    kind: Kind
+    slot: datetime | None
+
+
+def poll_database(conn: Connection, now: datetime) -> tuple[int, list[repo.DispatchState]]:
+    """What every poll reads and writes: run records of dead processes marked interrupted (how many), and
+    each integration's dispatch state. `/readyz` runs it too (and rolls it back): ready means a poll works."""
+    return repo.reap_abandoned_runs(conn, now, ABANDONED), repo.dispatch_states(conn)
 
 
 class SyncService:
@@ -62,6 +80,9 @@ class SyncService:
         self.started = time.monotonic()
         self._polls: set[asyncio.Task[object]] = set()  # polls reading the database right now
         self.outcomes: Counter[tuple[str, str]] = Counter()  # (kind, ok|error|skipped|crashed) by this process
+        # Integrations whose last sync failed before anything could be recorded (the database refused it):
+        # (consecutive failures, clock time of the next try). Recorded failures back off through `retry_at`.
+        self.unrecorded: dict[int, tuple[int, float]] = {}
         self.requests: Counter[tuple[int, str, str]] = Counter()  # (integration, endpoint, status)
 
     # --- health and this process's state (worker.metrics reads it) -------------------------------
@@ -91,23 +112,37 @@ class SyncService:
 
     # --- dispatch -------------------------------------------------------------------------------
 
-    def _due(self) -> list[tuple[int, str, object]]:
+    def _due(self) -> list[Due]:
         now = self.app.clock.now()
         slot = latest_slot(now, self.app.settings.daily_sync_time)
         with self.app.engine.begin() as conn:
-            reaped = repo.reap_abandoned_runs(conn, now, ABANDONED)
-            states = repo.dispatch_states(conn)
+            reaped, states = poll_database(conn, now)
         if reaped:
             log.warning("marked %d run record(s) of a stopped process as interrupted", reaped)
-        due: list[tuple[int, str, object]] = []
+        due: list[Due] = []
         for i in states:
-            if i.id in self.tasks:
+            if i.id in self.tasks or self._backing_off(i.id):
                 continue
             if not i.backfill_done and i.status in BACKFILL_STATUSES:
-                due.append((i.id, "backfill", None))
+                due.append(Due(i.id, "backfill", None))
             elif i.last_daily_slot is None or i.last_daily_slot < slot:
-                due.append((i.id, "daily", slot))
+                due.append(Due(i.id, "daily", slot))
+            elif i.status == "error" and i.retry_at is not None and i.retry_at <= now:
+                # A failed run's retry, after its backoff: the backfill's rest, or the trailing window again.
+                due.append(Due(i.id, "backfill" if not i.backfill_done else "daily", None))
         return due
+
+    def _backing_off(self, integration_id: int) -> bool:
+        entry = self.unrecorded.get(integration_id)
+        return entry is not None and self.app.clock.time() < entry[1]
+
+    def _note(self, integration_id: int, outcome: SyncOutcome | None) -> None:
+        """Back off (in memory: nothing could be written) after a sync that failed without a record."""
+        if outcome is not None and (outcome.recorded or outcome.skipped):
+            self.unrecorded.pop(integration_id, None)
+            return
+        attempts = self.unrecorded.get(integration_id, (0, 0.0))[0] + 1
+        self.unrecorded[integration_id] = (attempts, self.app.clock.time() + retry_delay(attempts))
 
     async def dispatch_due(self) -> None:
         """Start a task for every integration with work due. One failing integration never stops the others."""
@@ -123,28 +158,35 @@ class SyncService:
             log.exception("could not read integrations; retrying at the next poll")
             return
         finally:
-            self._polls.discard(current)  # type: ignore[arg-type]
-        if self.stopping:  # SIGTERM arrived while reading: take no new work
+            if current is not None:
+                self._polls.discard(current)
+        if self._stopping():  # SIGTERM arrived while reading: take no new work
             return
-        for integration_id, kind, slot in due:
-            if integration_id in self.tasks:
+        for item in due:
+            if item.integration_id in self.tasks:
                 # Another dispatch read the same rows meanwhile (the daily job and the poll fire together) and
                 # started it: a second task would share the lease (same owner), lose the slot claim and
                 # release the lease under the first one.
                 continue
-            task = asyncio.create_task(self._guarded(integration_id, kind, slot))
-            self.tasks[integration_id] = task
-            task.add_done_callback(lambda _t, i=integration_id: self.tasks.pop(i, None))
+            task = asyncio.create_task(self._guarded(item))
+            self.tasks[item.integration_id] = task
+            task.add_done_callback(functools.partial(self._forget, item.integration_id))
         await on_poll(self.app)  # budgets, anomalies, notifications (worker.watch); never raises
 
-    async def _guarded(self, integration_id: int, kind: str, slot: object) -> SyncOutcome | None:
+    def _forget(self, integration_id: int, _task: asyncio.Task[SyncOutcome | None]) -> None:
+        self.tasks.pop(integration_id, None)
+
+    def _stopping(self) -> bool:
+        return self.stopping  # a method: the flag changes while a poll awaits the database
+
+    async def _guarded(self, item: Due) -> SyncOutcome | None:
+        integration_id, kind = item.integration_id, item.kind
         bind(integration_id=integration_id, sync_kind=kind)  # this task's context: every line it logs
         async with self.semaphore:
             try:
                 outcome = await sync_integration(
-                    self.app, integration_id, kind, progress=self.progress,  # type: ignore[arg-type]
-                    transport=self.transport, daily_slot=slot,  # type: ignore[arg-type]
-                    page_slots=self.page_slots,
+                    self.app, integration_id, kind, progress=self.progress, transport=self.transport,
+                    daily_slot=item.slot, page_slots=self.page_slots,
                     on_answer=lambda endpoint, status: self.count_request(integration_id, endpoint, status))
             except asyncio.CancelledError:
                 self.outcomes[(kind, "interrupted")] += 1
@@ -152,8 +194,10 @@ class SyncService:
             except Exception:
                 self.outcomes[(kind, "crashed")] += 1
                 log.exception("integration %d: %s sync crashed", integration_id, kind)
+                self._note(integration_id, None)
                 return None
             self.outcomes[(kind, "skipped" if outcome.skipped else "ok" if outcome.ok else "error")] += 1
+            self._note(integration_id, outcome)
             return outcome
 
     def build_scheduler(self) -> AsyncIOScheduler:

@@ -2,6 +2,7 @@
 
     python bench/fleet.py                      # N = 100 and 1000 on SQLite
     python bench/fleet.py --orgs 50            # a quick run
+    python bench/fleet.py --orgs 1000 --source legacy --source both   # CPU per organization, both sources
     python bench/fleet.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test
     python bench/fleet.py --orgs 1000 --database-url ... --replicas 2   # two `run` processes
 
@@ -39,6 +40,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,7 @@ from worker.app import App
 from worker.integrations import connect
 from worker.secret import AdminKey
 from worker.settings import Settings
+from worker.sources.report import report_by
 from worker.storage import repo
 from worker.storage.tables import integrations, sync_runs
 from worker.sync.engine import sync_now
@@ -60,7 +63,14 @@ from worker.vault import MasterKey
 
 BURST = 1  # the default
 RESYNC_DAYS = 3  # the default re-read window
-REQUESTS = 2  # a daily sync of one organization: one page per endpoint (3 days < 31 per page)
+# A daily sync of one organization: one page per stream (3 days < 31 per page): the two legacy reports, and
+# with `--source both` the Analytics API's cost and usage, by the configured grouping and by product.
+REQUESTS = {"legacy": 2, "both": 6}
+
+
+# The simulator's today is the real UTC date, fixed for the run (the Analytics API serves it up to its
+# `data_refreshed_at`, which then stays put while the benchmark runs).
+TODAY = ("--today", datetime.now(UTC).date().isoformat())
 
 
 class Quiet(Progress):
@@ -93,9 +103,10 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def setup(n: int, db_url: str, tmp: Path, master: MasterKey, backfill_days: int) -> list[tuple[int, int]]:
+def setup(n: int, db_url: str, tmp: Path, master: MasterKey, backfill_days: int,
+          source: str = "legacy") -> list[tuple[int, int]]:
     """N integrations connected and backfilled; returns (integration id, simulator org index) pairs."""
-    with Simulator("--orgs", str(n), "--requests-per-minute", "0") as sim:
+    with Simulator("--orgs", str(n), "--requests-per-minute", "0", *TODAY) as sim:
         settings = Settings(data_dir=tmp / "data", database_url=db_url, master_key=master.to_text(),  # type: ignore[arg-type]
                             api_base_url=sim.base_url, requests_per_minute=6000, burst=1,  # type: ignore[arg-type]
                             backfill_days_free=backfill_days, resync_days=RESYNC_DAYS)  # type: ignore[arg-type]
@@ -104,7 +115,7 @@ def setup(n: int, db_url: str, tmp: Path, master: MasterKey, backfill_days: int)
             pairs = []
             for org in sim.control("GET", "/_sim/keys")["orgs"]:
                 iid = connect(app, AdminKey(org["admin_key"]), Organization(org["id"], org["name"], "organization"),
-                              label=f"fleet {org['org']}", tier="free")
+                              label=f"fleet {org['org']}", tier="free", source=source)  # type: ignore[arg-type]
                 pairs.append((iid, org["org"]))
             outcomes = asyncio.run(sync_now(app, None, progress=Quiet()))
             failed = [o for o in outcomes if not o.ok]
@@ -135,15 +146,15 @@ class Run:
 
 
 def measure(n: int, base_url: str | None, backfill_days: int, lead: float, timeout: float,
-            keep_log: Path | None = None, replicas: int = 1) -> list[object]:
+            keep_log: Path | None = None, replicas: int = 1, source: str = "legacy") -> list[object]:
     logging.getLogger("worker").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmpdir, database(base_url, Path(tmpdir)) as db_url:
         tmp = Path(tmpdir)
         master = MasterKey.generate()
         t_setup = time.monotonic()
-        pairs = setup(n, db_url, tmp, master, backfill_days)
+        pairs = setup(n, db_url, tmp, master, backfill_days, source)
         yesterday = datetime.now(UTC).date() - timedelta(days=1)
-        with Simulator("--orgs", str(n), "--requests-per-minute", "1", "--burst", str(BURST),
+        with Simulator("--orgs", str(n), "--requests-per-minute", "1", "--burst", str(BURST), *TODAY,
                        "--fault", f"restate:day={yesterday.isoformat()}") as sim:
             slot = next_slot(lead)
             engine = create_engine(db_url)
@@ -173,11 +184,12 @@ def measure(n: int, base_url: str | None, backfill_days: int, lead: float, timeo
                         proc.wait()
             if keep_log is not None:
                 keep_log.write_text(log_path.read_text())
-            exact = check_exact(engine, sim, pairs)
+            exact = check_exact(engine, sim, pairs, source)
             engine.dispose()
-    floor = (REQUESTS - BURST) * 60.0
-    return [n, replicas, run.answered, run.rate_limited, f"{floor:.0f}", f"{run.wall:.1f}", f"{run.wall / floor:.3f}",
-            f"{run.first:.1f}", f"{run.gap:.1f}", f"{run.cpu:.1f}", f"{run.idle_kib / 1024:.0f}",
+    floor = (REQUESTS[source] - BURST) * 60.0
+    return [n, source, replicas, run.answered, run.rate_limited, f"{floor:.0f}", f"{run.wall:.1f}", f"{run.wall / floor:.3f}",
+            f"{run.first:.1f}", f"{run.gap:.1f}", f"{run.cpu:.1f}", f"{run.cpu / n * 1000:.1f}",
+            f"{run.idle_kib / 1024:.0f}",
             f"{run.peak_kib / 1024:.0f}", "yes" if exact else "NO", run.runs, exit_code, f"{setup_s:.0f}"]
 
 
@@ -226,14 +238,15 @@ def watch(procs: list[subprocess.Popen[bytes]], engine: Any, sim: Simulator, slo
         wall=(finished - slot).total_seconds(),
         first=max(k["first_at"] for k in keys) - slot.timestamp(),
         gap=min(k["last_at"] - k["first_at"] for k in keys),
-        answered=sum(c["statuses"].get("200", 0) for p, c in stats["paths"].items() if "report" in p),
+        answered=sum(c["statuses"].get("200", 0) for p, c in stats["paths"].items() if not p.endswith("/me")),
         rate_limited=stats["total"]["rate_limited"], cpu=cpu, idle_kib=idle, peak_kib=peak,
         runs=f"{', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}; {requests} requests",
     )
 
 
-def check_exact(engine: Any, sim: Simulator, pairs: list[tuple[int, int]]) -> bool:
-    """The re-read days as stored equal the simulator's truth, per organization, day and model."""
+def check_exact(engine: Any, sim: Simulator, pairs: list[tuple[int, int]], source: str = "legacy") -> bool:
+    """The re-read days as stored equal the simulator's truth, per organization, day and model (and, with the
+    Analytics API, per organization, day, model and API key)."""
     first, last = window_ending(sim.today(), RESYNC_DAYS)
     bad = 0
     with engine.connect() as conn:
@@ -245,6 +258,15 @@ def check_exact(engine: Any, sim: Simulator, pairs: list[tuple[int, int]]) -> bo
             } for r in repo.report(conn, first, last, iid)])
             if stored != sim.truth(org, first, last) or not stored:
                 bad += 1
+            elif source == "both":
+                got = {(r.date.isoformat(), r.model, r.key): (r.cost_usd, r.input_tokens, r.output_tokens)
+                       for r in report_by(conn, first, last, "api_key", "analytics", iid)}
+                want = {(r["date"], r["model"], r["key"]): (Decimal(r["cost_usd"]), r["input_tokens"],
+                                                            r["output_tokens"])
+                        for r in sim.control("GET", "/_sim/truth", params={
+                            "org": org, "since": first.isoformat(), "until": (last + timedelta(days=1)).isoformat(),
+                            "source": "analytics", "by": "api_key"})["rows"]}
+                bad += got != want or not got
     if bad:
         print(f"{bad} of {len(pairs)} organizations differ from the truth")
     return bad == 0
@@ -259,6 +281,8 @@ def main() -> None:
     parser.add_argument("--lead", type=float, default=20, help="seconds at least between `run` start and the slot")
     parser.add_argument("--timeout", type=float, default=600, help="seconds after the slot before giving up")
     parser.add_argument("--keep-log", type=Path, help="copy the `run` process's log (JSON lines) to this file")
+    parser.add_argument("--source", choices=sorted(REQUESTS), action="append",
+                        help="the integrations' source (repeatable; default legacy): `both` adds the Analytics API")
     parser.add_argument("--replicas", type=int, default=1,
                         help="`run` processes sharing the database (PostgreSQL only; SQLite allows one)")
     args = parser.parse_args()
@@ -266,16 +290,17 @@ def main() -> None:
         parser.error("--replicas needs --database-url (PostgreSQL): SQLite allows one `run` process")
     rows = []
     for n in args.orgs or [100, 1000]:
-        rows.append(measure(n, args.database_url, args.backfill_days, args.lead, args.timeout, args.keep_log,
-                            args.replicas))
-        print(table(HEADER, rows[-1:]), flush=True)
+        for source in args.source or ["legacy"]:
+            rows.append(measure(n, args.database_url, args.backfill_days, args.lead, args.timeout, args.keep_log,
+                                args.replicas, source))
+            print(table(HEADER, rows[-1:]), flush=True)
     backend = "PostgreSQL" if args.database_url else "SQLite"
     print(f"\n{backend}:")
     print(table(HEADER, rows))
 
 
-HEADER = ["orgs", "run procs", "requests", "429s", "floor s", "wall s", "wall/floor", "all 1st by s", "min gap s", "CPU s",
-          "idle RSS MiB", "peak RSS MiB", "exact", "daily runs", "exit", "setup s"]
+HEADER = ["orgs", "source", "run procs", "requests", "429s", "floor s", "wall s", "wall/floor", "all 1st by s",
+          "min gap s", "CPU s", "CPU ms/org", "idle RSS MiB", "peak RSS MiB", "exact", "daily runs", "exit", "setup s"]
 
 
 if __name__ == "__main__":

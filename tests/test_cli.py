@@ -62,7 +62,8 @@ def invoke(env: dict[str, str], *args: str, key: str | None = KEY, stdin: str | 
 
 
 def connect(env: dict[str, str], *extra: str) -> int:
-    result = invoke(env, "connect", *extra)
+    """`connect` of the test organization; its legacy reports only unless `--source` says otherwise."""
+    result = invoke(env, "connect", *(extra if "--source" in extra else (*extra, "--source", "legacy")))
     assert result.exit_code == 0, result.output
     return int(result.stdout.strip().splitlines()[-1])
 

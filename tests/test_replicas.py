@@ -88,7 +88,7 @@ class Deployment:
     def connect(self, org: int) -> int:
         key = AdminKey(self.sim.keys[org])
         organization = asyncio.run(check_connection(self.app, key))
-        return connect(self.app, key, organization, label=f"org {org}", tier="free")
+        return connect(self.app, key, organization, label=f"org {org}", tier="free", source="legacy")
 
     def start(self, *args: str, name: str = "run", http: bool = False) -> subprocess.Popen[str]:
         """Start a worker command (`run` by default); with `http`, its /metrics on a port of its own."""

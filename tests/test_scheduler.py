@@ -40,7 +40,7 @@ def connect_org(app: App, sim: SimulatorHandle, org: int) -> int:
     """Connect org `org` without a connection test (no request)."""
     o = sim.orgs[org]
     return connect(app, AdminKey(sim.keys[org]), Organization(o.id, o.name, "organization"), label=o.name,
-                   tier="free")
+                   tier="free", source="legacy")
 
 
 def dispatch(service: SyncService) -> list[str]:

@@ -39,7 +39,7 @@ def sim(module_sim: SimulatorHandle) -> SimulatorHandle:
 def onboard(app: App, sim: SimulatorHandle, tier: str = "free", org: int = 0) -> int:
     key = AdminKey(sim.keys[org])
     organization = asyncio.run(check_connection(app, key, transport=sim.transport()))
-    return connect(app, key, organization, label=None, tier=tier)  # type: ignore[arg-type]
+    return connect(app, key, organization, label=None, tier=tier, source="legacy")  # type: ignore[arg-type]
 
 
 def run(app: App, iid: int, kind: str, sim: SimulatorHandle | httpx.AsyncBaseTransport) -> Any:
@@ -237,7 +237,7 @@ class TestFailures:
         """sync-now over two integrations: one blocked, the other still completes."""
         good = onboard(app, sim)
         org = Organization(id=sim.orgs[1].id, name=sim.orgs[1].name, type="organization")
-        bad = connect(app, AdminKey(sim.keys[1]), org, label="bad", tier="free")
+        bad = connect(app, AdminKey(sim.keys[1]), org, label="bad", tier="free", source="legacy")
         sim.add_fault("403:org=1,rate=1")
         outcomes = asyncio.run(sync_now(app, [good, bad], transport=sim.transport()))
         results = {o.integration_id: o for o in outcomes}

@@ -31,6 +31,8 @@ log = logging.getLogger("worker.cli")
 
 ADMIN_KEY_ENV = "ANTHROPIC_ADMIN_KEY"
 T = TypeVar("T")
+SOURCE_CHOICES = ["legacy", "analytics", "both"]  # worker.sync.streams.SOURCES, without importing it for --help
+REPORT_BY = ["model", "workspace", "api_key", "actor", "service_tier", "product"]
 
 
 class LazyGroup(click.Group):
@@ -51,6 +53,8 @@ class LazyGroup(click.Group):
                       "(spike or drop)."),
         "export": ("worker.export.commands", "export_command",
                    "The synced bill as a FinOps FOCUS 1.2 CSV file: one row per UTC day and charge."),
+        "sources": ("worker.sources.commands", "sources_group",
+                    "The legacy cost report and the Usage and Cost Analytics API, side by side."),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -145,8 +149,11 @@ def test_connection_cmd(ctx: click.Context) -> None:
 @click.option("--label", default=None, help="Name for this integration (default: 'Anthropic - <organization>').")
 @click.option("--tier", type=click.Choice(["free", "pro", "ultimate"]), default="free", show_default=True,
               help="Plan tier: sets how many days are backfilled (free 30, pro/ultimate 365 by default).")
+@click.option("--source", type=click.Choice(SOURCE_CHOICES), default="both", show_default=True,
+              help="Bills to sync: the legacy cost/usage reports, the Usage and Cost Analytics API, or both "
+                   "(the legacy reports stay the bill before 2026-01-01 and wherever the Analytics API is refused).")
 @click.pass_context
-def connect_cmd(ctx: click.Context, label: str | None, tier: str) -> None:
+def connect_cmd(ctx: click.Context, label: str | None, tier: str, source: str) -> None:
     """Test an Admin key, store it encrypted, and queue the tier's backfill. Prints the integration id."""
     from worker.integrations import check_label, connect
 
@@ -154,7 +161,7 @@ def connect_cmd(ctx: click.Context, label: str | None, tier: str) -> None:
     app = get_app(ctx)
     key = read_admin_key()
     org = _run_connection_test(app, key)
-    integration_id = connect(app, key, org, label=label, tier=tier)  # type: ignore[arg-type]
+    integration_id = connect(app, key, org, label=label, tier=tier, source=source)  # type: ignore[arg-type]
     days = app.settings.backfill_days(tier)  # type: ignore[arg-type]
     click.echo(f"Connected organization {org.name!r} as integration {integration_id} (key {key.hint}); "
                f"backfill of {days} days queued: `cost-worker run` or `cost-worker sync-now` performs it.", err=True)
@@ -177,26 +184,50 @@ def _iso(value: datetime | date | None) -> str | None:
 @click.pass_context
 def integrations_list(ctx: click.Context, fmt: str) -> None:
     """Show every integration with its status, key hint and last sync."""
-    from worker.storage import repo
+    from worker.storage import analytics, repo
 
     app = get_app(ctx)
     with app.engine.begin() as conn:
         items = repo.list_integrations(conn)
-    rows = [{
-        "id": i.id, "label": i.label, "tier": i.tier, "status": i.status, "key_hint": i.key_hint,
-        "organization_id": i.organization_id, "organization_name": i.organization_name,
-        "last_success_at": _iso(i.last_success_at), "last_error": i.last_error,
-        "backfill_start": _iso(i.backfill_start), "backfill_end": _iso(i.backfill_end),
-        "backfill_done": i.backfill_done, "created_at": _iso(i.created_at),
-    } for i in items]
+        states = analytics.states(conn)
+    rows = []
+    for i in items:
+        state = states.get(i.id) if i.source != "legacy" else None
+        rows.append({
+            "id": i.id, "label": i.label, "tier": i.tier, "status": i.status, "key_hint": i.key_hint,
+            "source": i.source + (" (analytics refused)" if state is not None and state.status == "refused" else ""),
+            "analytics_status": state.status if state is not None else None,
+            "analytics_detail": state.detail if state is not None else None,
+            "analytics_refreshed_at": _iso(state.refreshed_at) if state is not None else None,
+            "organization_id": i.organization_id, "organization_name": i.organization_name,
+            "last_success_at": _iso(i.last_success_at), "last_error": i.last_error,
+            "backfill_start": _iso(i.backfill_start), "backfill_end": _iso(i.backfill_end),
+            "backfill_done": i.backfill_done, "created_at": _iso(i.created_at),
+        })
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo("no integrations: add one with `cost-worker connect`")
         return
-    cols = ["id", "label", "tier", "status", "key_hint", "last_success_at", "last_error"]
+    cols = ["id", "label", "tier", "source", "status", "key_hint", "last_success_at", "last_error"]
     _table([[printable("" if r[c] is None else str(r[c]))[:60] for c in cols] for r in rows], cols)
+
+
+@integrations_group.command("set-source")
+@click.argument("integration_id", type=int)
+@click.argument("source", type=click.Choice(SOURCE_CHOICES))
+@click.pass_context
+def integrations_set_source(ctx: click.Context, integration_id: int, source: str) -> None:
+    """Sync the legacy reports, the Usage and Cost Analytics API, or both; days the source lacks are backfilled."""
+    from worker.integrations import set_source
+
+    before = set_source(get_app(ctx), integration_id, source)  # type: ignore[arg-type]
+    if before.source == source:
+        click.echo(f"integration {integration_id} ({printable(before.label)}) already syncs {source}")
+        return
+    click.echo(f"integration {integration_id} ({printable(before.label)}): source {before.source} -> {source}; "
+               "`cost-worker run` (or `cost-worker sync-now`) reads what it still lacks")
 
 
 @integrations_group.command("remove")
@@ -361,14 +392,23 @@ def _sqlite_run_lock(url: str) -> Any:
 @click.option("--since", required=True, callback=parse_day, help="First UTC day (YYYY-MM-DD).")
 @click.option("--until", required=True, callback=parse_day, help="Last UTC day, inclusive (YYYY-MM-DD).")
 @click.option("--integration", "integration_id", type=int, default=None, help="Only this integration.")
+@click.option("--by", type=click.Choice(REPORT_BY), default=None,
+              help="Also per this dimension (key and name columns); api_key, actor and product need the Analytics "
+                   "API.")
+@click.option("--source", type=click.Choice(["legacy", "analytics"]), default=None,
+              help="Read this bill only (default with --by: each day's bill of record).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.pass_context
-def report_cmd(ctx: click.Context, since: date, until: date, integration_id: int | None, fmt: str) -> None:
+def report_cmd(ctx: click.Context, since: date, until: date, integration_id: int | None, by: str | None,
+               source: str | None, fmt: str) -> None:
     """Billed cost and tokens per UTC day and model, from the synced reports."""
     from worker.storage import repo
 
     if until < since:
         fail("--until is before --since", EXIT_USAGE)
+    if by is not None or source is not None:
+        _report_by(ctx, since, until, integration_id, by or "model", source, fmt)
+        return
     app = get_app(ctx)
     with app.engine.begin() as conn:
         if integration_id is not None and repo.get_integration(conn, integration_id) is None:
@@ -394,6 +434,52 @@ def report_cmd(ctx: click.Context, since: date, until: date, integration_id: int
         body = [[str(r["date"]), str(r["model"] or "(no model: fees)"), str(r["cost_usd"]),
                  *(f"{r[f]:,}" for f in fields[3:])] for r in records]
         _table(body + [["total", "", money_text(total), "", "", "", ""]], fields, right_from=2)
+
+
+REPORT_BY_FIELDS = ["date", "model", "by", "key", "name", "cost_usd", "list_cost_usd", "input_tokens",
+                    "output_tokens", "cache_read_tokens", "cache_write_tokens"]
+
+
+def _report_by(ctx: click.Context, since: date, until: date, integration_id: int | None, by: str,
+               source: str | None, fmt: str) -> None:
+    """`report --by`: rows per (day, model, key of `by`) from either bill (worker.sources.report)."""
+    from worker.money import money_sum, money_text
+    from worker.sources.report import report_by
+    from worker.storage import repo
+
+    if source == "legacy" and by in ("actor", "product"):
+        fail(f"the legacy reports have no {by}: use --source analytics (or no --source)", EXIT_USAGE)
+    app = get_app(ctx)
+    with app.engine.begin() as conn:
+        if integration_id is not None and repo.get_integration(conn, integration_id) is None:
+            fail(f"no integration {integration_id}", EXIT_USAGE)
+        rows = report_by(conn, since, until, by, source, integration_id)
+    records: list[dict[str, Any]] = [{
+        "date": r.date.isoformat(), "model": r.model, "by": r.by, "key": r.key, "name": r.name,
+        "cost_usd": money_text(r.cost_usd),
+        "list_cost_usd": None if r.list_cost_usd is None else money_text(r.list_cost_usd),
+        "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+        "cache_read_tokens": r.cache_read_tokens, "cache_write_tokens": r.cache_write_tokens} for r in rows]
+    if fmt == "json":
+        click.echo(json.dumps(records, indent=2))
+    elif fmt == "csv":
+        from worker.csvsafe import csv_writer
+
+        writer = csv_writer(sys.stdout, REPORT_BY_FIELDS)
+        writer.writeheader()
+        for record in records:
+            writer.writerecord(record)
+    else:
+        total = money_sum(r.cost_usd for r in rows)
+        listed = [r.list_cost_usd for r in rows]
+        list_total = None if any(v is None for v in listed) else money_sum(v for v in listed if v is not None)
+        body = [[str(r["date"]), str(r["model"] or "(no model: fees)"), str(r["key"] or "-"), str(r["name"] or "")[:40],
+                 str(r["cost_usd"]), str(r["list_cost_usd"] or ""), *(f"{r[f]:,}" for f in REPORT_BY_FIELDS[7:])]
+                for r in records]
+        header = ["date", "model", by, "name", "cost_usd", "list_cost_usd", "input_tokens", "output_tokens",
+                  "cache_read_tokens", "cache_write_tokens"]
+        _table(body + [["total", "", "", "", money_text(total), "" if list_total is None else money_text(list_total),
+                        "", "", "", ""]], header, right_from=4)
 
 
 def _table(rows: list[list[str]], header: list[str], right_from: int = 99) -> None:

@@ -18,6 +18,7 @@ from worker.secret import AdminKey
 from worker.settings import Tier
 from worker.storage import repo
 from worker.sync.access import make_client
+from worker.sync.streams import SOURCES, Source
 from worker.sync.windows import latest_slot, window_ending
 from worker.textsafe import clean, has_control
 from worker.vault import Keyring, Sealed, VaultError, integration_aad
@@ -64,17 +65,25 @@ async def check_connection(app: App, key: AdminKey, *, transport: httpx.AsyncBas
     async with make_client(app, key, key_gate, transport=transport, on_wait=on_wait,
                            retry_unreachable=False) as client:
         org = await client.organization()
+        await key_gate.close()
         org_gate = OrgGate(app.engine, org_bucket(org.id), app.budget, app.clock)
         await asyncio.to_thread(org_gate.charge)
         client.gate = org_gate
         today = app.clock.now().date()
-        async for _page in client.cost_pages(today, today + timedelta(days=1), limit=1):
-            break
+        try:
+            async for _page in client.cost_pages(today, today + timedelta(days=1), limit=1):
+                break
+        finally:
+            await org_gate.close()
     return org
 
 
-def connect(app: App, key: AdminKey, org: Organization, *, label: str | None, tier: Tier) -> int:
-    """Store a tested key for `org`, sealed with AES-256-GCM to the new row, and queue its backfill."""
+def connect(app: App, key: AdminKey, org: Organization, *, label: str | None, tier: Tier,
+            source: Source = "both") -> int:
+    """Store a tested key for `org`, sealed with AES-256-GCM to the new row, and queue its backfill of `source`
+    (`legacy` reports, the `analytics` API, or `both`)."""
+    if source not in SOURCES:
+        raise IntegrationError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     label = check_label(label) or default_label(org)
     now = app.clock.now()
     first, last = window_ending(now.date(), app.settings.backfill_days(tier))
@@ -88,7 +97,7 @@ def connect(app: App, key: AdminKey, org: Organization, *, label: str | None, ti
             conn, label=label, tier=tier,
             organization_id=org.id, organization_name=org.name, key_ciphertext=b"", key_id="",
             key_hint=key.hint, status="pending", created_at=now, updated_at=now, backfill_start=first,
-            backfill_end=last, cost_checkpoint=first, usage_checkpoint=first, backfill_done=False,
+            backfill_end=last, cost_checkpoint=first, usage_checkpoint=first, backfill_done=False, source=source,
             # Today's 06:00 run is covered by the backfill itself, which reads through today.
             last_daily_slot=latest_slot(now, app.settings.daily_sync_time),
         )
@@ -121,6 +130,29 @@ def replace_key(app: App, integration_id: int, key: AdminKey, org: Organization)
                 values["status"] = "pending"  # `run` resumes the backfill from its checkpoints
         repo.update_integration(conn, integration_id, **values)
     log.info("integration %d: Admin key replaced (organization %s)", integration_id, org.id)
+    return integ
+
+
+def set_source(app: App, integration_id: int, source: Source) -> repo.Integration:
+    """Change which bills an integration syncs. Days the new source still lacks are backfilled by the next
+    sync (`run` picks it up; `sync-now` does it at once); stored rows of a source no longer synced stay.
+    Returns the integration as it was."""
+    if source not in SOURCES:
+        raise IntegrationError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    now = app.clock.now()
+    with app.engine.begin() as conn:
+        integ = repo.get_integration(conn, integration_id)
+        if integ is None:
+            raise IntegrationError(f"no integration {integration_id} (see `cost-worker integrations list`)")
+        values: dict[str, object] = {"source": source, "updated_at": now}
+        # Anything but dropping a source adds days to read: analytics ones, or legacy ones from 2026 on.
+        gains = source != integ.source and not (integ.source == "both" and source != "both")
+        if gains:
+            values["backfill_done"] = False
+            if integ.status == "ok":
+                values["status"] = "pending"  # `run` dispatches the backfill it now owes
+        repo.update_integration(conn, integration_id, **values)
+    log.info("integration %d: source %s -> %s", integration_id, integ.source, source)
     return integ
 
 

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, text
+from sqlalchemy import Connection, Engine, bindparam, text
 
 from worker.clock import Clock
 
@@ -55,15 +55,22 @@ def settle(engine: Engine, bucket: str, budget: RateBudget, finished_at: float) 
         conn.execute(_SETTLE, {"floor": finished_at + budget.interval, "bucket": bucket})
 
 
-def reserve(engine: Engine, bucket: str, budget: RateBudget, now: float) -> float:
+def reserve(engine: Engine, bucket: str, budget: RateBudget, now: float, settled: float | None = None) -> float:
     """Reserve the bucket's next slot; returns how many seconds to wait before sending (0 = now)."""
-    return reserve_slot(engine, bucket, budget, now)[0]
+    return reserve_slot(engine, bucket, budget, now, settled)[0]
 
 
-def reserve_slot(engine: Engine, bucket: str, budget: RateBudget, now: float) -> tuple[float, float]:
-    """`reserve`, also returning the bucket's state after it (what `release_unused` compares against)."""
+def reserve_slot(engine: Engine, bucket: str, budget: RateBudget, now: float,
+                 settled: float | None = None) -> tuple[float, float]:
+    """`reserve`, also returning the bucket's state after it (what `release_unused` compares against).
+
+    `settled` is the previous request's `settle` floor (its answer's time + interval), written in the same
+    transaction: one transaction per request instead of two.
+    """
     with engine.begin() as conn:
         conn.execute(text(_INSERT[engine.dialect.name]), {"bucket": bucket})
+        if settled is not None:
+            conn.execute(_SETTLE, {"floor": settled, "bucket": bucket})
         tat = float(conn.execute(_RESERVE, {"now": now, "interval": budget.interval, "bucket": bucket}
                                  ).scalar_one())
     allowed_at = tat - budget.interval - budget.tolerance
@@ -96,6 +103,7 @@ class OrgGate:
                  run: Callable[..., Awaitable[Any]] = asyncio.to_thread) -> None:
         self.engine, self.bucket, self.budget, self.clock, self.run = engine, bucket, budget, clock, run
         self._slot: float | None = None  # the bucket's state after the last reservation
+        self._settled: float | None = None  # the last answer's settle floor, not yet written
 
     @property
     def waits_for(self) -> str:
@@ -106,14 +114,33 @@ class OrgGate:
 
     async def acquire(self) -> float:
         wait: float
-        wait, self._slot = await self.run(reserve_slot, self.engine, self.bucket, self.budget, self.clock.time())
+        settled, self._settled = self._settled, None
+        wait, self._slot = await self.run(reserve_slot, self.engine, self.bucket, self.budget, self.clock.time(),
+                                          settled)
         if wait > 0:
             await self.clock.sleep(wait)
         return wait
 
     async def done(self) -> None:
-        """Called when a request sent through this gate has its answer (or failed)."""
-        await self.run(settle, self.engine, self.bucket, self.budget, self.clock.time())
+        """Called when a request sent through this gate has its answer (or failed). Its settle is written with
+        the next reservation (a sync's next request follows at once), or by `flush`/`close` at the end."""
+        self._settled = self.clock.time() + self.budget.interval
+
+    def flush(self, conn: Connection | None = None) -> None:
+        """Write a pending settle (in `conn`'s transaction when given): the end of a sync."""
+        floor, self._settled = self._settled, None
+        if floor is None:
+            return
+        if conn is not None:
+            conn.execute(_SETTLE, {"floor": floor, "bucket": self.bucket})
+        else:
+            with self.engine.begin() as own:
+                own.execute(_SETTLE, {"floor": floor, "bucket": self.bucket})
+
+    async def close(self) -> None:
+        """`flush` on a database thread."""
+        if self._settled is not None:
+            await self.run(self.flush)
 
     async def unused(self) -> None:
         """Called instead of `done` when the request never reached the server (see `release_unused`)."""

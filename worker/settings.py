@@ -32,6 +32,41 @@ Tier = Literal["free", "pro", "ultimate"]
 TIERS: tuple[Tier, ...] = ("free", "pro", "ultimate")
 
 
+#: The default analytics groupings: every dimension a report `--by` needs (5, the API's maximum), plus the
+#: cost fan-out (cost_type with token_type, so web search and code execution cost are kept).
+ANALYTICS_COST_GROUP_BY = ("model", "workspace_id", "api_key_id", "actor", "service_tier", "cost_type", "token_type")
+ANALYTICS_USAGE_GROUP_BY = ("model", "workspace_id", "api_key_id", "actor", "service_tier")
+#: group_by[] values the Analytics API documents (the SDK's `BetaAnalyticsCostGroupBy`); usage has all but
+#: the cost fan-out (cost_type, token_type), which does not count toward the 5 dimensions.
+ANALYTICS_GROUP_BY_VALUES = frozenset({
+    "actor", "actor_type", "agent_id", "api_key_id", "claude_tag_category", "claude_tag_user_id", "context_window",
+    "cost_type", "deployment_id", "environment_id", "inference_geo", "model", "organization_id", "product",
+    "rbac_group_id", "service_tier", "session_id", "slack_channel_id", "speed", "token_type", "user_profile_id",
+    "workspace_id",
+})
+ANALYTICS_FAN_OUT = frozenset({"cost_type", "token_type"})
+ANALYTICS_MAX_DIMENSIONS = 5
+
+
+def check_group_by(values: list[str], *, cost: bool) -> list[str]:
+    """An Analytics API `group_by[]`, or ValueError saying what the API would refuse or what would drop cost."""
+    allowed = ANALYTICS_GROUP_BY_VALUES if cost else ANALYTICS_GROUP_BY_VALUES - ANALYTICS_FAN_OUT
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ValueError(f"unknown group_by value {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+    if len(set(values)) != len(values):
+        raise ValueError("a group_by value is given twice")
+    if len([v for v in values if v not in ANALYTICS_FAN_OUT]) > ANALYTICS_MAX_DIMENSIONS:
+        raise ValueError(f"at most {ANALYTICS_MAX_DIMENSIONS} dimensions (cost_type and token_type do not count)")
+    if "model" not in values:
+        raise ValueError("must include model (reports are per day and model)")
+    if cost and "token_type" in values and "cost_type" not in values:
+        # The docstring: token_type alone returns token rows only, dropping web search, code execution and
+        # session usage cost; with cost_type too, those come as their own rows.
+        raise ValueError("token_type without cost_type drops every non-token cost: add cost_type")
+    return values
+
+
 class SettingsError(Exception):
     """A setting is missing or invalid; the message is one line naming the setting."""
 
@@ -137,6 +172,14 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)  # /healthz, /readyz, /metrics of `run`; 0 = off
     # All interfaces by default: probes and scrapes reach a container on its pod/bridge address.
     http_host: str = "0.0.0.0"
+    # The Usage and Cost Analytics API (beta): its group_by[] sets, rows per page, days re-read daily.
+    analytics_cost_group_by: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(ANALYTICS_COST_GROUP_BY))
+    analytics_usage_group_by: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(ANALYTICS_USAGE_GROUP_BY))
+    analytics_product_report: bool = True  # also read cost and usage by (model, product), for `report --by product`
+    analytics_page_limit: int = Field(default=1000, ge=1, le=1000)
+    analytics_resync_days: int = Field(default=3, ge=1, le=31)
     log_format: Literal["auto", "text", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Spend anomalies: how unusual (robust z-score) and how large (USD off the baseline) a day must be.
@@ -162,6 +205,23 @@ class Settings(BaseSettings):
         if not re.fullmatch(r"[0-9A-Za-z.\-]{1,253}|[0-9A-Fa-f:.]{2,45}", value):
             raise ValueError("expected an IP address or a host name, e.g. 0.0.0.0, :: or 127.0.0.1")
         return value
+
+    @field_validator("analytics_cost_group_by", "analytics_usage_group_by", mode="before")
+    @classmethod
+    def _split_group_by(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("analytics_cost_group_by")
+    @classmethod
+    def _cost_group_by(cls, value: list[str]) -> list[str]:
+        return check_group_by(value, cost=True)
+
+    @field_validator("analytics_usage_group_by")
+    @classmethod
+    def _usage_group_by(cls, value: list[str]) -> list[str]:
+        return check_group_by(value, cost=False)
 
     @field_validator("previous_master_keys", "previous_master_key_files", mode="before")
     @classmethod

@@ -183,8 +183,8 @@ class Worker:
         return subprocess.Popen([*WORKER, *args], env=self.env, cwd=self.tmp_path, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, text=True, stdin=subprocess.DEVNULL)
 
-    def connect(self, key: str, tier: str = "free") -> int:
-        return int(self.run("connect", "--tier", tier, key=key).stdout.strip())
+    def connect(self, key: str, tier: str = "free", source: str = "legacy") -> int:
+        return int(self.run("connect", "--tier", tier, "--source", source, key=key).stdout.strip())
 
     def report(self, since: date, until: date, integration: int | None = None) -> dict[str, Any]:
         args = ["report", "--since", since.isoformat(), "--until", until.isoformat(), "--format", "json"]

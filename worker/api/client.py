@@ -10,7 +10,6 @@ being held in memory. Magnitudes are bounded where rows are parsed (worker.api.m
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
@@ -21,14 +20,27 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import httpx
+import msgspec
 
 from worker import USER_AGENT
+from worker.api.analytics import (
+    BETA,
+    AnalyticsCostRow,
+    AnalyticsUsageRow,
+    check_group_by,
+    decode_cost_page,
+    decode_usage_page,
+)
+from worker.api.analytics import COST_PATH as ANALYTICS_COST_PATH
+from worker.api.analytics import MAX_LIMIT as MAX_ROW_LIMIT
+from worker.api.analytics import MAX_WINDOW_DAYS as MAX_ANALYTICS_DAYS
+from worker.api.analytics import USAGE_PATH as ANALYTICS_USAGE_PATH
 from worker.api.errors import (
     ApiError,
     ApiUnreachable,
     BodyTooLarge,
     ProtocolViolation,
-    ResponseTooLarge,
+    RequestRejected,
     RetriesExhausted,
     Retryable,
     classify_response,
@@ -39,12 +51,12 @@ from worker.api.models import (
     Organization,
     Page,
     UsageRow,
-    parse_bucket,
     parse_cost_row,
     parse_organization,
     parse_usage_row,
 )
-from worker.api.pagination import CursorPaginator, DayCoverage, Params
+from worker.api.names import API_KEYS_PATH, WORKSPACES_PATH, Named, parse_api_key, parse_workspace
+from worker.api.pagination import BucketPaging, ListPage, ListPaging, Paging, Params, RowPaging
 from worker.api.retry import RetryPolicy
 from worker.clock import Clock, utc_today
 from worker.secret import AdminKey
@@ -58,14 +70,13 @@ USAGE_PATH = "/v1/organizations/usage_report/messages"
 COST_GROUP_BY = ("workspace_id", "description")
 USAGE_GROUP_BY = ("model", "workspace_id", "service_tier", "context_window", "api_key_id")  # 5: the maximum
 MAX_DAILY_LIMIT = 31
-_MAX_IDLE_PAGES = 3  # has_more pages that bring no bucket: tolerated a few times, never forever
 #: Default cap on one answer's body. A 31-day cost page of a large organization is a few MB (see
 #: worker.sync.engine.PageGate); 64 MiB is an order of magnitude above any real page and still bounds
 #: what a broken or hostile server can make the process hold.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 BUDGET_WAIT = "the organization's request budget (COST_WORKER_REQUESTS_PER_MINUTE)"
 
-RowT = TypeVar("RowT")
+PageT = TypeVar("PageT")
 
 
 class RequestGate(Protocol):
@@ -101,12 +112,16 @@ class AdminKeyAuth(httpx.Auth):
         return f"AdminKeyAuth({self._key!r})"
 
 
-def _timestamp(day: date) -> str:
-    return f"{day.isoformat()}T00:00:00Z"
+# JSON with exact numbers (fractions as Decimal, never float); msgspec decodes several times faster than the
+# standard library, which parsed pages on the event loop of every sync.
+_DECODER = msgspec.json.Decoder(float_hook=Decimal)
 
 
 def _decode(content: bytes) -> Any:
-    return json.loads(content, parse_float=Decimal)
+    try:
+        return _DECODER.decode(content)
+    except msgspec.DecodeError:
+        raise ValueError("body is not valid JSON") from None
 
 
 class AdminApiClient:
@@ -198,7 +213,8 @@ class AdminApiClient:
         """Daily cost pages for days `[start, end)`, grouped by workspace and description."""
         _check_window(start, end, limit)
         base: Params = [("bucket_width", "1d"), *(("group_by[]", g) for g in COST_GROUP_BY)]
-        return self._report_pages(COST_PATH, base, start, end, limit, parse_cost_row)
+        paging = BucketPaging(base, start, end, utc_today(self._clock), limit, parse_cost_row)
+        return self._pages(COST_PATH, paging)
 
     def usage_pages(
         self, start: date, end: date, *, limit: int = MAX_DAILY_LIMIT
@@ -206,56 +222,71 @@ class AdminApiClient:
         """Daily message usage pages for days `[start, end)`, grouped by the five documented dimensions."""
         _check_window(start, end, limit)
         base: Params = [("bucket_width", "1d"), *(("group_by[]", g) for g in USAGE_GROUP_BY)]
-        return self._report_pages(USAGE_PATH, base, start, end, limit, parse_usage_row)
+        paging = BucketPaging(base, start, end, utc_today(self._clock), limit, parse_usage_row)
+        return self._pages(USAGE_PATH, paging)
 
-    # --- the page loop -----------------------------------------------------------------------------------
+    def analytics_cost_pages(
+        self, start: date, end: date, group_by: Sequence[str], *, limit: int = MAX_ROW_LIMIT
+    ) -> AsyncIterator[Page[AnalyticsCostRow]]:
+        """Analytics API cost for days `[start, end)` (at most 31), yielded as complete days in daily buckets."""
+        _check_rows(start, end, limit, group_by, cost=True)
+        paging: RowPaging[AnalyticsCostRow] = RowPaging([("group_by[]", g) for g in group_by], start, end, limit)
+        return self._pages(ANALYTICS_COST_PATH, paging, decode=decode_cost_page, beta=BETA)
 
-    async def _report_pages(
-        self,
-        path: str,
-        base: Params,
-        start: date,
-        end: date,
-        limit: int,
-        parse_row: Callable[[object, date], RowT],
-    ) -> AsyncIterator[Page[RowT]]:
-        coverage = DayCoverage(start, end, utc_today(self._clock))
-        while coverage.resume_day < end:
-            # (Re)start from the first day not yet yielded; a restart never reuses a cursor.
-            params: Params = [*base, ("starting_at", _timestamp(coverage.resume_day)),
-                              ("ending_at", _timestamp(end)), ("limit", limit)]  # fmt: skip
-            paginator = CursorPaginator()
-            idle_pages = 0
+    def analytics_usage_pages(
+        self, start: date, end: date, group_by: Sequence[str], *, limit: int = MAX_ROW_LIMIT
+    ) -> AsyncIterator[Page[AnalyticsUsageRow]]:
+        """Analytics API token usage for days `[start, end)` (at most 31), as complete days."""
+        _check_rows(start, end, limit, group_by, cost=False)
+        paging: RowPaging[AnalyticsUsageRow] = RowPaging([("group_by[]", g) for g in group_by], start, end, limit)
+        return self._pages(ANALYTICS_USAGE_PATH, paging, decode=decode_usage_page, beta=BETA)
+
+    async def names(self) -> list[Named]:
+        """Every API key and workspace (the default one included) with its name."""
+        out: list[Named] = []
+        keys: ListPaging[Named] = ListPaging([], parse_api_key)
+        workspaces: ListPaging[Named] = ListPaging([("include_default", "true"), ("include_archived", "true")],
+                                                   parse_workspace)
+        for path, paging in ((API_KEYS_PATH, keys), (WORKSPACES_PATH, workspaces)):
+            page: ListPage[Named]
+            async for page in self._pages(path, paging):
+                out.extend(page.items)
+        return out
+
+    # --- the page loop: one for every paging scheme (see worker.api.pagination) -------------------------
+
+    async def _pages(
+        self, path: str, paging: Paging[PageT], *, decode: Callable[[bytes], Any] | None = None,
+        beta: str | None = None,
+    ) -> AsyncIterator[PageT]:
+        headers = {"anthropic-beta": beta} if beta else None
+        while True:
+            params = paging.start()
             try:
-                while paginator.has_next_page:
-                    body, request_id = await self._get_json(path, paginator.update_request(params))
+                while paging.has_next_page:
+                    body, request_id = await self._get_json(path, paging.update_request(params), decode=decode,
+                                                            headers=headers)
                     try:
-                        page = _parse_page(body, parse_row, request_id, limit)
-                        coverage.accept([b.day for b in page.buckets])
-                        paginator.update_state(body)
-                        idle_pages = 0 if page.buckets else idle_pages + 1
-                        if idle_pages > _MAX_IDLE_PAGES:
-                            raise ProtocolViolation(f"{idle_pages} pages in a row without a bucket")
+                        page = paging.update_state(body, request_id)
                     except ProtocolViolation as exc:
                         raise _violation(exc, path, request_id) from None
                     yield page
-            except ResponseTooLarge:
-                if limit <= 1:
-                    raise
-                limit = max(1, limit // 2)
-                log.info(
-                    "%s: response too large, retrying from %s with limit=%d", path, coverage.resume_day, limit
-                )
-                continue
+            except RequestRejected as exc:
+                if paging.restart(exc):
+                    log.info("%s: %s; restarting the window", path, exc.message)
+                    continue
+                raise
             break
         try:
-            coverage.finish()
+            paging.finish()
         except ProtocolViolation as exc:
             raise _violation(exc, path, None) from None
 
     # --- one request, with the gate and the retry budget -------------------------------------------------
 
-    async def _get_json(self, path: str, params: Sequence[tuple[str, str | int]]) -> tuple[Any, str | None]:
+    async def _get_json(self, path: str, params: Sequence[tuple[str, str | int]], *,
+                        decode: Callable[[bytes], Any] | None = None,
+                        headers: Mapping[str, str] | None = None) -> tuple[Any, str | None]:
         if self._http is None:
             raise RuntimeError("AdminApiClient is not open: use `async with AdminApiClient(...) as api:`")
         started = self._clock.time()
@@ -267,7 +298,7 @@ class AdminApiClient:
             outcome: ApiError | Retryable
             try:
                 try:
-                    response, content = await self._send(path, params)
+                    response, content = await self._send(path, params, headers)
                 except (httpx.ConnectError, httpx.ConnectTimeout):
                     await self._request_unused()
                     raise
@@ -298,7 +329,9 @@ class AdminApiClient:
                             status=response.status_code, request_id=request_id,
                         )
                     try:
-                        return _decode(content), request_id
+                        return (decode or _decode)(content), request_id
+                    except ProtocolViolation as exc:
+                        raise _violation(exc, path, request_id) from None
                     except ValueError:
                         outcome = Retryable(
                             response.status_code, "invalid_json", request_id, "body is not valid JSON"
@@ -330,7 +363,7 @@ class AdminApiClient:
             await self._clock.sleep(wait)
 
     async def _send(
-        self, path: str, params: Sequence[tuple[str, str | int]]
+        self, path: str, params: Sequence[tuple[str, str | int]], headers: Mapping[str, str] | None = None
     ) -> tuple[httpx.Response, bytes | None]:
         """One GET with its whole body, inside the request deadline; the body is None when it is over the
         size cap (then it was not read: the connection is dropped instead)."""
@@ -339,7 +372,7 @@ class AdminApiClient:
         received = 0
         try:
             async with asyncio.timeout(self._timeout):
-                async with self._http.stream("GET", path, params=list(params)) as response:
+                async with self._http.stream("GET", path, params=list(params), headers=headers) as response:
                     head = response
                     declared = response.headers.get("content-length", "")
                     if declared.isdigit() and int(declared) > self._max_bytes:
@@ -418,19 +451,13 @@ def _check_window(start: date, end: date, limit: int) -> None:
         raise ValueError(f"limit must be 1..{MAX_DAILY_LIMIT} daily buckets, got {limit}")
 
 
+def _check_rows(start: date, end: date, limit: int, group_by: Sequence[str], *, cost: bool) -> None:
+    if not start < end or (end - start).days > MAX_ANALYTICS_DAYS:
+        raise ValueError(f"window [{start}, {end}) must be 1..{MAX_ANALYTICS_DAYS} days")
+    if not 1 <= limit <= MAX_ROW_LIMIT:
+        raise ValueError(f"limit must be 1..{MAX_ROW_LIMIT} rows, got {limit}")
+    check_group_by(list(group_by), cost=cost)
+
+
 def _violation(exc: ProtocolViolation, path: str, request_id: str | None) -> ProtocolViolation:
     return ProtocolViolation(f"GET {path}: {exc} (request-id {request_id})", request_id=request_id)
-
-
-def _parse_page(
-    body: Any, parse_row: Callable[[object, date], RowT], request_id: str | None, limit: int
-) -> Page[RowT]:
-    if not isinstance(body, Mapping):
-        raise ProtocolViolation("report body must be a JSON object")
-    data = body.get("data")
-    if not isinstance(data, list):
-        raise ProtocolViolation("report body has no data list")
-    if len(data) > limit:
-        raise ProtocolViolation(f"page holds {len(data)} buckets, more than limit={limit}")
-    buckets = tuple(parse_bucket(item, parse_row) for item in data)
-    return Page(buckets=buckets, request_id=request_id, limit=limit)

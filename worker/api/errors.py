@@ -18,6 +18,8 @@ import httpx
 from worker.secret import mask_keys
 
 _TOO_LARGE = re.compile(r"too large|exceed", re.IGNORECASE)
+_CURSOR = re.compile(r"\bcursor\b", re.IGNORECASE)
+_REFUSED = re.compile(r"\bhipaa\b", re.IGNORECASE)
 _MAX_MESSAGE = 400
 
 #: Statuses worth another try: rate limited, timeouts, server trouble, overloaded (529).
@@ -81,6 +83,16 @@ class BodyTooLarge(ResponseTooLarge):
 class ApiUnreachable(ApiError):
     """No connection could be made to the base URL (refused, unknown host, connect timeout), when the
     caller asked not to retry that (the connection test)."""
+
+
+class CursorRejected(RequestRejected):
+    """410, or 400 about the page cursor: the cursor expired or the server no longer knows it; the paging
+    strategy may restart its window without one."""
+
+
+class SourceRefused(RequestRejected):
+    """400 saying the organization may not use this API at all (the Analytics API refuses organizations
+    with HIPAA readiness): keep the other source, say why."""
 
 
 class RetriesExhausted(ApiError):
@@ -197,4 +209,8 @@ def classify_response(
         return IntegrationBlocked(f"{where} -> {detail}; {action}", action=action, **kw)
     if status == 400 and _TOO_LARGE.search(message):
         return ResponseTooLarge(f"{where} -> response too large: {detail}", **kw)
+    if status == 410 or (status == 400 and _CURSOR.search(message)):
+        return CursorRejected(f"{where} -> page cursor rejected: {detail}", **kw)
+    if status == 400 and _REFUSED.search(message):
+        return SourceRefused(f"{where} -> refused for this organization: {detail}", **kw)
     return RequestRejected(f"{where} -> {detail}", **kw)

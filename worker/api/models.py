@@ -103,6 +103,7 @@ class Page(Generic[RowT]):
     buckets: tuple[DayBucket[RowT], ...]
     request_id: str | None
     limit: int
+    refreshed_at: datetime | None = None  # the Analytics API's `data_refreshed_at`
 
 
 # --- parsing ---------------------------------------------------------------------------------------------

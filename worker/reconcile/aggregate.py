@@ -39,6 +39,7 @@ class GroupBy(StrEnum):
     MODEL = "model"
     WORKSPACE = "workspace"
     API_KEY = "api_key"
+    ACTOR = "actor"  # who: a user's email (an event's customer), a service account or API key id
 
 
 BILL_TOKEN_TYPES = {
@@ -111,7 +112,8 @@ class TrackedAggregate:
 def event_key(event: TrackedEvent, by: GroupBy | str = GroupBy.MODEL) -> CellKey:
     """The (day, model, key) an event is aggregated under."""
     by = GroupBy(by)
-    key = event.workspace_id if by is GroupBy.WORKSPACE else event.api_key_id if by is GroupBy.API_KEY else None
+    key = (event.workspace_id if by is GroupBy.WORKSPACE else event.api_key_id if by is GroupBy.API_KEY
+           else event.customer if by is GroupBy.ACTOR else None)
     return event.day, event.model or canonical_model_id(event.raw_model), key
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import date
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -155,7 +155,8 @@ def _counts(counter: Counter[str]) -> str:
 @click.option("--source", "sources", multiple=True,
               help="Events of this source (repeatable). Required when several sources have events in the period.")
 @click.option("--by", type=click.Choice([g.value for g in GroupBy]), default=GroupBy.MODEL.value, show_default=True,
-              help="Rows per day and model, or also per workspace / API key (when both sides carry it).")
+              help="Rows per day and model, or also per workspace / API key / actor (a user's email; when both sides "
+                   "carry it). By API key and actor the bill is the Analytics API's cost of each.")
 @click.option("--tolerance", default=str(DEFAULT_TOLERANCE_PCT), callback=_tolerance, show_default=True,
               help="Percentage of a row's billed cost a delta may reach and still be ok.")
 @click.option("--accept", "accept", multiple=True, type=click.Choice([c.value for c in Cause]),
@@ -170,7 +171,7 @@ def reconcile_command(ctx: click.Context, since: date, until: date, integration_
     from worker.reconcile.compare import compare
     from worker.reconcile.render import render, render_summary
     from worker.reconcile.runs import record_run
-    from worker.reconcile.store import load_bill, sources_between, tracked_aggregates
+    from worker.reconcile.store import sources_between, tracked_aggregates
     from worker.storage import repo
 
     if until < since:
@@ -188,8 +189,8 @@ def reconcile_command(ctx: click.Context, since: date, until: date, integration_
         if not stored:
             _warn(f"no tracked events between {since} and {until}: every billed row is untracked")
         normalizer = _normalizer(app, conn, integration_id)
-        bill = load_bill(conn, since, until, by, integration_id)
-        tracked = tracked_aggregates(conn, since, until, sources or None, by, normalizer.normalize)
+        bill, rekey = _bill(conn, since, until, by, integration_id)
+        tracked = rekey(tracked_aggregates(conn, since, until, sources or None, by, normalizer.normalize))
     result = compare(bill.cells(), tracked, bill.fees(), tolerance_pct=tolerance, prices=bill.prices(), accept=accept)
     with app.engine.begin() as conn:  # the summary feeds /metrics: latest drift per integration
         record_run(conn, result.summary, integration_id=integration_id, sources=sources, since=since, until=until,
@@ -203,3 +204,26 @@ def reconcile_command(ctx: click.Context, since: date, until: date, integration_
 
 def _warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
+
+
+def _bill(conn: Connection, since: date, until: date, by: str, integration_id: int | None) -> tuple[Any, Any]:
+    """The bill to reconcile with, and how tracked keys are matched to it.
+
+    By API key or actor, the Analytics API's billed cost of each key or user (when it was synced for the
+    period); otherwise the legacy reports (by key: tokens priced at the day's implied rates).
+    """
+    from worker.reconcile.analytics_bill import covered, load_analytics_bill, rekey_actors
+    from worker.reconcile.store import load_bill
+
+    if by in (GroupBy.API_KEY, GroupBy.ACTOR):
+        if covered(conn, since, until, integration_id):
+            bill = load_analytics_bill(conn, since, until, by, integration_id)
+            if by == GroupBy.ACTOR:
+                return bill, lambda tracked: rekey_actors(tracked, bill.user_emails)
+            return bill, lambda tracked: tracked
+        if by == GroupBy.ACTOR:
+            raise UsageFailure("--by actor needs the Analytics API's bill for the whole period (an integration with "
+                               "source analytics or both, synced for these days)")
+        _warn("the Analytics API's bill does not cover the period: API keys are priced at the legacy report's "
+              "implied rates")
+    return load_bill(conn, since, until, by, integration_id), lambda tracked: tracked

@@ -315,7 +315,8 @@ def tracked_aggregates(
     """
     by = GroupBy(by)
     e = events.c
-    key = e.workspace_id if by is GroupBy.WORKSPACE else e.api_key_id if by is GroupBy.API_KEY else None
+    key = (e.workspace_id if by is GroupBy.WORKSPACE else e.api_key_id if by is GroupBy.API_KEY
+           else e.customer if by is GroupBy.ACTOR else None)
     tokens = [func.sum(getattr(e, name)) for name in TOKEN_COLUMNS]
     unpriced: list[ColumnElement[Any]]  # FILTER or CASE: the same column type either way
     if _FILTER_CLAUSE or conn.dialect.name != "sqlite":

@@ -21,6 +21,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from worker.simulator import analytics, directory
 from worker.simulator.data import Org, SimulatorData, stable_hash
 from worker.simulator.errors import ApiError, invalid, new_request_id
 from worker.simulator.faults import (
@@ -44,11 +45,30 @@ from worker.simulator.reports import (
     parse_query,
 )
 from worker.simulator.tamper import PageView
+from worker.simulator.truth import BY as analytics_truth_by
+from worker.simulator.truth import analytics_truth, priority_cost
 
 ME_PATH = "/v1/organizations/me"
 COST_PATH = "/v1/organizations/cost_report"
 USAGE_PATH = "/v1/organizations/usage_report/messages"
-_API_PATHS = {ME_PATH: None, COST_PATH: COST_REPORT, USAGE_PATH: USAGE_REPORT}
+_API_PATHS = {ME_PATH: None, COST_PATH: COST_REPORT, USAGE_PATH: USAGE_REPORT,
+              analytics.COST_PATH: "analytics_cost", analytics.USAGE_PATH: "analytics_usage",
+              directory.API_KEYS_PATH: "api_keys", directory.WORKSPACES_PATH: "workspaces"}
+_NO_NEXT_PAGE = frozenset({"no-next-page"})  # the one page fault of the Analytics API's row pages
+_CURSOR_KINDS = frozenset({"410"})
+
+
+def _betas(headers: Mapping[str, str]) -> frozenset[str]:
+    return frozenset(b.strip() for b in headers.get("anthropic-beta", "").split(",") if b.strip())
+
+
+def credential(headers: Mapping[str, str]) -> str | None:
+    """The key of a request: `x-api-key`, or `Authorization: Bearer <key>` (what the official SDK sends)."""
+    key = headers.get("x-api-key")
+    if key:
+        return key
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 @dataclass(slots=True)
@@ -151,9 +171,13 @@ class SimulatorApp:
         faults: Sequence[str | Fault] = (),
         clock: Callable[[], float] = time.monotonic,
         record_requests: bool = False,
+        hipaa_orgs: Sequence[int] = (),
     ) -> None:
         self.data = data
         self.max_results = max_results
+        #: Organizations with HIPAA readiness: the Analytics API answers them 400.
+        self.hipaa_orgs = frozenset(hipaa_orgs)
+        self._rows = analytics.RowCache()
         self.limiter = RateLimiter(requests_per_minute, burst, clock)
         self.faults = FaultSet(data.seed)
         self.stats = Stats()
@@ -249,6 +273,7 @@ class SimulatorApp:
                 {"org": o.index, "id": o.id, "name": self._names.get(o.index, o.name),
                  "admin_key": self._current_keys[o.index],
                  "regular_key": o.regular_key, "revoked": o.index in self.revoked,
+                 "hipaa": o.index in self.hipaa_orgs, "discount_pct": o.discount_pct,
                  "workspaces": [w.id for w in o.workspaces]}
                 for o in self.data.orgs
             ]
@@ -297,7 +322,7 @@ class SimulatorApp:
     def _api(
         self, method: str, path: str, query: Sequence[tuple[str, str]], headers: Mapping[str, str]
     ) -> Response:
-        key = headers.get("x-api-key")
+        key = credential(headers)
         org = self._keys.get(key) if key else None
         label = key if org and key else ("(missing)" if not key else "(invalid)")
         try:
@@ -318,7 +343,7 @@ class SimulatorApp:
         org: Org | None,
     ) -> Response:
         if not key:
-            raise ApiError(401, "x-api-key header is required")
+            raise ApiError(401, "x-api-key header (or Authorization: Bearer) is required")
         if key.startswith("sk-ant-api"):
             raise ApiError(
                 403,
@@ -354,11 +379,18 @@ class SimulatorApp:
             raise ApiError(404, f"Not found: {path}")
         if method != "GET":
             raise ApiError(405, f"Method {method} not allowed on {path}", headers={"allow": "GET"})
+        kind = _API_PATHS[path]
         if path == ME_PATH:
             name = self._names.get(org.index, org.name)
             response = _json(200, {"id": org.id, "type": "organization", "name": name}, extra)
+        elif kind == "api_keys":
+            response = Response(200, directory.list_api_keys(org, query), extra)
+        elif kind == "workspaces":
+            response = Response(200, directory.list_workspaces(org, query), extra)
+        elif kind in ("analytics_cost", "analytics_usage"):
+            response = self._analytics(kind.removeprefix("analytics_"), org, path, query, headers, extra)
         else:
-            response = self._report(_API_PATHS[path] or "", org.index, query, extra)
+            response = self._report(kind or "", org.index, query, extra, _betas(headers))
         if fault is not None and fault.kind == "cutoff":
             response.cutoff = fault.fraction
         if fault is not None and fault.kind == "bad-json":
@@ -368,11 +400,12 @@ class SimulatorApp:
         return response
 
     def _report(
-        self, report: str, org: int, query: Sequence[tuple[str, str]], headers: dict[str, str]
+        self, report: str, org: int, query: Sequence[tuple[str, str]], headers: dict[str, str],
+        betas: frozenset[str] = frozenset(),
     ) -> Response:
         tomorrow = self.data.today() + timedelta(days=1)
         today_end = datetime.combine(tomorrow, datetime.min.time(), UTC)
-        q = parse_query(report, query, now=int(today_end.timestamp()) - 1)
+        q = parse_query(report, query, now=int(today_end.timestamp()) - 1, betas=betas)
         page = build_page(self.data, org, q, self._cursors)
         check_result_cap(page, self.max_results)
         body = page.render()
@@ -383,6 +416,22 @@ class SimulatorApp:
             if fired:
                 body = view.render(fired)
         return Response(200, body, headers)
+
+    def _analytics(
+        self, endpoint: str, org: Org, path: str, query: Sequence[tuple[str, str]], headers: Mapping[str, str],
+        extra: dict[str, str],
+    ) -> Response:
+        if analytics.BETA not in _betas(headers):
+            raise invalid(f"This endpoint is in beta: send the anthropic-beta header {analytics.BETA}")
+        if org.index in self.hipaa_orgs:
+            raise invalid(analytics.HIPAA_MESSAGE)
+        q = analytics.parse_query(endpoint, query, now=self.data.now())
+        if q.page is not None and self.faults.take(org.index, path, _CURSOR_KINDS) is not None:
+            raise ApiError(410, "The page cursor has expired; restart the query without `page`",
+                           error_type="invalid_request_error", headers=extra)
+        page = analytics.build_page(self.data, org.index, q, self._cursors, self._rows)
+        drop = self.faults.take(org.index, path, _NO_NEXT_PAGE)
+        return Response(200, page.render(drop_next_page=drop is not None), extra)
 
     # -- control API --------------------------------------------------------------------------
 
@@ -461,20 +510,39 @@ class SimulatorApp:
         return _json(201, {"added": added, **self._faults_json()})
 
     def _truth(self, params: dict[str, str]) -> Response:
+        """Legacy truth per (day, model) over `[since, until)`; with `source=analytics` (and `by=`) the
+        Analytics API's rows instead. Both carry the analytics totals and `data_refreshed_at`."""
         try:
             org = int(params.get("org", "0"))
             self.data.org(org)
             today = self.data.today()
             since = date.fromisoformat(params.get("since") or str(today - timedelta(days=29)))
             until = date.fromisoformat(params.get("until") or str(today + timedelta(days=1)))
+            source = params.get("source", "legacy")
+            by = params.get("by", "model")
+            if source not in ("legacy", "analytics") or by not in analytics_truth_by:
+                raise ValueError(f"source must be legacy or analytics, by one of {', '.join(analytics_truth_by)}")
         except (ValueError, KeyError) as exc:
             raise invalid(f"bad truth query: {exc}") from None
         if (until - since).days > 5000:
             raise invalid("truth window too long")
-        rows = self.data.truth(org, since, until)
-        total = sum((r.cost_usd for r in rows), Decimal(0))
-        return _json(
-            200,
-            {"org": org, "since": since.isoformat(), "until": until.isoformat(),
-             "total_cost_usd": f"{total:f}", "rows": [r.as_json() for r in rows]},
-        )
+        last = until - timedelta(days=1)
+        arows = analytics_truth(self.data, org, since, last, by)
+        priority = priority_cost(self.data, org, since, last)
+        body: dict[str, Any] = {
+            "org": org, "since": since.isoformat(), "until": until.isoformat(), "source": source,
+            "data_refreshed_at": self.data.refreshed_at().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "discount_pct": self.data.org(org).discount_pct,
+            "analytics_total_cost_usd": f"{sum((Decimal(r['cost_usd']) for r in arows), Decimal(0)):f}",
+            "analytics_total_list_cost_usd": f"{sum((Decimal(r['list_cost_usd']) for r in arows), Decimal(0)):f}",
+            "priority_cost_usd": f"{sum(priority.values(), Decimal(0)):f}",
+            "priority": [{"date": d.isoformat(), "model": m, "cost_usd": f"{v:f}"}
+                         for (d, m), v in sorted(priority.items())],
+        }
+        if source == "analytics":
+            body.update(by=by, total_cost_usd=body["analytics_total_cost_usd"], rows=arows)
+        else:
+            rows = self.data.truth(org, since, until)
+            total = sum((r.cost_usd for r in rows), Decimal(0))
+            body.update(total_cost_usd=f"{total:f}", rows=[r.as_json() for r in rows])
+        return _json(200, body)

@@ -10,6 +10,7 @@ from datetime import date, datetime
 import click
 
 from worker.simulator.app import SimulatorApp
+from worker.simulator.data import OrgShape
 from worker.simulator.faults import FaultSpecError, parse_fault
 from worker.simulator.server import SimulatorServer, build_app, serve
 
@@ -32,6 +33,21 @@ def _parse_faults(
         except FaultSpecError as exc:
             raise click.BadParameter(f"{spec!r}: {exc}") from None
     return value
+
+
+def _parse_shapes(
+    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
+) -> dict[int, OrgShape]:
+    shapes = {}
+    for spec in value:
+        index, sep, shape = spec.partition("=")
+        try:
+            if not sep:
+                raise ValueError("expected ORG=SHAPE, e.g. 0=large")
+            shapes[int(index)] = OrgShape.parse(shape)
+        except ValueError as exc:
+            raise click.BadParameter(f"{spec!r}: {exc}") from None
+    return shapes
 
 
 @click.command("simulate")
@@ -57,6 +73,12 @@ def _parse_faults(
 @click.option("--fault", "faults", multiple=True, callback=_parse_faults, metavar="SPEC",
               help="Inject a fault, e.g. 529:count=3, cutoff:org=1, restate:day=2026-03-01 "
                    "(repeatable; see worker/simulator/faults.py).")
+@click.option("--hipaa-org", "hipaa_orgs", multiple=True, type=click.IntRange(0), metavar="N",
+              help="Organization N has HIPAA readiness: the Analytics API answers it 400 (repeatable).")
+@click.option("--org-shape", "shapes", multiple=True, callback=_parse_shapes, metavar="N=SHAPE",
+              help="Size of organization N: small, medium, large (5 models, 20 keys, 50 users) or W,K,U,M.")
+@click.option("--analytics-lag-minutes", default=180, show_default=True, type=click.IntRange(0, 10080),
+              help="The Analytics API serves usage up to this many minutes before now (data_refreshed_at).")
 def simulate_command(
     host: str,
     port: int,
@@ -69,13 +91,16 @@ def simulate_command(
     history_days: int,
     traffic: str,
     faults: tuple[str, ...],
+    hipaa_orgs: tuple[int, ...],
+    shapes: dict[int, OrgShape],
+    analytics_lag_minutes: int,
 ) -> None:
     """Run a local, deterministic copy of Anthropic's Admin API cost and usage reports."""
     try:
         app = build_app(
             orgs=orgs, seed=seed, today=today, requests_per_minute=requests_per_minute,
             burst=burst, max_results=max_results, faults=faults, history_days=history_days,
-            traffic=traffic,
+            traffic=traffic, hipaa_orgs=hipaa_orgs, shapes=shapes, analytics_lag_minutes=analytics_lag_minutes,
         )
     except (FaultSpecError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None

@@ -26,10 +26,12 @@ from typing import Any
 from worker.simulator.prices import (
     CODE_EXECUTION_DESCRIPTION,
     CODE_EXECUTION_PICO_PER_UNIT,
+    LEGACY_COST_TIERS,
     MODELS,
     TOKEN_TYPES,
     WEB_SEARCH_DESCRIPTION,
     WEB_SEARCH_PICO_PER_REQUEST,
+    billed_unit_price_pico,
     description,
     pico_to_dollars,
     unit_price_pico,
@@ -69,17 +71,60 @@ def _ident(prefix: str, *parts: object) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class User:
+    """A member: `removed` users left the organization (email kept, `deleted` true in actor objects)."""
+
+    id: str
+    email: str
+    name: str | None
+    removed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ApiKey:
     id: str
-    workspace_id: str | None
+    workspace_id: str | None  # the legacy reports' id: None is the default workspace
     service_account_id: str | None
+    name: str = ""
+    user_id: str | None = None  # the user principal the key acts as (its usage is attributed to them)
 
 
 @dataclass(frozen=True, slots=True)
 class Workspace:
-    id: str | None  # None is the default workspace
+    id: str | None  # None is the default workspace (the legacy reports' null)
     name: str
     api_keys: tuple[ApiKey, ...]
+    tagged_id: str = ""  # its real id, which the Analytics API and /workspaces give even for the default
+
+
+@dataclass(frozen=True, slots=True)
+class OrgShape:
+    """A fixed organization size (benchmarks): workspaces besides the default, API keys, users, models."""
+
+    workspaces: int
+    api_keys: int
+    users: int
+    models: int
+
+    @classmethod
+    def parse(cls, text: str) -> OrgShape:
+        """`small`, `medium`, `large` or `W,K,U,M` (workspaces, keys, users, models)."""
+        if text in SHAPES:
+            return SHAPES[text]
+        try:
+            w, k, u, m = (int(p) for p in text.split(","))
+        except ValueError:
+            raise ValueError(f"org shape must be small, medium, large or W,K,U,M, got {text!r}") from None
+        if w < 0 or k < 1 or u < 1 or not 1 <= m <= len(_MODEL_WEIGHTS):
+            raise ValueError(f"org shape {text!r} out of range (keys, users >= 1; models 1..{len(_MODEL_WEIGHTS)})")
+        return cls(w, k, u, m)
+
+
+SHAPES: dict[str, OrgShape] = {
+    "small": OrgShape(workspaces=1, api_keys=3, users=4, models=2),
+    "medium": OrgShape(workspaces=3, api_keys=8, users=15, models=3),
+    "large": OrgShape(workspaces=4, api_keys=20, users=50, models=5),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +137,20 @@ class Org:
     admin_key: str
     regular_key: str  # an ``sk-ant-api03-`` key: rejected by the Admin API
     workspaces: tuple[Workspace, ...]
-    users: tuple[str, ...]
+    users: tuple[User, ...]
     scale: float  # relative traffic volume
+    discount_pct: int = 0  # negotiated discount on token prices: Analytics `amount` vs `list_amount`
+    models: tuple[str, ...] = ()  # the models it uses (all of _MODEL_WEIGHTS when empty)
+
+    def user(self, user_id: str) -> User:
+        for u in self.users:
+            if u.id == user_id:
+                return u
+        raise KeyError(user_id)
+
+    @property
+    def api_keys(self) -> tuple[ApiKey, ...]:
+        return tuple(k for w in self.workspaces for k in w.api_keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +173,8 @@ class UsageRecord:
     cache_creation_5m: int
     cache_creation_1h: int
     web_search_requests: int
+    product: str = "messages_api"  # the Analytics API's product surface
+    requests: int = 1
 
     def tokens(self, token_type: str) -> int:
         if token_type == "cache_creation.ephemeral_5m_input_tokens":
@@ -126,11 +185,33 @@ class UsageRecord:
         return value
 
     def cost_pico(self) -> int:
+        """Token cost at list prices."""
         return sum(
             self.tokens(tt)
             * unit_price_pico(self.model, self.service_tier, self.context_window, tt)
             for tt in TOKEN_TYPES
         )
+
+    def billed_pico(self, discount_pct: int) -> int:
+        """Token cost after the organization's discount: what both cost reports bill."""
+        return sum(
+            self.tokens(tt)
+            * billed_unit_price_pico(self.model, self.service_tier, self.context_window, tt, discount_pct)
+            for tt in TOKEN_TYPES
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CodeExecution:
+    """Code execution billed to one workspace on one day (no model, key or actor)."""
+
+    workspace_id: str | None
+    minute: int
+    units: int
+
+    @property
+    def pico(self) -> int:
+        return self.units * CODE_EXECUTION_PICO_PER_UNIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,23 +235,33 @@ class DayData:
     Cost rows are derived from the usage records on first use (a usage-only reader never pays).
     """
 
-    __slots__ = ("usage", "fragments", "_cost", "_make_cost")
+    __slots__ = ("_code", "_cost", "_make_code", "_make_cost", "fragments", "usage")
 
     def __init__(
         self,
         usage: tuple[UsageRecord, ...],
         make_cost: Callable[[], tuple[CostRow, ...]] = tuple,
+        make_code: Callable[[], tuple[CodeExecution, ...]] = tuple,
     ) -> None:
         self.usage = usage
-        self.fragments: dict[Any, tuple[int, str]] = {}
+        self.fragments: dict[Any, Any] = {}
         self._cost: tuple[CostRow, ...] | None = None
         self._make_cost = make_cost
+        self._code: tuple[CodeExecution, ...] | None = None
+        self._make_code = make_code
 
     @property
     def cost(self) -> tuple[CostRow, ...]:
+        """The legacy cost report's rows (no Priority Tier)."""
         if self._cost is None:
             self._cost = self._make_cost()
         return self._cost
+
+    @property
+    def code_execution(self) -> tuple[CodeExecution, ...]:
+        if self._code is None:
+            self._code = self._make_code()
+        return self._code
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +292,31 @@ class TruthRow:
         }
 
 
-def _make_org(seed: int, index: int) -> Org:
+_FIRST_NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jo", "Kemal", "Lena",
+                "Mo", "Nia", "Omar", "Pia", "Quinn", "Ravi", "Sara", "Tomas", "Uma", "Vik", "Wen", "Xavi",
+                "Yara", "Zoe")
+
+
+def _users(seed: int, index: int, count: int) -> tuple[User, ...]:
+    users = []
+    for u in range(count):
+        first = _FIRST_NAMES[u % len(_FIRST_NAMES)]
+        email = f"{first.lower()}{'' if u < len(_FIRST_NAMES) else u // len(_FIRST_NAMES)}@org{index}.example.com"
+        removed = count >= 3 and u == count - 1  # one former member: email kept, `deleted` in actor objects
+        users.append(User(_ident("user_01", seed, index, "user", u), email, f"{first} Example", removed))
+    return tuple(users)
+
+
+def _key(seed: int, index: int, w: int, k: int, ws_id: str | None, ws_name: str, service_account: str | None,
+         users: tuple[User, ...]) -> ApiKey:
+    # A fifth of the keys without a service account act as a user (their usage is attributed to that user).
+    pick = stable_hash("principal", seed, index, w, k)
+    user_id = users[pick // 5 % len(users)].id if service_account is None and pick % 5 == 0 else None
+    return ApiKey(_ident("apikey_01", seed, index, "key", w, k), ws_id, service_account,
+                  f"{ws_name} key {k + 1}", user_id)
+
+
+def _make_org(seed: int, index: int, shape: OrgShape | None = None) -> Org:
     rng = random.Random(stable_hash("org", seed, index))
     org_uuid = uuid.UUID(
         int=stable_hash("org-id", seed, index) << 64 | stable_hash("org-id-2", seed, index),
@@ -209,19 +324,36 @@ def _make_org(seed: int, index: int) -> Org:
     )
     admin_suffix = f"{stable_hash('admin', seed, index):016x}"
     api_suffix = f"{stable_hash('api', seed, index):016x}"
-    users = tuple(_ident("user_01", seed, index, "user", u) for u in range(rng.randint(1, 4)))
     workspaces = []
-    names = ["Default"] + [f"Workspace {chr(ord('A') + i)}" for i in range(rng.randint(2, 4))]
-    for w, name in enumerate(names):
-        ws_id = None if w == 0 else _ident("wrkspc_01", seed, index, "ws", w)
-        keys = []
-        for k in range(rng.randint(1, 3)):
-            service_account = (
-                _ident("svcacct_01", seed, index, "sa", w, k) if rng.random() < 0.3 else None
-            )
-            key_id = _ident("apikey_01", seed, index, "key", w, k)
-            keys.append(ApiKey(key_id, ws_id, service_account))
-        workspaces.append(Workspace(ws_id, name, tuple(keys)))
+    models: tuple[str, ...] = ()
+    if shape is None:
+        users = _users(seed, index, rng.randint(1, 4))
+        names = ["Default"] + [f"Workspace {chr(ord('A') + i)}" for i in range(rng.randint(2, 4))]
+        for w, name in enumerate(names):
+            ws_id = None if w == 0 else _ident("wrkspc_01", seed, index, "ws", w)
+            keys = []
+            for k in range(rng.randint(1, 3)):
+                service_account = (
+                    _ident("svac_01", seed, index, "sa", w, k) if rng.random() < 0.3 else None
+                )
+                keys.append(_key(seed, index, w, k, ws_id, name, service_account, users))
+            workspaces.append(Workspace(ws_id, name, tuple(keys), _ident("wrkspc_01", seed, index, "ws", w)))
+        scale = rng.choice((0.3, 1.0, 1.0, 2.0, 5.0))
+    else:
+        users = _users(seed, index, shape.users)
+        names = ["Default"] + [f"Workspace {i + 1}" for i in range(shape.workspaces)]
+        per_ws: list[list[ApiKey]] = [[] for _ in names]
+        for k in range(shape.api_keys):
+            w = k % len(names)
+            ws_id = None if w == 0 else _ident("wrkspc_01", seed, index, "ws", w)
+            service_account = (_ident("svac_01", seed, index, "sa", w, k)
+                               if stable_hash("sa", seed, index, k) % 5 == 0 else None)
+            per_ws[w].append(_key(seed, index, w, len(per_ws[w]), ws_id, names[w], service_account, users))
+        for w, name in enumerate(names):
+            ws_id = None if w == 0 else _ident("wrkspc_01", seed, index, "ws", w)
+            workspaces.append(Workspace(ws_id, name, tuple(per_ws[w]), _ident("wrkspc_01", seed, index, "ws", w)))
+        models = tuple(m for m, _ in _MODEL_WEIGHTS[: shape.models])
+        scale = 1.0
     return Org(
         index=index,
         id=str(org_uuid),
@@ -230,7 +362,9 @@ def _make_org(seed: int, index: int) -> Org:
         regular_key=f"sk-ant-api03-sim-{index}-{api_suffix}",
         workspaces=tuple(workspaces),
         users=users,
-        scale=rng.choice((0.3, 1.0, 1.0, 2.0, 5.0)),
+        scale=scale,
+        discount_pct=(5, 10, 15, 20)[stable_hash("discount", seed, index) % 4],
+        models=models,
     )
 
 
@@ -249,10 +383,13 @@ def _generate_day(
     trend = 1.0 + 0.3 * math.sin(day.toordinal() / 17.0 + org.index)
     volume = org.scale * weekday_factor * trend * factor
     records: list[UsageRecord] = []
+    allowed = org.models
     for ws in org.workspaces:
-        if shape.random() < 0.15:
+        if shape.random() < 0.15 or not ws.api_keys:
             continue
-        models = [m for m, p in _MODEL_WEIGHTS if shape.random() < p] or ["claude-sonnet-4-6"]
+        # Every model's draw happens (so an organization's other numbers do not depend on its models).
+        models = [m for m, p in _MODEL_WEIGHTS if shape.random() < p and (not allowed or m in allowed)]
+        models = models or [allowed[0] if allowed else "claude-sonnet-4-6"]
         for model in models:
             tiers = ["standard"] + (["batch"] if shape.random() < 0.3 else [])
             windows = ["0-200k"]
@@ -272,7 +409,35 @@ def _generate_day(
                         records.append(
                             _make_record(shape, org, ws, model, tier, window, caller, volume * jitter)
                         )
+    if records:
+        records.extend(_more_records(seed, org, day, version, volume, steady=traffic == "steady"))
     return tuple(records)
+
+
+def _more_records(seed: int, org: Org, day: date, version: int, volume: float, *,
+                  steady: bool = False) -> list[UsageRecord]:
+    """Priority Tier calls and Claude Code sessions (a stream of its own: the records above stay as they were).
+    With steady traffic the same keys and users call every day; only their volume varies a little."""
+    rng = random.Random(stable_hash("day-more", seed, org.index, day.isoformat(), version))
+    shape = random.Random(stable_hash("shape-more", seed, org.index)) if steady else rng
+
+    def size() -> float:
+        return volume if not steady else volume * math.exp(0.5 * (rng.random() + rng.random() + rng.random() - 1.5))
+
+    first = org.models[0] if org.models else "claude-sonnet-4-6"
+    out = []
+    for ws in org.workspaces:
+        for key in ws.api_keys:
+            if shape.random() < 0.15:
+                out.append(_make_record(shape, org, ws, first, "priority", "0-200k", key, size()))
+    coding = [m for m in ("claude-sonnet-4-6", "claude-opus-4-1") if not org.models or m in org.models] or [first]
+    default = org.workspaces[0]
+    for user in org.users:
+        if shape.random() < 0.5:
+            model = coding[int(shape.random() * len(coding))]
+            out.append(_make_record(shape, org, default, model, "standard", "0-200k", None, size() * 0.3,
+                                    account=user.id, product="claude_code"))
+    return out
 
 
 def _make_record(
@@ -284,14 +449,26 @@ def _make_record(
     window: str,
     caller: ApiKey | None,
     volume: float,
+    *,
+    account: str | None = None,
+    product: str | None = None,
 ) -> UsageRecord:
     r = rng.random  # only random() draws: several times faster than randint/uniform/lognormvariate
     uncached = max(1, int(math.exp(10.5 + 5.0 * r()) * volume * (3 if window == "200k-1M" else 1)))
+    minute = int(r() * 1440)  # draws in the order they always had
+    if caller is not None:
+        account_id = caller.user_id
+    elif account is not None:
+        account_id = account
+    else:
+        account_id = org.users[int(r() * len(org.users))].id
+    if product is None:
+        product = "claude_console" if caller is None else "message_batches_api" if tier == "batch" else "messages_api"
     return UsageRecord(
-        minute=int(r() * 1440),
+        minute=minute,
         workspace_id=ws.id,
         api_key_id=caller.id if caller else None,
-        account_id=org.users[int(r() * len(org.users))] if caller is None else None,
+        account_id=account_id,
         service_account_id=caller.service_account_id if caller else None,
         model=model,
         service_tier=tier,
@@ -304,15 +481,35 @@ def _make_record(
         cache_creation_5m=int(uncached * (0.05 + 0.45 * r())) if r() < 0.6 else 0,
         cache_creation_1h=int(uncached * (0.05 + 0.25 * r())) if r() < 0.25 else 0,
         web_search_requests=1 + int(r() * 300) if r() < 0.2 else 0,
+        product=product,
+        requests=1 + uncached // 20000,
     )
 
 
-def _cost_rows(
-    seed: int, org: Org, day: date, version: int, usage: tuple[UsageRecord, ...]
-) -> tuple[CostRow, ...]:
+def _code_executions(seed: int, org: Org, day: date, version: int,
+                     usage: tuple[UsageRecord, ...]) -> tuple[CodeExecution, ...]:
+    if not usage:
+        return ()
+    rng = random.Random(stable_hash("code", seed, org.index, day.isoformat(), version))
+    out = []
+    for w, ws in enumerate(org.workspaces):
+        if rng.random() < 0.2:
+            units = rng.randint(1, 500)
+            out.append(CodeExecution(ws.id, stable_hash("code-minute", seed, org.index, day.isoformat(), w) % 1440,
+                                     units))
+    return tuple(out)
+
+
+def _cost_rows(org: Org, usage: tuple[UsageRecord, ...], code: tuple[CodeExecution, ...]) -> tuple[CostRow, ...]:
+    """The legacy cost report of a day: billed (discounted) token prices, no Priority Tier."""
     rows: dict[tuple[str | None, str], list[Any]] = {}
     searches: dict[str | None, int] = {}
+    discount = org.discount_pct
     for r in usage:
+        if r.web_search_requests:
+            searches[r.workspace_id] = searches.get(r.workspace_id, 0) + r.web_search_requests
+        if r.service_tier not in LEGACY_COST_TIERS:
+            continue
         counts = (r.uncached_input_tokens, r.output_tokens, r.cache_read_input_tokens,
                   r.cache_creation_5m, r.cache_creation_1h)
         for tt, tokens in zip(TOKEN_TYPES, counts, strict=True):
@@ -320,28 +517,21 @@ def _cost_rows(
                 continue
             desc = description(r.model, r.service_tier, r.context_window, tt)
             key = (r.workspace_id, desc)
-            pico = tokens * unit_price_pico(r.model, r.service_tier, r.context_window, tt)
+            pico = tokens * billed_unit_price_pico(r.model, r.service_tier, r.context_window, tt, discount)
             if key in rows:
                 rows[key][-1] += pico
             else:
                 rows[key] = [r.workspace_id, desc, "tokens", r.model, tt, r.service_tier,
                              r.context_window, r.inference_geo, pico]
-        if r.web_search_requests:
-            searches[r.workspace_id] = searches.get(r.workspace_id, 0) + r.web_search_requests
     for ws_id, n in searches.items():
         rows[(ws_id, WEB_SEARCH_DESCRIPTION)] = [
             ws_id, WEB_SEARCH_DESCRIPTION, "web_search", None, None, None, None, None,
             n * WEB_SEARCH_PICO_PER_REQUEST,
         ]
-    if usage:
-        rng = random.Random(stable_hash("code", seed, org.index, day.isoformat(), version))
-        for ws in org.workspaces:
-            if rng.random() < 0.2:
-                units = rng.randint(1, 500)
-                rows[(ws.id, CODE_EXECUTION_DESCRIPTION)] = [
-                    ws.id, CODE_EXECUTION_DESCRIPTION, "code_execution", None, None, None, None,
-                    None, units * CODE_EXECUTION_PICO_PER_UNIT,
-                ]
+    for c in code:
+        rows[(c.workspace_id, CODE_EXECUTION_DESCRIPTION)] = [
+            c.workspace_id, CODE_EXECUTION_DESCRIPTION, "code_execution", None, None, None, None, None, c.pico,
+        ]
     return tuple(CostRow(*v) for v in rows.values())
 
 
@@ -365,25 +555,42 @@ class SimulatorData:
         history_days: int = 730,
         cache_days: int = 50_000,
         traffic: str = "varied",
+        shapes: dict[int, OrgShape] | None = None,
+        analytics_lag_minutes: int = 180,
     ) -> None:
         if orgs < 1:
             raise ValueError("orgs must be at least 1")
         if traffic not in TRAFFIC:
             raise ValueError(f"traffic must be one of {', '.join(TRAFFIC)}")
+        if not 0 <= analytics_lag_minutes <= 7 * 1440:
+            raise ValueError("analytics_lag_minutes must be 0 .. 10080")
         self.seed = seed
         self.traffic = traffic
         self.history_days = history_days
+        self.analytics_lag_minutes = analytics_lag_minutes
         self._today = today
         self._cache_days = cache_days
         self._cache: OrderedDict[tuple[int, date, int, float], DayData] = OrderedDict()
         self._versions: dict[tuple[int, date], int] = {}
         self._spikes: dict[tuple[int, date], float] = {}
         self._lock = threading.Lock()
-        self.orgs: tuple[Org, ...] = tuple(_make_org(seed, i) for i in range(orgs))
+        shapes = shapes or {}
+        self.orgs: tuple[Org, ...] = tuple(_make_org(seed, i, shapes.get(i)) for i in range(orgs))
 
     def today(self) -> date:
         """The last day with data."""
         return self._today if self._today is not None else datetime.now(UTC).date()
+
+    def now(self) -> datetime:
+        """The simulated present: the last second of `today` (the real time when today is not fixed)."""
+        if self._today is None:
+            return datetime.now(UTC).replace(microsecond=0)
+        return datetime.combine(self._today + timedelta(days=1), datetime.min.time(), UTC) - timedelta(seconds=1)
+
+    def refreshed_at(self) -> datetime:
+        """`data_refreshed_at` of the Analytics API: it serves usage up to this minute (a lag behind now)."""
+        moment = self.now() + timedelta(seconds=1) - timedelta(minutes=self.analytics_lag_minutes)
+        return moment.replace(second=0, microsecond=0)
 
     def org(self, index: int) -> Org:
         if not 0 <= index < len(self.orgs):
@@ -453,7 +660,11 @@ class SimulatorData:
         o = self.org(org)
         usage = _generate_day(self.seed, o, day, version, traffic=self.traffic, factor=factor)
         seed = self.seed
-        data = DayData(usage, lambda: _cost_rows(seed, o, day, version, usage))
+
+        def code() -> tuple[CodeExecution, ...]:
+            return _code_executions(seed, o, day, version, usage)
+
+        data = DayData(usage, lambda: _cost_rows(o, usage, code()), code)
         with self._lock:
             data = self._cache.setdefault(key, data)
             while len(self._cache) > self._cache_days:
@@ -467,19 +678,23 @@ class SimulatorData:
     # -- ground truth -------------------------------------------------------------------------
 
     def truth(self, org: int, start: date, end: date) -> list[TruthRow]:
-        """Exact cost (Decimal dollars) and tokens per (day, model) for days in ``[start, end)``.
+        """Exact legacy cost (Decimal dollars) and tokens per (day, model) for days in ``[start, end)``.
 
         Model None carries web search and code execution cost (they have no model in the cost
-        report). Web search request counts stay on the model that made them, as in usage.
+        report). Web search request counts stay on the model that made them, as in usage. Cost is
+        billed (discounted) and leaves Priority Tier out, as the legacy cost report does; tokens
+        include every tier, as the usage report does.
         """
         out: list[TruthRow] = []
+        discount = self.org(org).discount_pct
         d = start
         while d < end:
             data = self.day(org, d)
             per_model: dict[str | None, list[int]] = {}
             for r in data.usage:
                 acc = per_model.setdefault(r.model, [0] * 7)
-                acc[0] += r.cost_pico()
+                if r.service_tier in LEGACY_COST_TIERS:
+                    acc[0] += r.billed_pico(discount)
                 acc[1] += r.uncached_input_tokens
                 acc[2] += r.output_tokens
                 acc[3] += r.cache_read_input_tokens

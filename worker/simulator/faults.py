@@ -14,6 +14,7 @@ Per-request kinds (at most one fires per request, first added first):
     cutoff            headers with the full Content-Length, ``fraction`` of the body (default
                       0.5), then the connection is closed
     bad-json          a complete 200 whose body is the first ``fraction`` of the JSON (not JSON)
+    410               a request that follows a page cursor (the Analytics API's) answers 410: expired
     delay             answer after ``seconds`` (default 1)
 
 Page kinds (change a report page after it is built; every one that matches applies):
@@ -75,7 +76,8 @@ PAGE_KINDS = frozenset({
     "no-next-page", "empty-next-page", "repeat-next-page", "missing-day", "duplicate-day", "bad-amount",
     "novel-fields",
 })
-REQUEST_KINDS = PRE_KINDS | PAGE_KINDS
+CURSOR_KINDS = frozenset({"410"})  # fire only on a request that follows a cursor
+REQUEST_KINDS = PRE_KINDS | PAGE_KINDS | CURSOR_KINDS
 STATE_KINDS = frozenset({"revoke", "restore", "restate", "spike", "rotate-key", "rename"})
 _DAY_KINDS = frozenset({"restate", "spike", "missing-day", "duplicate-day"})
 _INT_KEYS = {"count", "org", "after"}

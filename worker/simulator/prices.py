@@ -22,7 +22,10 @@ TOKEN_TYPES: tuple[str, ...] = (
     "cache_creation.ephemeral_5m_input_tokens",
     "cache_creation.ephemeral_1h_input_tokens",
 )
-SERVICE_TIERS: tuple[str, ...] = ("standard", "batch")
+SERVICE_TIERS: tuple[str, ...] = ("standard", "batch", "priority")
+#: Tiers the legacy cost report bills; Priority Tier "uses a different billing model and is not
+#: included in the cost endpoint" (its cost is in the Analytics API only).
+LEGACY_COST_TIERS: frozenset[str] = frozenset({"standard", "batch"})
 CONTEXT_WINDOWS: tuple[str, ...] = ("0-200k", "200k-1M")
 
 # Multipliers on the input price for the cache token types; output tokens use the output price.
@@ -32,7 +35,7 @@ _INPUT_MULTIPLIER: dict[str, Fraction] = {
     "cache_creation.ephemeral_5m_input_tokens": Fraction(5, 4),
     "cache_creation.ephemeral_1h_input_tokens": Fraction(2),
 }
-_TIER_MULTIPLIER: dict[str, Fraction] = {"standard": Fraction(1), "batch": Fraction(1, 2)}
+_TIER_MULTIPLIER: dict[str, Fraction] = {"standard": Fraction(1), "batch": Fraction(1, 2), "priority": Fraction(5, 4)}
 _TOKEN_LABELS: dict[str, str] = {
     "uncached_input_tokens": "Input Tokens",
     "output_tokens": "Output Tokens",
@@ -114,13 +117,28 @@ def unit_price_pico(model: str, tier: str, context_window: str, token_type: str)
     return _UNIT_PRICES[(model, tier, context_window, token_type)]
 
 
+def billed_unit_price_pico(model: str, tier: str, context_window: str, token_type: str, discount_pct: int) -> int:
+    """Price of one token after the organization's negotiated discount on token prices (exact pico)."""
+    key = (model, tier, context_window, token_type, discount_pct)
+    price = _BILLED.get(key)
+    if price is None:
+        exact = Fraction(unit_price_pico(model, tier, context_window, token_type) * (100 - discount_pct), 100)
+        if exact.denominator != 1:
+            raise ValueError(f"discounted price of {key} is not whole pico")
+        price = _BILLED[key] = int(exact)
+    return price
+
+
+_BILLED: dict[tuple[str, str, str, str, int], int] = {}
+
+
 def unit_price_dollars(model: str, tier: str, context_window: str, token_type: str) -> Decimal:
     """Price of one token in dollars, exact."""
     return Decimal(unit_price_pico(model, tier, context_window, token_type)).scaleb(-12)
 
 
 def _describe(model: str, tier: str, context_window: str, token_type: str) -> str:
-    batch = " Batch" if tier == "batch" else ""
+    batch = " Batch" if tier == "batch" else " Priority" if tier == "priority" else ""
     long = " (Long Context)" if context_window == "200k-1M" else ""
     return f"{MODELS[model].display_name}{batch} Usage - {_TOKEN_LABELS[token_type]}{long}"
 

@@ -42,8 +42,12 @@ USAGE_FILTERS: dict[str, str] = {
     "service_tiers[]": "service_tier",
     "context_window[]": "context_window",
     "inference_geos[]": "inference_geo",
+    "account_ids[]": "account_id",
+    "service_account_ids[]": "service_account_id",
+    "speeds[]": "speed",
 }
-MAX_GROUP_BY = 5
+#: Grouping usage by `speed` (fast mode) is a beta: without this `anthropic-beta` value it is refused.
+FAST_MODE_BETA = "fast-mode-2026-02-01"
 # bucket_width -> (seconds, default limit, max limit)
 USAGE_WIDTHS: dict[str, tuple[int, int, int]] = {
     "1d": (86400, 7, 31),
@@ -99,8 +103,13 @@ class ReportQuery:
     binding: str  # every parameter but page, canonical: a cursor is valid only for it
 
 
-def parse_query(report: str, params: Sequence[tuple[str, str]], *, now: int) -> ReportQuery:
-    """Validate a report's query parameters or raise a 400 ``ApiError``."""
+def parse_query(report: str, params: Sequence[tuple[str, str]], *, now: int,
+                betas: frozenset[str] = frozenset()) -> ReportQuery:
+    """Validate a report's query parameters or raise a 400 ``ApiError``.
+
+    The usage report's `group_by[]` takes any number of its dimensions (the documentation sets no
+    cap); `speed` only with the `fast-mode-2026-02-01` beta header.
+    """
     allowed_groups = COST_GROUP_BY if report == COST_REPORT else USAGE_GROUP_BY
     widths = COST_WIDTHS if report == COST_REPORT else USAGE_WIDTHS
     filter_names = USAGE_FILTERS if report == USAGE_REPORT else {}
@@ -145,13 +154,13 @@ def parse_query(report: str, params: Sequence[tuple[str, str]], *, now: int) -> 
     else:
         limit = default_limit
 
-    if len(groups) > MAX_GROUP_BY:
-        raise invalid(f"Cannot specify more than {MAX_GROUP_BY} group_by[] dimensions")
     for g in groups:
         if g not in allowed_groups:
             raise invalid(
                 f"group_by[]: invalid value {g!r}; allowed: {', '.join(allowed_groups)}"
             )
+    if "speed" in groups and FAST_MODE_BETA not in betas:
+        raise invalid(f"group_by[]: speed requires the anthropic-beta header {FAST_MODE_BETA}")
     group_by = tuple(g for g in allowed_groups if g in groups)
 
     snapped = start - start % width
@@ -240,7 +249,8 @@ def build_page(
         page_start = cursors.decode(org, q.binding, q.page)
         if page_start <= q.start or page_start >= q.end or (page_start - q.start) % q.width:
             raise invalid("page: invalid page cursor")
-    remaining = -(-(q.end - page_start) // q.width)
+    # `ending_at` is exclusive of buckets: only buckets that end at or before it are returned.
+    remaining = max(0, (q.end - page_start) // q.width)
     count = min(q.limit, remaining)
     has_more = remaining > q.limit
     next_page = cursors.encode(org, q.binding, page_start + count * q.width) if has_more else None
@@ -360,7 +370,8 @@ def _usage_results(
         }
         dims = dict(zip(group_by, key, strict=True))
         for g in USAGE_GROUP_BY:
-            result[g] = dims.get(g)
+            if g != "speed" or g in dims:  # results carry `speed` only when grouped by it
+                result[g] = dims.get(g)
         out.append(result)
     return out
 

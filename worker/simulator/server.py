@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from worker.simulator.app import RecordedRequest, Response, SimulatorApp
-from worker.simulator.data import Org, SimulatorData
+from worker.simulator.data import Org, OrgShape, SimulatorData
 from worker.simulator.errors import ApiError, new_request_id
 from worker.simulator.faults import Fault, fault_from_mapping
 from worker.simulator.transport import SimulatorTransport
@@ -192,9 +192,19 @@ def build_app(
     history_days: int = 730,
     traffic: str = "varied",
     record_requests: bool = False,
+    hipaa_orgs: Sequence[int] = (),
+    shapes: dict[int, OrgShape] | None = None,
+    analytics_lag_minutes: int = 180,
 ) -> SimulatorApp:
-    """A simulator's state: generated data, keys, rate limits, faults and stats."""
-    data = SimulatorData(seed, orgs, today, history_days=history_days, traffic=traffic)
+    """A simulator's state: generated data, keys, rate limits, faults and stats.
+
+    `hipaa_orgs` have HIPAA readiness (the Analytics API answers them 400); `shapes` fixes the size
+    of some organizations; the Analytics API serves usage up to `analytics_lag_minutes` before now."""
+    for index in hipaa_orgs:
+        if not 0 <= index < orgs:
+            raise ValueError(f"no org {index} (there are {orgs})")
+    data = SimulatorData(seed, orgs, today, history_days=history_days, traffic=traffic, shapes=shapes,
+                         analytics_lag_minutes=analytics_lag_minutes)
     return SimulatorApp(
         data,
         requests_per_minute=requests_per_minute,
@@ -203,6 +213,7 @@ def build_app(
         faults=faults,
         clock=clock,
         record_requests=record_requests,
+        hipaa_orgs=hipaa_orgs,
     )
 
 

@@ -5,6 +5,8 @@ Every query of the `integrations` table is here; rows come back as this module's
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -14,6 +16,8 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, case, delete, func, insert, literal_column, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from worker.storage.rows import (
     COST_COLUMNS,
@@ -24,10 +28,25 @@ from worker.storage.rows import (
     none_if_empty,
     usage_value,
 )
-from worker.storage.tables import cost_rows, integrations, revisions, spend_anomalies, sync_runs, usage_rows
+from worker.storage.tables import (
+    analytics_checkpoints,
+    analytics_cost_rows,
+    analytics_names,
+    analytics_state,
+    analytics_usage_rows,
+    cost_rows,
+    day_digests,
+    integrations,
+    revisions,
+    spend_anomalies,
+    sync_runs,
+    usage_rows,
+)
 from worker.storage.types import EXACT, exact_money, money_text, sqlite_date
 
 STATUSES = ("pending", "backfilling", "ok", "error")
+SOURCES = ("legacy", "analytics", "both")
+ANALYTICS_TABLES = (analytics_cost_rows, analytics_usage_rows, analytics_names, analytics_state, analytics_checkpoints)
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,7 @@ class Integration:
     lease_expires_at: datetime | None
     failed_attempts: int
     retry_at: datetime | None
+    source: str = "legacy"  # legacy | analytics | both
 
     def __repr__(self) -> str:  # the ciphertext is not secret, but it is noise
         return f"Integration(id={self.id}, label={self.label!r}, status={self.status!r}, key_hint={self.key_hint!r})"
@@ -162,7 +182,7 @@ def reseal_key(conn: Connection, integration_id: int, old_key_id: str, ciphertex
 
 def delete_integration(conn: Connection, integration_id: int) -> bool:
     # Children first: SQLite enforces ON DELETE CASCADE only with foreign_keys on, so be explicit.
-    for table in (cost_rows, usage_rows, revisions, sync_runs, spend_anomalies):
+    for table in (cost_rows, usage_rows, revisions, sync_runs, spend_anomalies, day_digests, *ANALYTICS_TABLES):
         conn.execute(delete(table).where(table.c.integration_id == integration_id))
     return conn.execute(delete(integrations).where(integrations.c.id == integration_id)).rowcount > 0
 
@@ -256,7 +276,9 @@ class _DayTable:
     kind: str
     grain: tuple[str, ...]
     columns: tuple[str, ...]  # integration_id, day, *grain, *values
-    money_at: int | None  # index of the amount in `columns`
+    money_at: int | None  # index of the amount in `columns` (the legacy cost rows' fast path)
+    money: tuple[int, ...] = ()  # indices of money columns in `columns`, for other tables
+    scope: str | None = None  # a grain column whose value a replacement is limited to (rows of other values stay)
 
     @property
     def values(self) -> tuple[str, ...]:
@@ -307,14 +329,24 @@ def _driver_rows(spec: _DayTable, rows: list[dict[str, Any]], sqlite: bool) -> l
         for t in out:
             exact_money(t[m])
         return out  # psycopg adapts date and Decimal itself (NUMERIC, exact)
+    for t in out:
+        for m in spec.money:
+            exact_money(t[m])
     if sqlite:
         dates = {day: sqlite_date(day) for day in {t[1] for t in out}}
+        if spec.money:
+            money = set(spec.money)
+            return [tuple(dates[v] if i == 1 else format(v, "f") if i in money else v for i, v in enumerate(t))
+                    for t in out]
         out = [(t[0], dates[t[1]], *t[2:]) for t in out]
     return out
 
 
 def _comparable(spec: _DayTable, values: tuple[Any, ...]) -> tuple[Any, ...]:
     """A row's values (everything after its grain) in a form equal on both sides when unchanged."""
+    if spec.money:
+        first = 2 + len(spec.grain)
+        return tuple(money_text(v) if i + first in spec.money else v for i, v in enumerate(values))
     if spec.money_at is None:
         return values
     amount, currency = values
@@ -324,11 +356,15 @@ def _comparable(spec: _DayTable, values: tuple[Any, ...]) -> tuple[Any, ...]:
 def _revision_text(spec: _DayTable, values: tuple[Any, ...]) -> str:
     if spec.money_at is not None:
         return f"{money_text(values[0])} {values[1]}"
-    return usage_value(dict(zip(spec.values, values, strict=True)))
+    if spec.kind == "usage":
+        return usage_value(dict(zip(spec.values, values, strict=True)))
+    return json.dumps(dict(zip(spec.values, _comparable(spec, values), strict=True)), sort_keys=True,
+                      separators=(",", ":"))
 
 
 def _replace_days(conn: Connection, spec: _DayTable, integration_id: int, days: Sequence[date],
-                  new_rows: list[dict[str, Any]], changed_at: datetime, run_id: int | None) -> int:
+                  new_rows: list[dict[str, Any]], changed_at: datetime, run_id: int | None,
+                  scope_value: str | None = None) -> int:
     if not days:
         return 0
     table, sqlite = spec.table, conn.dialect.name == "sqlite"
@@ -339,26 +375,41 @@ def _replace_days(conn: Connection, spec: _DayTable, integration_id: int, days: 
     # A stored row read back is (id, day, *grain, *values) and a new one (integration_id, day, *grain,
     # *values): both have their key (day, *grain) at [1:g] and their values at [g:].
     g = 2 + len(spec.grain)
+    # Days whose rows are exactly what was stored (their digest) need neither a read nor a write: most of
+    # a daily re-read.
+    digests = _digests(params, day_params, g)
+    unchanged = _unchanged_days(conn, spec, integration_id, scope_value, digests)
+    if unchanged:
+        day_params = [d for d in day_params if d not in unchanged]
+        if not day_params:
+            return len(new_rows)
+        days = [d for d in days if (sqlite_date(d) if sqlite else d) not in unchanged]
+        params = [t for t in params if t[1] not in unchanged]
+    _save_digests(conn, spec, integration_id, scope_value, {d: digests[d] for d in day_params})
+    scoped = f" AND {quote(spec.scope)} = {mark}" if spec.scope else ""
     stored = conn.exec_driver_sql(
         f"SELECT {', '.join(quote(c) for c in ('id', *spec.columns[1:]))} FROM {name} "
-        f"WHERE {quote('integration_id')} = {mark} AND {quote('day')} IN ({', '.join([mark] * len(day_params))})",
-        (integration_id, *day_params)).fetchall()
+        f"WHERE {quote('integration_id')} = {mark} AND {quote('day')} IN ({', '.join([mark] * len(day_params))})"
+        f"{scoped}", (integration_id, *day_params, *((scope_value,) if spec.scope else ()))).fetchall()
     if stored:
         old = {r[1:g]: r for r in stored}
         new = {t[1:g]: t for t in params}
         days_with_data = {key[0] for key in old}
-        day_of = dict(zip(day_params, days, strict=True))
         kept: set[tuple[Any, ...]] = set()
         gone: list[Any] = []
-        changes: list[dict[str, Any]] = []
+
+        # Revisions go to the driver as tuples too: a restated day of a large organization is thousands of them.
+        at = revisions.c.changed_at.type.bind_processor(conn.dialect)
+        stamp = at(changed_at) if at is not None else changed_at
+        changes: list[tuple[Any, ...]] = []
 
         def change(key: tuple[Any, ...], before: tuple[Any, ...] | None, after: tuple[Any, ...] | None) -> None:
-            changes.append({
-                "integration_id": integration_id, "kind": spec.kind, "day": day_of[key[0]],
-                "grain": grain_json(dict(zip(spec.grain, key[1:], strict=True)), spec.grain),
-                "previous": None if before is None else _revision_text(spec, before),
-                "current": None if after is None else _revision_text(spec, after),
-                "changed_at": changed_at, "run_id": run_id})
+            changes.append((
+                integration_id, spec.kind, key[0],
+                grain_json(dict(zip(spec.grain, key[1:], strict=True)), spec.grain),
+                None if before is None else _revision_text(spec, before),
+                None if after is None else _revision_text(spec, after),
+                stamp, run_id))
 
         for key, row in old.items():
             t = new.get(key)
@@ -371,9 +422,15 @@ def _replace_days(conn: Connection, spec: _DayTable, integration_id: int, days: 
             if key not in old and key[0] in days_with_data:
                 change(key, None, t[g:])
         if changes:
-            conn.execute(insert(revisions), changes)
+            columns = ("integration_id", "kind", "day", "grain", "previous", "current", "changed_at", "run_id")
+            conn.exec_driver_sql(
+                f"INSERT INTO {prep.format_table(revisions)} ({', '.join(quote(c) for c in columns)}) "
+                f"VALUES ({', '.join([mark] * len(columns))})", changes)
         if not kept:
-            conn.execute(delete(table).where(table.c.integration_id == integration_id, table.c.day.in_(list(days))))
+            where = [table.c.integration_id == integration_id, table.c.day.in_(list(days))]
+            if spec.scope:
+                where.append(table.c[spec.scope] == scope_value)
+            conn.execute(delete(table).where(*where))
         else:
             for i in range(0, len(gone), _DELETE_CHUNK):
                 conn.execute(delete(table).where(table.c.id.in_(gone[i:i + _DELETE_CHUNK])))
@@ -383,6 +440,38 @@ def _replace_days(conn: Connection, spec: _DayTable, integration_id: int, days: 
             f"INSERT INTO {name} ({', '.join(quote(c) for c in spec.columns)}) "
             f"VALUES ({', '.join([mark] * len(spec.columns))})", params)
     return len(new_rows)
+
+
+def _digests(params: list[tuple[Any, ...]], day_params: list[Any], g: int) -> dict[Any, str]:
+    """Per day, a digest of its rows as the driver gets them (grain and values, in grain order)."""
+    by_day: dict[Any, list[tuple[Any, ...]]] = {d: [] for d in day_params}
+    for t in params:
+        by_day[t[1]].append(t[2:])
+    return {d: hashlib.blake2b(repr(sorted(rows, key=lambda r: r[:g - 2])).encode(), digest_size=16).hexdigest()
+            for d, rows in by_day.items()}
+
+
+def _unchanged_days(conn: Connection, spec: _DayTable, integration_id: int, scope_value: str | None,
+                    digests: dict[Any, str]) -> set[Any]:
+    c = day_digests.c
+    stored = conn.execute(select(c.day, c.digest).where(
+        c.integration_id == integration_id, c.kind == spec.kind, c.scope == (scope_value or ""),
+        c.day.in_([d if isinstance(d, date) else date.fromisoformat(d) for d in digests])))
+    found = {(sqlite_date(day) if conn.dialect.name == "sqlite" else day): digest for day, digest in stored}
+    return {d for d, digest in digests.items() if found.get(d) == digest}
+
+
+def _save_digests(conn: Connection, spec: _DayTable, integration_id: int, scope_value: str | None,
+                  digests: dict[Any, str]) -> None:
+    if not digests:
+        return
+    insert_ = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+    statement = insert_(day_digests)
+    conn.execute(statement.on_conflict_do_update(
+        index_elements=["integration_id", "kind", "scope", "day"], set_={"digest": statement.excluded.digest}),
+        [{"integration_id": integration_id, "kind": spec.kind, "scope": scope_value or "",
+          "day": d if isinstance(d, date) else date.fromisoformat(d), "digest": digest}
+         for d, digest in digests.items()])
 
 
 def replace_cost_days(conn: Connection, integration_id: int, days: Sequence[date], rows: list[dict[str, Any]],

@@ -73,6 +73,8 @@ integrations = Table(
     # itself, e.g. a revoked key, until the next daily slot or a new key).
     Column("failed_attempts", Integer, nullable=False, server_default=text("0")),
     Column("retry_at", UTCDateTime),
+    # Which bills it syncs: legacy (cost_report/usage_report), analytics (the Analytics API), or both.
+    Column("source", String(10), nullable=False, server_default="legacy"),
     sqlite_autoincrement=True,
 )
 
@@ -268,5 +270,113 @@ notifications = Table(
     Index("ix_notifications_due", "status", "next_attempt_at"),
 )
 
-__all__ = ["budget_states", "cost_rows", "integrations", "metadata", "notifications", "rate_buckets",
-           "reconcile_runs", "revisions", "spend_anomalies", "sync_runs", "usage_rows", "watch_states"]
+# A digest of each stored day's rows per table (and grouping): a re-read that brings the same rows is
+# recognised without reading them back (worker.storage.repo._replace_days).
+day_digests = Table(
+    "day_digests",
+    metadata,
+    Column("integration_id", Integer, ForeignKey("integrations.id", ondelete="CASCADE"), primary_key=True),
+    Column("kind", String(10), primary_key=True),  # cost | usage | a_cost | a_usage (as in revisions)
+    Column("scope", String(20), primary_key=True),  # the analytics grouping, '' for the legacy tables
+    Column("day", Date, primary_key=True),
+    Column("digest", String(32), nullable=False),
+)
+
+# --- the Usage and Cost Analytics API (see worker/storage/analytics.py for the data functions) ----------
+#
+# Rows per UTC day and grain. `grouping` names the group_by[] set the row came from ('main': the
+# configured dimensions; 'product': model and product): rows of different groupings are two views of
+# the same cost and are never added up. Absent dimensions are '' as in the legacy tables; `actor_id` is
+# the tagged id of the user, service account or API key the usage is attributed to (a federated identity
+# is `<provider>:<subject>`); `other` is canonical JSON of further dimensions ('' when none).
+
+_ANALYTICS_GRAIN = ("grouping", "model", "workspace_id", "api_key_id", "actor_type", "actor_id", "service_tier",
+                    "context_window", "inference_geo", "speed", "product", "other")
+
+
+def _analytics_dimensions() -> list[Column[str]]:
+    lengths = {"grouping": 20, "model": 200, "workspace_id": 100, "api_key_id": 100, "actor_type": 50,
+               "actor_id": 500, "service_tier": 50, "context_window": 50, "inference_geo": 50, "speed": 20,
+               "product": 100}
+    return [Column(name, String(length), nullable=False) for name, length in lengths.items()] + [
+        Column("other", Text, nullable=False)]
+
+
+analytics_cost_rows = Table(
+    "analytics_cost_rows",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("integration_id", Integer, ForeignKey("integrations.id", ondelete="CASCADE"), nullable=False),
+    Column("day", Date, nullable=False),
+    *_analytics_dimensions(),
+    Column("cost_type", String(100), nullable=False),
+    Column("token_type", String(200), nullable=False),
+    Column("amount_usd", ExactDecimal, nullable=False),  # billed: post-discount, pre-credit
+    Column("list_amount_usd", ExactDecimal, nullable=False),  # list price, pre-discount
+    Column("currency", String(10), nullable=False),
+    Column("requests", BigInteger),  # NULL when grouped by cost_type/token_type (the API has no split)
+    UniqueConstraint("integration_id", "day", *_ANALYTICS_GRAIN, "cost_type", "token_type",
+                     name="uq_analytics_cost_rows_grain"),
+)
+
+analytics_usage_rows = Table(
+    "analytics_usage_rows",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("integration_id", Integer, ForeignKey("integrations.id", ondelete="CASCADE"), nullable=False),
+    Column("day", Date, nullable=False),
+    *_analytics_dimensions(),
+    Column("uncached_input_tokens", BigInteger, nullable=False),
+    Column("cache_read_input_tokens", BigInteger, nullable=False),
+    Column("cache_creation_5m_input_tokens", BigInteger, nullable=False),
+    Column("cache_creation_1h_input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("web_search_requests", BigInteger, nullable=False),
+    Column("requests", BigInteger),
+    UniqueConstraint("integration_id", "day", *_ANALYTICS_GRAIN, name="uq_analytics_usage_rows_grain"),
+)
+
+# Names behind the ids: API keys and workspaces (from their list endpoints, at most daily) and users
+# (from the actor objects of the rows). kind: api_key | workspace | user.
+analytics_names = Table(
+    "analytics_names",
+    metadata,
+    Column("integration_id", Integer, ForeignKey("integrations.id", ondelete="CASCADE"), primary_key=True),
+    Column("kind", String(20), primary_key=True),
+    Column("id", String(500), primary_key=True),
+    Column("name", String(500)),
+    Column("email", String(500)),
+    Column("workspace_id", String(100)),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Per integration: whether Anthropic serves it the Analytics API, the latest `data_refreshed_at`, and
+# when the names were last read.
+analytics_state = Table(
+    "analytics_state",
+    metadata,
+    Column("integration_id", Integer, ForeignKey("integrations.id", ondelete="CASCADE"), primary_key=True),
+    Column("status", String(20), nullable=False),  # ok | refused
+    Column("detail", Text),  # why it was refused (the API's message)
+    Column("refreshed_at", UTCDateTime),
+    Column("names_refreshed_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Backfill checkpoints of the analytics streams (cost/usage x grouping): the first day of the stream, the
+# next day to fetch, and the end of the days stored so far (backfill and re-reads: what reports may use).
+analytics_checkpoints = Table(
+    "analytics_checkpoints",
+    metadata,
+    Column("integration_id", Integer, ForeignKey("integrations.id", ondelete="CASCADE"), primary_key=True),
+    Column("stream", String(30), primary_key=True),
+    Column("first_day", Date, nullable=False),
+    Column("checkpoint", Date, nullable=False),
+    Column("synced_until", Date, nullable=False),
+)
+
+__all__ = ["analytics_checkpoints", "analytics_cost_rows", "analytics_names", "analytics_state",
+           "analytics_usage_rows", "budget_states", "cost_rows", "day_digests", "integrations", "metadata",
+           "notifications", "rate_buckets", "reconcile_runs", "revisions", "spend_anomalies", "sync_runs",
+           "usage_rows", "watch_states"]

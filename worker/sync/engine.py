@@ -27,14 +27,33 @@ from typing import Any, Literal
 
 import httpx
 
-from worker.api import AdminApiClient, ApiError, IntegrationBlocked, Page, RequestStats
+from worker.api import (
+    AdminApiClient,
+    ApiError,
+    IntegrationBlocked,
+    Page,
+    RequestRejected,
+    RequestStats,
+    SourceRefused,
+)
+from worker.api.analytics import MAX_WINDOW_DAYS
 from worker.app import App
 from worker.logs import bind, bound
 from worker.ratelimit import OrgGate, org_bucket
+from worker.storage import analytics as astore
 from worker.storage import repo
 from worker.storage.rows import cost_table_rows, usage_table_rows
 from worker.sync.access import make_client, open_key
 from worker.sync.progress import LogProgress, Progress
+from worker.sync.streams import (
+    LEGACY_STREAMS,
+    Stream,
+    analytics_floor,
+    analytics_streams,
+    legacy_last_day,
+    legacy_reread,
+    uses_analytics,
+)
 from worker.sync.windows import ONE_DAY, chunks, days_between, window_ending
 from worker.vault import VaultError
 
@@ -43,6 +62,9 @@ log = logging.getLogger("worker.sync")
 Kind = Literal["backfill", "daily", "manual"]
 Endpoint = Literal["cost", "usage"]
 ENDPOINTS: tuple[Endpoint, ...] = ("cost", "usage")
+NAMES_EVERY = timedelta(days=1)  # API key and workspace names are read at most daily
+REFUSED_NOTE = ("the Analytics API refused this organization ({detail}); its legacy reports are the bill for "
+                "every day (re-checked by each daily sync)")
 
 
 class LeaseLost(Exception):
@@ -56,15 +78,30 @@ class _Skipped(Exception):
         self.skip = skip
 
 
+class _Refused(Exception):
+    """The Analytics API refused the organization (HIPAA readiness, or not available): keep the legacy reports."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 @dataclass(frozen=True)
 class Plan:
-    """What a run reads: the backfill left (endpoint, checkpoint) and the re-read window (inclusive)."""
+    """What a run reads: the backfill left per stream (next day, last day) and the re-read windows (inclusive)."""
 
     today: date
-    backfill: list[tuple[Endpoint, date]]
-    reread: tuple[date, date] | None
+    backfill: list[tuple[Stream, date, date]]
+    reread: list[tuple[Stream, date, date]]
     first: date
     last: date
+    analytics_first: date  # the first day of the analytics streams
+    state: astore.State | None = None
+
+    @property
+    def analytics(self) -> bool:
+        return any(s.analytics for s, _, _ in [*self.backfill, *self.reread])
+
 
 
 # --- the states of a run: opened or skipped, then how it ended ------------------------------------
@@ -97,6 +134,7 @@ class RunEnd:
     error: str | None = None
     status: Literal["ok", "error"] | None = None
     retry: bool = True  # an error `run` tries again after a backoff (not a blocked key: that needs a person)
+    note: str | None = None  # kept in `last_error` of an ok run (why the Analytics API is not used)
 
     @classmethod
     def interrupted(cls, reason: str) -> RunEnd:
@@ -149,7 +187,10 @@ class ObservedTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
-        endpoint = "cost" if path.endswith("cost_report") else "usage" if "usage_report" in path else "other"
+        endpoint = ("cost" if path.endswith("cost_report") else "usage" if "usage_report" in path else
+                    "analytics_cost" if path.endswith("analytics/cost") else
+                    "analytics_usage" if path.endswith("analytics/usage") else
+                    "names" if path.endswith(("api_keys", "workspaces")) else "other")
         params = request.url.params
         window = f"{params.get('starting_at', '')[:10]}..{params.get('ending_at', '')[:10]}"
         bind(endpoint=endpoint, window=window, request_id=None)
@@ -172,6 +213,7 @@ class ObservedTransport(httpx.AsyncBaseTransport):
             await self.inner.aclose()
 
 
+KEEPALIVE_SECONDS = 90.0
 PAGES_IN_FLIGHT = 128  # per process: pages requested and not yet stored (see PageGate)
 
 
@@ -220,8 +262,11 @@ def api_transport() -> httpx.AsyncHTTPTransport:
     syncs is no better: httpcore assigns each request by scanning every connection and queued
     request of the pool, quadratic with a thousand organizations at once.
     """
+    # Keep-alive past the budget's one-minute spacing: each request of a sync reuses its connection instead
+    # of paying a new connect (and TLS handshake) every minute.
     return httpx.AsyncHTTPTransport(verify=tls_context(),
-                                    limits=httpx.Limits(max_connections=4, max_keepalive_connections=2))
+                                    limits=httpx.Limits(max_connections=4, max_keepalive_connections=2,
+                                                        keepalive_expiry=KEEPALIVE_SECONDS))
 
 
 class IntegrationSync:
@@ -243,6 +288,10 @@ class IntegrationSync:
         self.rows = 0
         self.limits: dict[str, int] = {}
         self.label = f"integration {integration_id}"
+        self.analytics_first = date.min  # set when the run starts
+        self.refreshed_at: datetime | None = None  # the oldest `data_refreshed_at` of the pages stored
+        self.synced_until: dict[str, date] = {}  # per analytics stream, as stored
+        self.users: dict[str, astore.Name] | None = None  # user names as stored (read at the first page)
 
     async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A blocking database call on the app's database threads (see `App.db`)."""
@@ -286,23 +335,57 @@ class IntegrationSync:
 
     # --- storing a page --------------------------------------------------------------------------
 
-    def _store(self, endpoint: Endpoint, page: Page[Any], checkpoint: bool) -> int:
+    def _locked(self, conn: Any) -> None:
+        if repo.lock_lease_owner(conn, self.id) != self.app.owner:
+            raise LeaseLost(f"{self.label}: another process took over the sync")
+
+    def _store(self, stream: Stream, page: Page[Any], checkpoint: bool) -> int:
+        """One page in one transaction: its days replaced, the stream's checkpoint, the run record."""
         days = [b.day for b in page.buckets]
         all_rows = [r for b in page.buckets for r in b.rows]
         now = self.app.clock.now()
         with self.app.engine.begin() as conn:
-            if repo.lock_lease_owner(conn, self.id) != self.app.owner:
-                raise LeaseLost(f"{self.label}: another process took over the sync")
-            if endpoint == "cost":
+            self._locked(conn)
+            if stream.grouping is not None:
+                count = self._store_analytics(conn, stream, days, all_rows, page, checkpoint, now)
+            elif stream.endpoint == "cost":
                 count = repo.replace_cost_days(conn, self.id, days, cost_table_rows(self.id, all_rows), now, self.run_id)
             else:
                 count = repo.replace_usage_days(conn, self.id, days, usage_table_rows(self.id, all_rows), now,
                                                 self.run_id)
-            if checkpoint and days:
-                repo.advance_checkpoint(conn, self.id, endpoint, max(days) + ONE_DAY)
+            if checkpoint and days and stream.grouping is None:
+                repo.advance_checkpoint(conn, self.id, stream.endpoint, max(days) + ONE_DAY)
             self.pages += 1
             self.rows += count
             repo.update_run(conn, self.run_id, **self._run_counters())  # type: ignore[arg-type]
+        return count
+
+    def _store_analytics(self, conn: Any, stream: Stream, days: list[date], rows: list[Any], page: Page[Any],
+                         checkpoint: bool, now: datetime) -> int:
+        assert stream.grouping is not None
+        if stream.endpoint == "cost":
+            count = astore.replace_cost_days(conn, self.id, stream.grouping, days,
+                                             astore.cost_table_rows(self.id, stream.grouping, rows), now, self.run_id)
+        else:
+            count = astore.replace_usage_days(conn, self.id, stream.grouping, days,
+                                              astore.usage_table_rows(self.id, stream.grouping, rows), now,
+                                              self.run_id)
+        if days:
+            next_day = max(days) + ONE_DAY
+            # A re-read inside what is stored moves nothing: no statement.
+            if checkpoint or next_day > self.synced_until.get(stream.name, date.min):
+                astore.advance(conn, self.id, stream.name, next_day, backfill=checkpoint)
+                self.synced_until[stream.name] = max(next_day, self.synced_until.get(stream.name, date.min))
+        if self.users is None:
+            self.users = {(n.id): n for (_, kind, _), n in astore.names(conn, self.id).items() if kind == "user"}
+        new = [u for u in astore.user_names(rows) if self.users.get(u.id) != u]
+        if new:  # users seen for the first time, or renamed: names are otherwise written once
+            astore.save_names(conn, self.id, new, now)
+            self.users.update((u.id, u) for u in new)
+        if page.refreshed_at is not None:
+            # The oldest refresh of what this run stored: a day is complete only up to it (kept at the run's end).
+            self.refreshed_at = page.refreshed_at if self.refreshed_at is None else min(self.refreshed_at,
+                                                                                       page.refreshed_at)
         return count
 
     def _run_counters(self) -> dict[str, Any]:
@@ -310,22 +393,67 @@ class IntegrationSync:
                 "rate_limited": self.stats.rate_limited, "retries": self.stats.retries,
                 "waited_seconds": round(self.stats.waited_seconds, 3)}
 
-    async def _fetch(self, client: AdminApiClient, endpoint: Endpoint, start: date, end: date,
+    async def _fetch(self, client: AdminApiClient, stream: Stream, start: date, end: date,
                      checkpoint: bool) -> None:
-        """Fetch [start, end) in windows of `page_limit` days, storing each page as it arrives."""
-        width = self.app.settings.page_limit
+        """Fetch [start, end) in windows (`page_limit` days, 31 for the Analytics API), storing each page as it
+        arrives."""
+        settings = self.app.settings
+        if stream.grouping is not None:
+            # Days the Analytics API no longer serves (more than 365 days back by now) are skipped, not asked.
+            start = max(start, analytics_floor(self.app.clock.now().date()))
+            width, limit = MAX_WINDOW_DAYS, settings.analytics_page_limit
+        else:
+            width = limit = settings.page_limit
+        if start >= end:
+            return
         for chunk_start, chunk_end in chunks(start, end - ONE_DAY, width):
-            fetch = client.cost_pages if endpoint == "cost" else client.usage_pages
             # A limit the API made us shrink ("response too large") stays shrunk for the rest of the run.
-            pages: AsyncIterator[Page[Any]] = fetch(chunk_start, chunk_end, limit=self.limits.get(endpoint, width))
-            async for page in pages:
-                self.limits[endpoint] = min(self.limits.get(endpoint, width), page.limit)
-                count = await self.app.db(self._store, endpoint, page, checkpoint, bulk=True)
-                days = len(page.buckets)
-                del page  # stored: neither it nor its slot is held through the next request's wait
-                if self.gate is not None:
-                    self.gate.release()
-                self.progress.page(self.label, days, count)
+            pages = self._pages(client, stream, chunk_start, chunk_end, self.limits.get(stream.name, limit))
+            try:
+                async for page in pages:
+                    self.limits[stream.name] = min(self.limits.get(stream.name, limit), page.limit)
+                    count = await self.app.db(self._store, stream, page, checkpoint, bulk=True)
+                    days = len(page.buckets)
+                    del page  # stored: neither it nor its slot is held through the next request's wait
+                    if self.gate is not None:
+                        self.gate.release()
+                    self.progress.page(self.label, days, count)
+            except SourceRefused as exc:
+                raise _Refused(exc.message) from None
+            except RequestRejected as exc:
+                if stream.grouping is not None and exc.status == 404:
+                    raise _Refused(exc.message) from None
+                raise
+
+    def _pages(self, client: AdminApiClient, stream: Stream, start: date, end: date,
+               limit: int) -> AsyncIterator[Page[Any]]:
+        if stream.grouping is None:
+            fetch = client.cost_pages if stream.endpoint == "cost" else client.usage_pages
+            return fetch(start, end, limit=limit)
+        if stream.endpoint == "cost":
+            return client.analytics_cost_pages(start, end, stream.group_by, limit=limit)
+        return client.analytics_usage_pages(start, end, stream.group_by, limit=limit)
+
+    async def _refresh_names(self, client: AdminApiClient) -> None:
+        """API key and workspace names, when not read in the last day. A failure here costs names, not the sync."""
+        try:
+            found = await client.names()
+        except IntegrationBlocked:
+            raise
+        except ApiError as exc:
+            log.warning("%s: could not read API key and workspace names: %s", self.label, exc)
+            return
+        if self.gate is not None:
+            self.gate.release()
+
+        def save() -> None:
+            now = self.app.clock.now()
+            with self.app.engine.begin() as conn:
+                self._locked(conn)
+                astore.save_names(conn, self.id, [astore.Name(n.kind, n.id, n.name, None, n.workspace_id)
+                                                  for n in found], now)
+                astore.set_state(conn, self.id, now, names_refreshed_at=now)
+        await self._db(save)
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -393,7 +521,7 @@ class IntegrationSync:
                 if app.claims.exclusive and repo.interrupt_runs(conn, self.id, now, TAKEN_OVER):
                     log.warning("%s: took over from a process that died mid-sync; resuming from its last "
                                 "stored page", integ.display)
-                plan = self._plan(integ, now.date())
+                plan = self._plan_in(conn, integ, now.date())
                 self.run_id = repo.start_run(conn, self.id, self.kind, plan.first, plan.last, now)
                 if plan.backfill and integ.status == "pending":
                     # An `error` stays until a run succeeds: a retry is not a recovery (worker.watch notifies both).
@@ -406,49 +534,127 @@ class IntegrationSync:
             raise
         return Opened(integ, plan)
 
-    def _plan(self, integ: repo.Integration, today: date) -> Plan:
-        backfill: list[tuple[Endpoint, date]] = [] if integ.backfill_done else [
-            ("cost", integ.cost_checkpoint), ("usage", integ.usage_checkpoint)]
-        reread: tuple[date, date] | None
+    def _plan_in(self, conn: Any, integ: repo.Integration, today: date, refused: bool | None = None) -> Plan:
+        """The plan, with the analytics state and checkpoints read (and the checkpoints made) in `conn`."""
+        state = astore.get_state(conn, integ.id) if integ.source != "legacy" else None
+        if refused is None:
+            # A refusal is re-checked by daily runs (HIPAA readiness can be turned off); others trust it.
+            refused = state is not None and state.status == "refused" and self.kind != "daily"
+        cps = astore.checkpoints(conn, integ.id) if uses_analytics(integ.source, refused) else {}
+        plan = self._plan(integ, today, refused, cps, state)
+        for stream, cp, _last in plan.backfill:
+            if stream.grouping is not None and stream.name not in cps:
+                astore.save_checkpoint(conn, integ.id, stream.name, astore.Checkpoint(cp, cp, cp))
+                self.synced_until[stream.name] = cp
+        return plan
+
+    def _plan(self, integ: repo.Integration, today: date, refused: bool = False,
+              cps: dict[str, astore.Checkpoint] | None = None, state: astore.State | None = None) -> Plan:
+        settings = self.app.settings
+        cps = cps or {}
+        use = uses_analytics(integ.source, refused)
+        streams = analytics_streams(settings) if use else ()
+        main = cps.get("a_cost")
+        a_first = main.first_day if main is not None else max(analytics_floor(today), integ.backfill_start)
+        backfill: list[tuple[Stream, date, date]] = []
+        if not integ.backfill_done:
+            legacy_last = legacy_last_day(integ.source, refused, integ.backfill_end, a_first)
+            backfill += [(LEGACY_STREAMS[0], integ.cost_checkpoint, legacy_last),
+                         (LEGACY_STREAMS[1], integ.usage_checkpoint, legacy_last)]
+        for stream in streams:
+            cp = cps.get(stream.name)
+            # A stream never started (e.g. analytics_product_report turned on later) is backfilled in any case.
+            if not integ.backfill_done or cp is None:
+                backfill.append((stream, cp.checkpoint if cp is not None else a_first, integ.backfill_end))
+        self.synced_until = {name: cp.synced_until for name, cp in cps.items()}
+        reread: list[tuple[Stream, date, date]] = []
         if self.kind == "backfill":
-            reread = (integ.backfill_end + ONE_DAY, today) if today > integ.backfill_end else None
+            window = (integ.backfill_end + ONE_DAY, today) if today > integ.backfill_end else None
+            a_window = window
         else:
-            reread = window_ending(today, self.app.settings.resync_days)
-        first = min([cp for _, cp in backfill] + ([reread[0]] if reread else []), default=today)
-        last = max([integ.backfill_end] * bool(backfill) + ([reread[1]] if reread else []), default=today)
-        return Plan(today, backfill, reread, first, last)
+            window = window_ending(today, settings.resync_days)
+            a_window = window_ending(today, settings.analytics_resync_days)
+        if window is not None:
+            legacy = legacy_reread(integ.source, refused, window[0], window[1], a_first)
+            if legacy is not None:
+                reread += [(s, *legacy) for s in LEGACY_STREAMS]
+        if a_window is not None:
+            lo = max(a_window[0], a_first)
+            if lo <= a_window[1]:
+                reread += [(s, lo, a_window[1]) for s in streams]
+        todo = [(cp, last) for _, cp, last in backfill if cp <= last]
+        first = min([cp for cp, _ in todo] + [lo for _, lo, _ in reread], default=today)
+        last = max([last for _, last in todo] + [hi for _, _, hi in reread], default=today)
+        return Plan(today, backfill, reread, first, last, a_first, state)
+
+    async def _execute(self, client: AdminApiClient, plan: Plan) -> None:
+        settings = self.app.settings
+        state = plan.state
+        if plan.analytics and (state is None or state.names_refreshed_at is None
+                               or self.app.clock.now() - state.names_refreshed_at >= NAMES_EVERY):
+            await self._refresh_names(client)
+        # Each stream in its own widest windows from its checkpoint (the fewest requests), the streams
+        # interleaved by date so early days are complete (cost and tokens, both bills) early.
+        windows = sorted(((lo, i, stream, hi) for i, (stream, cp, last) in enumerate(plan.backfill)
+                          for lo, hi in chunks(cp, last, MAX_WINDOW_DAYS if stream.analytics else settings.page_limit)),
+                         key=lambda w: (w[0], w[1]))
+        fetched: dict[str, date] = {}  # the end of what this run backfilled, per analytics stream
+        for lo, _i, stream, hi in windows:
+            await self._fetch(client, stream, lo, hi, checkpoint=True)
+            if stream.analytics:
+                fetched[stream.name] = max(fetched.get(stream.name, hi), hi)
+        if plan.backfill:
+            await self._db(self._mark, backfill_done=True)
+        for stream, lo, hi in plan.reread:
+            # Days this very run has just read are not asked again (the legacy re-read keeps its old habit).
+            await self._fetch(client, stream, max(lo, fetched.get(stream.name, lo)), hi + ONE_DAY, checkpoint=False)
+
+    def _refuse(self, detail: str) -> repo.Integration:
+        """Record the refusal; the legacy reports now cover every day (a backfill they still owe resumes)."""
+        now = self.app.clock.now()
+        with self.app.engine.begin() as conn:
+            self._locked(conn)
+            astore.set_state(conn, self.id, now, status="refused", detail=detail)
+            integ = repo.get_integration(conn, self.id)
+            assert integ is not None
+            if integ.source == "analytics":
+                repo.update_integration(conn, self.id, backfill_done=False, updated_at=now)
+                integ = repo.get_integration(conn, self.id)
+                assert integ is not None
+            return integ
 
     async def _run_leased(self, integ: repo.Integration, plan: Plan, t0: float) -> SyncOutcome:
         app = self.app
         self.label = f"[{integ.id}] {integ.label}"
-        today, backfill, reread = plan.today, plan.backfill, plan.reread
-        total_days = sum(days_between(cp, integ.backfill_end) for _, cp in backfill) // 2 + (
-            days_between(*reread) if reread else 0)
+        self.analytics_first = plan.analytics_first
+        total_days = (sum(days_between(cp, last) for _, cp, last in plan.backfill)
+                      + sum(days_between(lo, hi) for _, lo, hi in plan.reread)) // 2
         self.progress.start(self.label, self.kind, total_days)
+        note = None
+        if plan.state is not None and plan.state.status == "refused" and integ.source != "legacy":
+            note = REFUSED_NOTE.format(detail=plan.state.detail)
         try:
             key = open_key(app.keyring, integ)
             self.gate = PageGate(OrgGate(app.engine, org_bucket(integ.organization_id), app.budget, app.clock,
                                          run=app.db), self.page_slots)
             on_wait = lambda s, why: self.progress.wait(self.label, s, why)  # noqa: E731
             async with make_client(app, key, self.gate, self.stats, self.transport, on_wait) as client:
-                bf_first = min((cp for _, cp in backfill), default=today)
-                for offset in range(0, days_between(bf_first, integ.backfill_end) if backfill else 0,
-                                    app.settings.page_limit):
-                    window_start = bf_first + timedelta(days=offset)
-                    window_end = min(window_start + timedelta(days=app.settings.page_limit),
-                                     integ.backfill_end + ONE_DAY)
-                    # Interleave the endpoints chunk by chunk, so early days are complete (cost and tokens) early.
-                    for endpoint, checkpoint in backfill:
-                        lo = max(window_start, checkpoint)
-                        if lo < window_end:
-                            await self._fetch(client, endpoint, lo, window_end, checkpoint=True)
-                if backfill:
-                    await self._db(self._mark, backfill_done=True)
-                if reread:
-                    for endpoint in ENDPOINTS:
-                        await self._fetch(client, endpoint, reread[0], reread[1] + ONE_DAY, checkpoint=False)
-            end = RunEnd("ok", f"{self.kind} sync ok: {self.pages} pages, {self.rows} rows, "
-                               f"{self.stats.requests} requests", status="ok")
+                try:
+                    await self._execute(client, plan)
+                    if plan.analytics:
+                        note = None  # served: whatever refusal was recorded before is over
+                except _Refused as refusal:
+                    log.warning("%s: the Analytics API refused the organization: %s; using the legacy reports",
+                                self.label, refusal.detail)
+                    note = REFUSED_NOTE.format(detail=refusal.detail)
+                    integ = await self._db(self._refuse, refusal.detail)
+
+                    def replan() -> Plan:
+                        with app.engine.begin() as conn:
+                            return self._plan_in(conn, integ, plan.today, refused=True)
+                    await self._execute(client, await self._db(replan))
+            message = f"{self.kind} sync ok: {self.pages} pages, {self.rows} rows, {self.stats.requests} requests"
+            end = RunEnd("ok", message + (f"; {note}" if note else ""), status="ok", note=note)
         except IntegrationBlocked as exc:
             end = RunEnd("error", f"blocked: {exc}", str(exc), "error", retry=False)
         except (ApiError, VaultError) as exc:
@@ -489,10 +695,14 @@ class IntegrationSync:
         now = self.app.clock.now()
         assert self.run_id is not None  # opened
         with self.app.engine.begin() as conn:
+            if self.gate is not None:
+                self.gate.gate.flush(conn)  # the last answer's rate-budget settle
+            if self.refreshed_at is not None:  # the Analytics API served this run (a refusal is over)
+                astore.set_state(conn, self.id, now, status="ok", detail=None, refreshed_at=self.refreshed_at)
             repo.update_run(conn, self.run_id, outcome=end.outcome, error=end.error, finished_at=now,
                             duration_seconds=round(time.monotonic() - t0, 3), **self._run_counters())
             if end.status == "ok":
-                repo.update_integration(conn, self.id, status="ok", last_success_at=now, last_error=None,
+                repo.update_integration(conn, self.id, status="ok", last_success_at=now, last_error=end.note,
                                         failed_attempts=0, retry_at=None, updated_at=now)
             elif end.status == "error":
                 failed = self.failed_attempts + 1

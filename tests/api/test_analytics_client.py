@@ -18,7 +18,7 @@ import httpx
 import pytest
 import respx
 
-from tests.fake_api import CountingGate
+from tests.api.support import CountingGate
 from worker.api import (
     AdminApiClient,
     CursorRejected,

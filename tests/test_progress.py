@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import io
 import logging
 import re
@@ -113,13 +114,17 @@ class TestReadAdminKey:
                 return True
 
         asked: list[str] = []
-        monkeypatch.setattr(cli.sys, "stdin", Tty())
-        monkeypatch.setattr(cli.getpass, "getpass", lambda prompt: asked.append(prompt) or KEY)
+        monkeypatch.setattr(sys, "stdin", Tty())
+
+        def prompt_for(prompt: str) -> str:
+            asked.append(prompt)
+            return KEY
+        monkeypatch.setattr(getpass, "getpass", prompt_for)
         assert cli.read_admin_key() == AdminKey(KEY)
         assert asked and "hidden" in asked[0]
 
     def test_piped_stdin(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Piped stdin is read when there is no env var."""
         monkeypatch.delenv("ANTHROPIC_ADMIN_KEY", raising=False)
-        monkeypatch.setattr(cli.sys, "stdin", io.StringIO(KEY + "\n"))
+        monkeypatch.setattr(sys, "stdin", io.StringIO(KEY + "\n"))
         assert cli.read_admin_key() == AdminKey(KEY)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import os
 import signal
 import ssl
@@ -14,6 +15,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -108,7 +110,6 @@ class TestDispatch:
     def test_syncs_share_one_tls_context(self, app: App, sim: SimulatorHandle, monkeypatch: pytest.MonkeyPatch) -> None:
         """Each sync has its own small connection pool, all on one TLS context: httpx builds a context per
         transport otherwise (the CA bundle loaded again: ~25 ms of CPU and ~1 MiB for every organization)."""
-        from worker.sync import engine
 
         iids = [onboard(app, sim), connect_org(app, sim, 1)]
         made: list[dict[str, object]] = []
@@ -117,7 +118,7 @@ class TestDispatch:
             def __init__(self, **kwargs: object) -> None:
                 made.append(kwargs)
                 super().__init__(sim.transport().handle_request)
-        monkeypatch.setattr(engine.httpx, "AsyncHTTPTransport", Recording)
+        monkeypatch.setattr(httpx, "AsyncHTTPTransport", Recording)  # what the engine builds
         service = SyncService(app)  # no test transport: the syncs make their own
         assert sorted(dispatch(service)) == ["backfill", "backfill"]
         assert len(made) == 2
@@ -267,10 +268,11 @@ class TestDbExecutor:
         gate = threading.Event()
         order: list[str] = []
         blocker = executor.submit(gate.wait)
-        futures = [executor.submit(lambda n=name: order.append(n), bulk=name.startswith("bulk"))
+        futures = [executor.submit(functools.partial(order.append, name), bulk=name.startswith("bulk"))
                    for name in ("bulk 1", "small 1", "bulk 2", "small 2")]
         gate.set()
-        for f in [blocker, *futures]:
+        blocker.result(5)
+        for f in futures:
             f.result(5)
         assert order == ["small 1", "small 2", "bulk 1", "bulk 2"]
         executor.shutdown()
@@ -316,12 +318,12 @@ class TestDbExecutor:
         """Log fields bound in the task (contextvars) are seen by the call on the database thread."""
         var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
 
-        async def go() -> tuple[str, str]:
+        async def go() -> tuple[str, threading.Thread]:
             var.set("task")
-            return await app.db(var.get), await app.db(threading.current_thread)  # type: ignore[return-value]
+            return await app.db(var.get), await app.db(threading.current_thread)
         seen, thread = asyncio.run(go())
         assert seen == "task"
-        assert thread.name.startswith("cost-worker-db")  # type: ignore[attr-defined]
+        assert thread.name.startswith("cost-worker-db")
         assert db_threads("sqlite") == (1, 1) and db_threads("postgresql")[0] > 1
 
 
@@ -335,7 +337,7 @@ def test_reaping_reads_only_running_records(app: App) -> None:
     from worker.storage.repo import reap_abandoned_runs
     from worker.sync.scheduler import ABANDONED
 
-    seen: list[tuple[str, object]] = []
+    seen: list[tuple[str, Any]] = []
 
     def capture(_conn: object, _cursor: object, statement: str, parameters: object, *_: object) -> None:
         if statement.startswith("UPDATE sync_runs"):

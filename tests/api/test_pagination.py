@@ -262,7 +262,7 @@ class TestStrategyObjects:
     def test_paginator_sends_cursor_verbatim(self) -> None:
         """The cursor is opaque: sent back byte for byte, other params untouched."""
         p = CursorPaginator()
-        base = [("limit", 7), ("starting_at", "x")]
+        base: list[tuple[str, str | int]] = [("limit", 7), ("starting_at", "x")]
         assert p.update_request(base) == base
         p.update_state({"has_more": True, "next_page": "2026-03-02T00:00:00Z?weird=1"})
         assert p.update_request(base) == [*base, ("page", "2026-03-02T00:00:00Z?weird=1")]

@@ -29,7 +29,7 @@ def assert_error(r: httpx.Response, status: int, error_type: str, fragment: str 
     assert body["request_id"].startswith("req_")
 
 
-BASE = {"starting_at": ts(START), "ending_at": ts(TODAY), "limit": 7}
+BASE: dict[str, Any] = {"starting_at": ts(START), "ending_at": ts(TODAY), "limit": 7}
 
 VALIDATION_CASES: list[tuple[str, str, dict[str, Any], str]] = [
     ("missing starting_at", COST, {"limit": 7}, "starting_at"),
@@ -92,12 +92,12 @@ class TestAuth:
 
     def test_unknown_key(self, sim: SimulatorHandle) -> None:
         """A key the simulator never issued: 401."""
-        with client(sim, **{"x-api-key": "sk-ant-admin01-sim-0-000000"}) as c:
+        with client(sim, 0, **{"x-api-key": "sk-ant-admin01-sim-0-000000"}) as c:
             assert_error(c.get(COST, params=BASE), 401, "authentication_error")
 
     def test_regular_key(self, sim: SimulatorHandle) -> None:
         """A regular sk-ant-api key is refused with a message asking for an admin key."""
-        with client(sim, **{"x-api-key": sim.orgs[0].regular_key}) as c:
+        with client(sim, 0, **{"x-api-key": sim.orgs[0].regular_key}) as c:
             r = c.get(COST, params=BASE)
         assert_error(r, 403, "permission_error", "Admin API key")
 

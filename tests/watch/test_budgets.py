@@ -109,7 +109,7 @@ class TestForecast:
 
     def test_one_spike_day_does_not_move_the_projection(self, own: tuple[App, SimulatorApp]) -> None:
         """A 10x day two days ago (restated upstream, re-synced) changes the projected rest of the month by
-        under 1 %, while the spend takes all of it."""
+        under 2 % (a median of four only shifts to the neighbouring sample), while the spend takes all of it."""
         app, sim = own
         before = at(app, budget(), TODAY)
         sim.add_fault(f"spike:day={TODAY - timedelta(days=2)},factor=10")
@@ -118,7 +118,7 @@ class TestForecast:
         assert after.spend_usd - before.spend_usd > 5 * truth_total(make_sim(), TODAY - timedelta(days=2),
                                                                     TODAY - timedelta(days=2))
         ahead = [r.forecast_usd - r.spend_usd for r in (before, after)]
-        assert abs(ahead[1] - ahead[0]) < ahead[0] * Decimal("0.01")
+        assert abs(ahead[1] - ahead[0]) < ahead[0] * Decimal("0.02")
 
     def test_today_is_partial(self, synced: tuple[App, SimulatorApp]) -> None:
         """Evaluated today, today's partial bill is projected up to at least its usual amount."""

@@ -3,7 +3,8 @@
 Why this method (docs/watch.md argues it at length): API spend has a strong weekly rhythm (weekends
 are a fraction of weekdays), so a flat daily average over- or under-projects depending on which days
 remain in the period. The median of the four same-weekday values ignores one spike or one outage day
-among them entirely (the middle two of four do not move however large the fourth is). The median of
+among them all but a rank's worth (the spiked day becomes the largest, so the middle two of four move at
+most to the neighbouring sample, however large the spike). The median of
 the last seven days' ratios to that profile then carries a recent growth or decline forward, and is
 itself unmoved by one spike day. Money stays Decimal; ratios are Decimal divisions.
 """

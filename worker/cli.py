@@ -16,7 +16,7 @@ import sys
 from collections.abc import Coroutine
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
@@ -26,6 +26,8 @@ from worker.textsafe import printable
 
 if TYPE_CHECKING:
     from worker.app import App
+    from worker.settings import Tier
+    from worker.sync.streams import Source
 
 log = logging.getLogger("worker.cli")
 
@@ -96,7 +98,8 @@ class LazyGroup(click.Group):
             import importlib
 
             module, attr, _help = self.lazy[name]
-            return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
         return super().get_command(ctx, name)
 
 
@@ -161,8 +164,9 @@ def connect_cmd(ctx: click.Context, label: str | None, tier: str, source: str) -
     app = get_app(ctx)
     key = read_admin_key()
     org = _run_connection_test(app, key)
-    integration_id = connect(app, key, org, label=label, tier=tier, source=source)  # type: ignore[arg-type]
-    days = app.settings.backfill_days(tier)  # type: ignore[arg-type]
+    # click.Choice has checked both against the Literal's values.
+    integration_id = connect(app, key, org, label=label, tier=cast("Tier", tier), source=cast("Source", source))
+    days = app.settings.backfill_days(cast("Tier", tier))
     click.echo(f"Connected organization {org.name!r} as integration {integration_id} (key {key.hint}); "
                f"backfill of {days} days queued: `cost-worker run` or `cost-worker sync-now` performs it.", err=True)
     click.echo(str(integration_id))
@@ -222,7 +226,7 @@ def integrations_set_source(ctx: click.Context, integration_id: int, source: str
     """Sync the legacy reports, the Usage and Cost Analytics API, or both; days the source lacks are backfilled."""
     from worker.integrations import set_source
 
-    before = set_source(get_app(ctx), integration_id, source)  # type: ignore[arg-type]
+    before = set_source(get_app(ctx), integration_id, cast("Source", source))  # a click.Choice of its values
     if before.source == source:
         click.echo(f"integration {integration_id} ({printable(before.label)}) already syncs {source}")
         return

@@ -70,4 +70,5 @@ def get_app(ctx: click.Context) -> App:
         setup_logging(settings.log_format, settings.log_level)
         obj["app"] = App(settings, obj.get("config"))
         ctx.call_on_close(obj["app"].close)
-    return obj["app"]  # type: ignore[no-any-return]
+    app: App = obj["app"]
+    return app

@@ -101,7 +101,7 @@ def model_lookup(normalize: Callable[[str], str | None] | None) -> ModelOf:
 def as_events(rows: RowResult) -> ParseResult:
     """Rows as `TrackedEvent`s (bad records pass through)."""
     for item in rows:
-        yield item if type(item) is BadRecord else event_from_row(item)  # type: ignore[arg-type]
+        yield item if isinstance(item, BadRecord) else event_from_row(item)
 
 
 def json_records(source: Source) -> Iterator[tuple[int, Any] | BadRecord]:
@@ -271,10 +271,10 @@ def checked(row: EventRow) -> EventRow:
 def run_rows(source: Source, convert: Callable[[Any, ModelOf], EventRow], model_of: ModelOf) -> RowResult:
     """One row per JSON-lines record: `convert(value, model_of)`, its `RecordError` becoming a `BadRecord`."""
     for item in json_records(source):
-        if type(item) is BadRecord:
+        if isinstance(item, BadRecord):
             yield item
             continue
-        number, value = item  # type: ignore[misc]
+        number, value = item
         try:
             row = convert(value, model_of)
         except RecordError as exc:

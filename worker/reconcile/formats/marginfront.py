@@ -56,10 +56,10 @@ def parse(source: Source) -> ParseResult:
 def rows(source: Source, model_of: ModelOf = no_model) -> RowResult:
     """`parse` as rows."""
     for item in json_records(source):
-        if type(item) is BadRecord:
+        if isinstance(item, BadRecord):
             yield item
             continue
-        number, value = item  # type: ignore[misc]
+        number, value = item
         if isinstance(value, Mapping) and "records" in value:
             records = value["records"]
             if not isinstance(records, list):

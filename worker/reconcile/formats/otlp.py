@@ -60,10 +60,10 @@ def rows(source: Source, model_of: ModelOf = no_model) -> RowResult:
     """`parse` as rows."""
     state: dict[tuple[Any, ...], tuple[str, Decimal]] = {}
     for item in json_records(source):
-        if type(item) is BadRecord:
+        if isinstance(item, BadRecord):
             yield item
             continue
-        number, value = item  # type: ignore[misc]
+        number, value = item
         try:
             groups = _groups(value, state)
         except RecordError as exc:

@@ -117,6 +117,7 @@ def requests(sim: SimulatorHandle, org: int = 0) -> dict[str, int]:
 
 
 class TestBackfill:
+    @pytest.mark.slow  # a year of data
     def test_both_sources_equal_truth_at_the_request_floor(self, sim_app: App, sim: SimulatorHandle) -> None:
         """A pro backfill (365 days): legacy for the year, analytics from 2026-01-01, each equal to its truth per
         (day, model, key); the fewest requests: 12 per legacy report, 3 per analytics stream, 2 for names."""
@@ -151,6 +152,7 @@ class TestBackfill:
         assert priority > 0
         assert sum(c.cost_usd for c in a.values()) - priority == sum(r.cost_usd for r in legacy)
 
+    @pytest.mark.slow  # a year of data
     def test_resume_after_crash_refetches_only_the_page_in_flight(self, sim_app: App, sim: SimulatorHandle,
                                                                   request: pytest.FixtureRequest) -> None:
         """A process dying on an analytics page resumes at that stream's checkpoint: nothing skipped, the page
@@ -227,6 +229,7 @@ class TestRefusal:
         assert run(sim_app, iid, "daily").ok  # which asks again (HIPAA readiness can be turned off)
         assert requests(sim, 1)["cost"] == 1
 
+    @pytest.mark.slow  # a year of data
     def test_analytics_source_falls_back_to_legacy_for_every_day(self, sim_app: App, sim: SimulatorHandle) -> None:
         """Source analytics, refused: the same run reads the legacy reports for the days it had left to analytics."""
         iid = onboard(sim_app, sim, org=1, tier="pro", source="analytics")

@@ -77,6 +77,7 @@ def day_params(start: date, end: date, **extra: Any) -> dict[str, Any]:
 
 
 class TestOfficialSdk:
+    @pytest.mark.slow  # every page of the window through the official SDK over HTTP
     def test_cost_every_page_equals_truth_per_key(self, asim: SimulatorHandle) -> None:
         """cost.list over every page: amount and list_amount per (day, model, api key) equal the truth exactly."""
         got: dict[tuple[str, str | None, str | None], list[Decimal]] = defaultdict(lambda: [Decimal(0)] * 2)

@@ -46,11 +46,11 @@ def connect_org(app: App, sim: SimulatorHandle, org: int) -> int:
 
 
 def dispatch(service: SyncService) -> list[str]:
-    """One poll: start whatever is due and wait for it; returns the kinds that ran."""
+    """One poll: start whatever is due and wait for it; returns the kinds that ran (from the tasks the poll
+    started: a sync may end, and leave `service.tasks`, while the poll evaluates budgets)."""
     async def go() -> list[str]:
-        await service.dispatch_due()
-        tasks = list(service.tasks.values())
-        results = await asyncio.gather(*tasks)
+        started = await service.dispatch_due()
+        results = await asyncio.gather(*started)
         return sorted(r.kind for r in results if r is not None and not r.skipped)
     return asyncio.run(go())
 
@@ -70,23 +70,40 @@ class TestDispatch:
         assert dispatch(service) == [] and dispatch(service) == []
         assert integration(app, iid).last_daily_slot == datetime(2026, 3, 11, 6, tzinfo=UTC)
 
+    def test_poll_returns_the_syncs_it_started_even_when_they_ended(self, app: App, sim: SimulatorHandle,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        """A sync can end while the poll still evaluates budgets (it then leaves `service.tasks`): the poll's
+        answer still names it, so a caller waiting for the poll's work never misses one."""
+        onboard(app, sim)
+        service = SyncService(app, transport=sim.transport())
+
+        async def slow_watch(_app: App) -> None:
+            while service.tasks:  # the poll's own step outlasts the sync
+                await asyncio.sleep(0)
+        monkeypatch.setattr("worker.sync.scheduler.on_poll", slow_watch)
+
+        async def go() -> list[str]:
+            started = await service.dispatch_due()
+            assert not service.tasks and all(t.done() for t in started)
+            return [outcome.kind for outcome in await asyncio.gather(*started) if outcome is not None]
+        assert asyncio.run(go()) == ["backfill"]
+
     def test_restart_after_missed_slot_runs_it_once(self, app: App, sim: SimulatorHandle) -> None:
         """A worker down at 06:00 runs that day's sync once when it comes back at 09:00."""
         iid = onboard(app, sim)
         dispatch(SyncService(app, transport=sim.transport()))
         app.clock.advance((datetime(2026, 3, 11, 9, 0, tzinfo=UTC) - app.clock.now()).total_seconds())  # type: ignore[attr-defined]
         restarted = App(app.settings, clock=app.clock)
-        service = SyncService(restarted, transport=sim.transport())
-        assert dispatch(service) == ["daily"]
-        assert dispatch(service) == []
-        # a second replica/process polling the same database finds the slot taken
-        replica = App(app.settings, clock=app.clock)
-        try:
-            assert dispatch(SyncService(replica, transport=sim.transport())) == []
+        replica = App(app.settings, clock=app.clock)  # a second replica/process polling the same database
+        try:  # closed even when an assertion fails: a leaked engine's connections warn in a later test
+            service = SyncService(restarted, transport=sim.transport())
+            assert dispatch(service) == ["daily"]
+            assert dispatch(service) == []
+            assert dispatch(SyncService(replica, transport=sim.transport())) == []  # it finds the slot taken
         finally:
             replica.close()
+            restarted.close()
         assert integration(app, iid).status == "ok"
-        restarted.close()
 
     def test_daily_job_and_poll_firing_together_start_one_sync(self, app: App, sim: SimulatorHandle) -> None:
         """The cron job and the poll are separate APScheduler jobs: at 06:00 both may read the due rows before
@@ -98,8 +115,8 @@ class TestDispatch:
         app.clock.advance((datetime(2026, 3, 11, 6, 0, 1, tzinfo=UTC) - app.clock.now()).total_seconds())  # type: ignore[attr-defined]
 
         async def go() -> None:
-            await asyncio.gather(service.dispatch_due(), service.dispatch_due())
-            await asyncio.gather(*service.tasks.values())
+            polls = await asyncio.gather(service.dispatch_due(), service.dispatch_due())
+            await asyncio.gather(*polls[0], *polls[1])
         asyncio.run(go())
         assert service.outcomes[("daily", "ok")] == 1
         assert service.outcomes[("daily", "skipped")] == 0

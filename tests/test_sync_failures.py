@@ -177,8 +177,7 @@ def finished_by_one_poll(service: SyncService) -> list[tuple[str, str]]:
     before = Counter(service.outcomes)
 
     async def go() -> None:
-        await service.dispatch_due()
-        await asyncio.gather(*service.tasks.values())
+        await asyncio.gather(*await service.dispatch_due())
     asyncio.run(go())
     return sorted((service.outcomes - before).elements())
 

@@ -144,10 +144,12 @@ class SyncService:
         attempts = self.unrecorded.get(integration_id, (0, 0.0))[0] + 1
         self.unrecorded[integration_id] = (attempts, self.app.clock.time() + retry_delay(attempts))
 
-    async def dispatch_due(self) -> None:
-        """Start a task for every integration with work due. One failing integration never stops the others."""
+    async def dispatch_due(self) -> list[asyncio.Task[SyncOutcome | None]]:
+        """Start a task for every integration with work due; returns the tasks started (a short sync may have
+        ended, and left `self.tasks`, by the time this returns). One failing integration never stops the others."""
+        started: list[asyncio.Task[SyncOutcome | None]] = []
         if self.stopping:
-            return
+            return started
         self.last_poll = time.monotonic()
         current = asyncio.current_task()
         if current is not None:
@@ -156,12 +158,12 @@ class SyncService:
             due = await self.app.db(self._due)
         except Exception:
             log.exception("could not read integrations; retrying at the next poll")
-            return
+            return started
         finally:
             if current is not None:
                 self._polls.discard(current)
         if self._stopping():  # SIGTERM arrived while reading: take no new work
-            return
+            return started
         for item in due:
             if item.integration_id in self.tasks:
                 # Another dispatch read the same rows meanwhile (the daily job and the poll fire together) and
@@ -171,7 +173,9 @@ class SyncService:
             task = asyncio.create_task(self._guarded(item))
             self.tasks[item.integration_id] = task
             task.add_done_callback(functools.partial(self._forget, item.integration_id))
+            started.append(task)
         await on_poll(self.app)  # budgets, anomalies, notifications (worker.watch); never raises
+        return started
 
     def _forget(self, integration_id: int, _task: asyncio.Task[SyncOutcome | None]) -> None:
         self.tasks.pop(integration_id, None)

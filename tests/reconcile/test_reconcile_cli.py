@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from billgen import Call, days, generate_calls, random_org
 from click.testing import CliRunner, Result
+from forking import require_fork
 from seed import Record, seed_bill, write
 from sqlalchemy import Engine, func, select
 
@@ -434,8 +435,8 @@ class TestParsingProcess:
               forked_pids: list[int]) -> Iterator[list[int]]:
         from worker.reconcile import importer
 
-        if request.param and not importer.can_fork():
-            pytest.skip("this process cannot fork safely (not POSIX, or other threads are running)")
+        if request.param:
+            require_fork()
         monkeypatch.setattr(importer, "can_fork", lambda: request.param)
         yield forked_pids
         assert bool(forked_pids) is request.param

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from billgen import days, generate_calls
+from forking import require_fork
 
 from worker.reconcile import BadRecord, InMemorySink, StrictImportError, TrackedEvent, import_events
 from worker.reconcile.events import event_from_row, row_from_event, utc_text
@@ -28,7 +29,7 @@ from worker.reconcile.formats._common import (
     timestamp_text,
     token_count,
 )
-from worker.reconcile.importer import can_fork, chunks, import_chunks, parsed_in_child
+from worker.reconcile.importer import chunks, import_chunks, parsed_in_child
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -292,8 +293,7 @@ class TestParsedInChild:
     @pytest.fixture
     def forks(self, forked_pids: list[int]) -> list[int]:
         """The pids forked by `parsed_in_child`."""
-        if not can_fork():
-            pytest.skip("this process cannot fork safely (not POSIX, or other threads are running)")
+        require_fork()
         return forked_pids
 
     @staticmethod

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -104,19 +112,31 @@ class Budget(BaseModel):
 
     @field_validator("api_key", "actor")
     @classmethod
-    def _needs_analytics(cls, value: str | None) -> str | None:
-        # The legacy cost report has no API key or actor dimension; the analytics source that has them
-        # is not synced by this version, so such a budget could only ever report 0.
-        if value is not None:
-            raise ValueError("per-API-key and per-actor budgets need the analytics source, which this version "
-                             "does not sync; scope by integration, workspace or model")
+    def _an_id(cls, value: str | None) -> str | None:
+        if value is not None and (not value or len(value) > 500 or value != value.strip() or not value.isprintable()):
+            raise ValueError("must be an id (an actor may also be a user's email) of at most 500 printable characters")
         return value
+
+    @model_validator(mode="after")
+    def _analytics_workspace(self) -> Budget:
+        # api_key and actor are read from the Analytics API's bill, which names the default workspace by its
+        # real id (the legacy report leaves it blank, which "default" stands for).
+        if self.workspace == DEFAULT_WORKSPACE and self.analytics:
+            raise ValueError("with api_key or actor, name the default workspace by its id (the Analytics API's: "
+                             "`cost-worker report --by workspace --source analytics`), not \"default\"")
+        return self
+
+    @property
+    def analytics(self) -> bool:
+        """Whether the budget's spend comes from the Analytics API's bill (it alone has keys and actors)."""
+        return self.api_key is not None or self.actor is not None
 
     @property
     def scope(self) -> str:
         """The scope in words, e.g. `integration=1 model=claude-sonnet-4-6`, or `all`."""
         parts = [f"{k}={v}" for k, v in (("integration", self.integration), ("workspace", self.workspace),
-                                          ("model", self.model)) if v is not None]
+                                          ("api_key", self.api_key), ("actor", self.actor), ("model", self.model))
+                 if v is not None]
         return " ".join(parts) or "all"
 
 

@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -210,13 +211,21 @@ class Settings(BaseSettings):
 
     @field_validator("budgets")
     @classmethod
-    def _unique_budget_names(cls, value: list[Budget]) -> list[Budget]:
+    def _unique_budget_names(cls, value: list[Budget], info: ValidationInfo) -> list[Budget]:
         seen: dict[str, int] = {}
+        grouping = info.data.get("analytics_cost_group_by") or []
         for number, budget in enumerate(value, 1):
             if budget.name in seen:
                 raise ValueError(f"budget {budget.name!r} (#{number}): the name is already used by #{seen[budget.name]}; "
                                  "budget names must be unique")
             seen[budget.name] = number
+            # A key or actor budget reads the Analytics API's cost rows: they must be grouped by what it names.
+            needed = [dim for dim, field in (("api_key_id", budget.api_key), ("actor", budget.actor),
+                                             ("workspace_id", budget.workspace)) if field is not None]
+            missing = [dim for dim in needed if budget.analytics and grouping and dim not in grouping]
+            if missing:
+                raise ValueError(f"budget {budget.name!r} (#{number}) needs {missing[0]} in "
+                                 "analytics_cost_group_by (the Analytics API's cost rows it reads)")
         return value
 
     @field_validator("http_host")

@@ -143,6 +143,19 @@ class TestWithoutTheAnalyticsBill:
             at(app, budget(actor="user_01"), FEB[1])
 
 
+def test_the_grouping_must_hold_what_a_budget_names(tmp_path: Path) -> None:
+    """An api_key budget with an analytics grouping without api_key_id could only ever spend 0: refused at
+    start in one line naming the budget and the setting."""
+    config = tmp_path / "c.toml"
+    config.write_text('analytics_cost_group_by = ["model", "workspace_id", "service_tier", "cost_type", "token_type"]\n'
+                      '[[budgets]]\nname = "k"\nlimit_usd = 5\napi_key = "apikey_01"\n')
+    result = CliRunner().invoke(cli, ["--config", str(config), "budgets"], env={"COST_WORKER_DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: invalid [[budgets]] in {config}: budget 'k' (#1) needs api_key_id in analytics_cost_group_by (the "
+        "Analytics API's cost rows it reads)"]
+
+
 def stored_budgets(app: App) -> set[str]:
     with app.engine.connect() as conn:
         return set(conn.execute(select(budget_states.c.name)).scalars())

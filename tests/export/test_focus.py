@@ -369,3 +369,67 @@ class TestFile:
         assert {r["x_IntegrationId"] for r in records} == {"1"}
         assert sum(Decimal(r["BilledCost"]) for r in records) == sim.data.truth_total(0, date(2026, 2, 1),
                                                                                       date(2026, 3, 1))
+
+
+@pytest.mark.slow  # a year of data
+class TestParquet:
+    def test_the_same_records_typed(self, exported: Any, year: tuple[App, SimulatorApp], tmp_path: Path) -> None:
+        """`--format focus-parquet --out`: the CSV's records, column for column, with Decimal columns as exact
+        decimals (BilledCost sums to the truth, ListCost to the CSV's), Date/Time columns as UTC timestamps."""
+        pq = pytest.importorskip("pyarrow.parquet")
+        import pyarrow as pa
+
+        _, csv_records, _ = exported
+        app, sim = year
+        out = tmp_path / "focus.parquet"
+        result = CliRunner().invoke(cli, ["export", "--format", "focus-parquet", "--since", str(FIRST), "--until",
+                                          str(TODAY), "--out", str(out)], env=env(app, tmp_path))
+        assert result.exit_code == 0, result.output
+        table = pq.read_table(out)
+        assert table.column_names == list(csv_records[0])
+        assert table.schema.field("BilledCost").type == pa.decimal128(38, 16)
+        assert table.schema.field("ChargePeriodStart").type == pa.timestamp("ms", tz="UTC")
+        rows = table.to_pylist()
+        assert len(rows) == len(csv_records) > 5000
+        total = sum((r["BilledCost"] for r in rows), Decimal(0))
+        assert total == sim.data.truth_total(0, FIRST, TODAY + timedelta(days=1))
+        assert f"wrote {len(rows)} FOCUS 1.2 Parquet rows (365 days {FIRST}..{TODAY}, BilledCost total " in result.stderr
+        for got, want in zip(rows, csv_records, strict=True):
+            for name, value in got.items():
+                if value is None:
+                    assert want[name] == "", (name, want)
+                elif isinstance(value, Decimal):
+                    assert value == Decimal(want[name]), (name, value, want[name])
+                elif isinstance(value, datetime):
+                    assert value.strftime("%Y-%m-%dT%H:%M:%SZ") == want[name]
+                else:
+                    assert want[name] in (value, "'" + value), (name, value)  # the CSV neutralizes formulas
+
+    def test_needs_out_and_pyarrow(self, year: tuple[App, SimulatorApp], tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+        """Parquet is binary: without --out, exit 2 in one line; without pyarrow, one line naming the extra."""
+        app, _ = year
+        args = ["export", "--format", "focus-parquet", "--since", "2026-03-01", "--until", "2026-03-01"]
+        result = CliRunner().invoke(cli, args, env=env(app, tmp_path))
+        assert result.exit_code == 2
+        assert result.output.strip().splitlines() == [
+            "error: --format focus-parquet writes a binary file: give --out FILE"]
+        import importlib.util
+
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a))
+        result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "x.parquet")], env=env(app, tmp_path))
+        assert result.exit_code == 2 and not (tmp_path / "x.parquet").exists()
+        assert result.output.strip().splitlines() == [
+            "error: --format focus-parquet needs pyarrow, an optional extra: pip install 'cost-worker[parquet]' "
+            "(or --format focus, CSV)"]
+
+
+def test_parquet_refuses_a_value_it_cannot_hold_exactly() -> None:
+    """A Decimal with more than 16 decimal places would be rounded by decimal128(38, 16): refused instead."""
+    pytest.importorskip("pyarrow")
+    from worker.export.parquet import InexactValue, _decimal
+
+    assert _decimal("BilledCost", "0.0000000000000001") == Decimal("1E-16")
+    with pytest.raises(InexactValue, match="more than 16 decimal places"):
+        _decimal("BilledCost", "0.00000000000000001")

@@ -56,6 +56,10 @@ FOCUS_COLUMNS = (
 EXTRA_COLUMNS = ("x_IntegrationId", "x_WorkspaceId", "x_Model", "x_CostType", "x_TokenType", "x_ServiceTier",
                  "x_ContextWindow", "x_InferenceGeo", "x_Extra")
 COLUMNS = FOCUS_COLUMNS + EXTRA_COLUMNS
+# The specification's data types other than String/JSON (typed columns of the Parquet format).
+DECIMAL_COLUMNS = frozenset({"BilledCost", "ConsumedQuantity", "ContractedCost", "EffectiveCost", "ListCost",
+                             "PricingQuantity"})
+DATETIME_COLUMNS = frozenset({"BillingPeriodEnd", "BillingPeriodStart", "ChargePeriodEnd", "ChargePeriodStart"})
 
 # The usage report's count behind each token type of the cost report.
 TOKEN_COLUMNS = {

@@ -21,7 +21,7 @@ from worker.cli import cli
 from worker.integrations import set_source
 from worker.settings import Budget
 from worker.simulator import SimulatorApp
-from worker.storage.tables import budget_states
+from worker.storage.tables import budget_states, spend_anomalies
 from worker.watch.anomalies import find
 from worker.watch.budgets import BudgetError, evaluate
 from worker.watch.service import evaluate_all
@@ -184,6 +184,28 @@ class TestKeyAndUserAnomalies:
         assert abs(keyed[0].baseline_usd - usual) < usual * Decimal("0.3")
         assert keyed[0].score > 3.5 and keyed[0].integration_id == 1
         assert {a.date for a in found} == {day}
+
+    def test_a_small_keys_5x_day_only_its_key_scope_sees(self, own: tuple[App, SimulatorApp]) -> None:
+        """A key with a few percent of the spend jumps 5x: the integration's total hardly moves (not an anomaly),
+        the key is; `run`'s evaluation stores it (the `spend_anomalies` row /metrics and the dashboard read)."""
+        app, sim = own
+        day = TODAY - timedelta(days=2)
+        week = {k.id: analytics_total(sim, day - timedelta(days=7), day - timedelta(days=1), "api_key", k.id)
+                for k in sim.data.orgs[0].api_keys}
+        key = min((k for k, v in week.items() if v >= 7 * 5), key=week.__getitem__)  # $5 a day or more
+        assert week[key] < sum(week.values()) / 10
+        sim.add_fault(f"spike:day={day},factor=5,api_key={key}")
+        resync(app, sim, 1)
+        found = anomalies(app, day, day)
+        assert "integration" not in {a.scope for a in found}
+        [keyed] = [a for a in found if a.scope == "api_key"]
+        assert (keyed.key, keyed.direction) == (key, "spike")
+        assert keyed.cost_usd == analytics_total(sim, day, day, "api_key", key)
+        evaluate_all(app, NOW)
+        with app.engine.connect() as conn:
+            stored = conn.execute(select(spend_anomalies.c.scope, spend_anomalies.c.key, spend_anomalies.c.cost_usd)
+                                  .where(spend_anomalies.c.day == day, spend_anomalies.c.scope == "api_key")).all()
+        assert [(s, k, Decimal(c)) for s, k, c in stored] == [("api_key", key, keyed.cost_usd)]
 
     def test_an_ordinary_week_has_none(self, own: tuple[App, SimulatorApp]) -> None:
         """The last seven complete days of steady traffic: no key or user is an anomaly (and their series were

@@ -6,7 +6,9 @@ goes, every change on a day that had data is kept in `revisions` with kind `a_co
 
 For other features (reports, reconcile, budgets, exports) the tables are read with the queries here:
 `cost_cells` and `usage_cells` sum a period per (integration, day, model, dimension) with money exact on
-both backends, and `names` gives the API key, workspace and user names behind the ids.
+both backends, and `names` gives the API key, workspace and user names behind the ids; budgets and
+anomalies per key and user read `daily_spend` (filtered, per key and actor), `complete_until` and
+`actor_ids` (a user's email to their ids).
 """
 
 from __future__ import annotations
@@ -560,7 +562,8 @@ def usage_lines(conn: Connection, since: date, until: date, integration_ids: Seq
         q = q.where(u.integration_id.in_(list(integration_ids)))
     return iter(conn.execute(q))
 
-__all__ = ["BY", "COST_COLUMNS", "Coverage", "SpendKey", "actor_ids", "complete_until", "cost_lines", "coverage", "daily_spend", "legacy_cost_lines", "legacy_usage_lines",
+__all__ = ["BY", "COST_COLUMNS", "Coverage", "SpendKey", "actor_ids", "complete_until", "cost_lines", "coverage",
+           "daily_spend", "legacy_cost_lines", "legacy_usage_lines",
            "usage_lines", "MAIN", "PRODUCT", "USAGE_COLUMNS", "Cell", "CellKey", "Checkpoint", "Name",
            "State", "actor_types", "advance", "all_checkpoints", "checkpoints", "cost_cells", "cost_table_rows",
            "get_state", "grouping_for", "names", "replace_cost_days", "replace_usage_days", "save_checkpoint",

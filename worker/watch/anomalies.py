@@ -48,7 +48,6 @@ from worker.watch.spend import (
 )
 
 SCOPES = ("integration", "workspace", "model", "api_key", "actor")
-ANALYTICS_SCOPES = ("api_key", "actor")  # spend without a key or actor (code execution, Console) is in the others
 TOTAL_KEY = "total"  # the key of the integration scope
 DEFAULT_WORKSPACE_KEY = "default"
 NO_MODEL_KEY = "(no model)"  # web search, code execution and other costs without a model
@@ -143,7 +142,8 @@ def series_by_key(grains: Iterable[tuple[Grain, Decimal]]) -> dict[SeriesKey, di
 
 
 def analytics_series(rows: Iterable[tuple[SpendKey, Decimal]]) -> dict[SeriesKey, dict[date, Decimal]]:
-    """The daily series of every (integration, `api_key` or `actor`, id) of the Analytics API's rows."""
+    """The daily series of every (integration, `api_key` or `actor`, id) of the Analytics API's rows. Spend
+    without a key or actor (code execution, Console calls) is in the integration, workspace and model ones."""
     out: dict[SeriesKey, dict[date, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for (iid, day, key, actor), amount in rows:
         for scope, value in (("api_key", key), ("actor", actor)):

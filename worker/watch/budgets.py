@@ -1,11 +1,11 @@
 """Budgets: spend of a UTC month or day against a limit, with a forecast to the period's end and a status.
 
 `spend_usd` is the synced bill (the legacy cost report; for an `api_key` or `actor` scope the Analytics
-API's, the only one with those dimensions, which must cover the whole period: else BudgetError), exact, from the period's start through the evaluation day (`at`,
-inclusive). `forecast_usd` adds the expected spend (worker.watch.forecast, fitted on the complete days
-before) of the period's days after `at`, and for the days up to `at` whose bill is not complete yet
-(today, the day of the last sync, days not synced since) whatever they are still expected to add
-beyond what is billed so far; the projection is rounded to the cent. Status, first match wins:
+API's, the only one with those dimensions, which must cover the whole period: else BudgetError), exact,
+from the period's start through the evaluation day (`at`, inclusive). `forecast_usd` adds the expected
+spend (worker.watch.forecast, fitted on the complete days before) of the period's days after `at`, and for
+the days up to `at` whose bill is not complete yet (today, the day of the last sync, days not synced
+since) whatever they are still expected to add beyond what is billed so far; the projection is rounded to the cent. Status, first match wins:
 `over` (spend > limit), `forecast_over` (forecast > limit), `warn` (spend >= warn_at x limit), `ok`.
 """
 

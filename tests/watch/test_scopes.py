@@ -21,6 +21,7 @@ from worker.cli import cli
 from worker.integrations import set_source
 from worker.settings import Budget
 from worker.simulator import SimulatorApp
+from worker.storage import analytics as astore
 from worker.storage.tables import budget_states, spend_anomalies
 from worker.watch.anomalies import find
 from worker.watch.budgets import BudgetError, evaluate
@@ -135,6 +136,21 @@ class TestWithoutTheAnalyticsBill:
             evaluate_all(app, NOW)
         assert stored_budgets(app) == {"all"}
         assert any("budget 'key'" in r.getMessage() and "skipped" in r.getMessage() for r in caplog.records)
+
+    def test_a_refused_integration(self, app_factory: Any, steady_sim: SimulatorApp) -> None:
+        """An integration the Analytics API refuses (HIPAA readiness): the budget says so; its anomalies are
+        judged per integration, workspace and model only (the stored analytics rows are no bill of record)."""
+        day = TODAY - timedelta(days=2)
+        steady_sim.add_fault(f"spike:day={day},factor=5,api_key={_biggest_key(steady_sim, day)}")
+        app = app_factory(backfill_days_pro=40)
+        connect_sim(app, steady_sim)
+        assert "api_key" in {a.scope for a in anomalies(app, day, day)}  # while the bill is the analytics one
+        with app.engine.begin() as conn:
+            astore.set_state(conn, 1, NOW, status="refused", detail="HIPAA")
+        with pytest.raises(BudgetError, match=r"integration 1 \(.*\) has not: the Analytics API refuses it"):
+            at(app, budget(api_key=steady_sim.data.orgs[0].api_keys[0].id, integration=1), TODAY)
+        scopes = {a.scope for a in anomalies(app, day, day)}
+        assert "integration" in scopes and not scopes & {"api_key", "actor"}
 
     def test_no_integration(self, app_factory: Any) -> None:
         """Before any integration is connected a key budget has no bill to read."""

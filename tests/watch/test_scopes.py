@@ -42,6 +42,7 @@ def at(app: App, b: Budget, day: date) -> Any:
         return evaluate(conn, b, day, TODAY)
 
 
+@pytest.mark.slow  # a year of data
 class TestKeyAndUserBudgets:
     def test_each_keys_month_is_the_truths_sum(self, bill: tuple[App, SimulatorApp]) -> None:
         """A month budget scoped to one API key spent exactly the Analytics API truth's sum for that key over
@@ -104,6 +105,7 @@ class TestKeyAndUserBudgets:
 
 
 class TestWithoutTheAnalyticsBill:
+    @pytest.mark.slow  # a backfill inside the test
     def test_legacy_source_is_one_line_and_run_drops_it(self, app_factory: Any, steady_sim: SimulatorApp,
                                                         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         """An integration whose source is legacy: `budgets` exits 2 with one line naming the budget, the
@@ -137,6 +139,7 @@ class TestWithoutTheAnalyticsBill:
         assert stored_budgets(app) == {"all"}
         assert any("budget 'key'" in r.getMessage() and "skipped" in r.getMessage() for r in caplog.records)
 
+    @pytest.mark.slow  # a backfill inside the test
     def test_a_refused_integration(self, app_factory: Any, steady_sim: SimulatorApp) -> None:
         """An integration the Analytics API refuses (HIPAA readiness): the budget says so; its anomalies are
         judged per integration, workspace and model only (the stored analytics rows are no bill of record)."""

@@ -8,7 +8,9 @@ and three plain ones; then again with a 5x spike two days before the evaluation.
 
 Anomalies: every day of a year judged per integration, workspace and model (ordinary days: every anomaly
 found is a false alarm), then days restated to k x their volume one at a time (found: the integration's
-total flagged that day, in the right direction).
+total flagged that day, in the right direction). Per API key and actor (the Analytics API's bill, from
+2026-01-01): its ordinary days, then one key's day restated to k x its calls (found: that key flagged;
+and how often the integration's total would have caught it).
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from _common import ROOT, table
 sys.path.insert(0, str(ROOT))
 from worker.simulator.data import SimulatorData
 from worker.simulator.prices import pico_to_dollars
+from worker.simulator.truth import analytics_truth
 from worker.watch import forecast
-from worker.watch.anomalies import judge
+from worker.watch.anomalies import analytics_series, judge
 
 TODAY = date(2026, 3, 10)
 FIRST = TODAY - timedelta(days=364)
+A_FIRST = date(2026, 1, 1)  # the Analytics API's first day
 
 
 def daily_series(data: SimulatorData, org: int) -> dict[tuple[str, str], dict[date, Decimal]]:
@@ -116,6 +120,67 @@ def detection(orgs: list[tuple[SimulatorData, int]]) -> list[list[object]]:
     return rows
 
 
+def who_series(data: SimulatorData, org: int, last: date = TODAY - timedelta(days=1),
+               ) -> dict[tuple[int, str, str], dict[date, Decimal]]:
+    """The api_key and actor series the worker judges (worker.watch.anomalies.analytics_series), from the
+    simulator's analytics truth of each day."""
+    rows: dict[tuple[int, date, str, str], Decimal] = defaultdict(Decimal)
+    for by in ("api_key", "actor"):
+        for r in analytics_truth(data, org, A_FIRST, last, by):
+            if r["key"]:
+                # one (day, key, actor) cell per row: the key in its own slot, the other left blank
+                key = (0, date.fromisoformat(r["date"]), r["key"] if by == "api_key" else "",
+                       r["key"] if by == "actor" else "")
+                rows[key] += Decimal(r["cost_usd"])
+    return analytics_series(rows.items())
+
+
+def who_false_alarms(orgs: list[tuple[SimulatorData, int]]) -> list[list[object]]:
+    judged: dict[str, int] = defaultdict(int)
+    found: dict[str, int] = defaultdict(int)
+    for data, org in orgs:
+        for (_, scope, _key), series in who_series(data, org).items():
+            day = A_FIRST + timedelta(days=14)
+            while day < TODAY:
+                verdict = judge(series, day, A_FIRST)
+                if verdict is not None:
+                    judged[scope] += 1
+                    found[scope] += verdict.direction is not None
+                day += timedelta(days=1)
+    return [[scope, judged[scope], found[scope], f"{1000 * found[scope] / max(judged[scope], 1):.2f}"]
+            for scope in ("api_key", "actor")]
+
+
+def who_detection(orgs: list[tuple[SimulatorData, int]]) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for factor in (5.0, 3.0):
+        hits = tries = by_total = 0
+        scores = []
+        for data, org in orgs:
+            for day in (TODAY - timedelta(days=d) for d in (30, 23, 16, 9, 2)):
+                base = who_series(data, org, day)
+                total = {d: data.truth_total(org, d, d + timedelta(days=1)) for d in base[next(iter(base))]}
+                for (_, scope, key), series in base.items():
+                    usual = sum(series.get(day - timedelta(days=i), Decimal(0)) for i in range(1, 8)) / 7
+                    if scope != "api_key" or usual < 5:
+                        continue  # keys of $5 a day or more: below, anomaly_min_usd decides
+                    data.spike(org, day, factor, key)
+                    spiked = analytics_truth(data, org, day, day, "api_key")
+                    data.spike(org, day, 1, key)
+                    value = sum((Decimal(r["cost_usd"]) for r in spiked if r["key"] == key), Decimal(0))
+                    verdict = judge({**series, day: value}, day, A_FIRST)
+                    grown = {**total, day: total[day] + value - series.get(day, Decimal(0))}
+                    whole = judge(grown, day, FIRST)
+                    tries += 1
+                    if verdict is not None:
+                        scores.append(verdict.score)
+                        hits += verdict.direction == "spike"
+                    by_total += whole is not None and whole.direction == "spike"
+        rows.append([f"{factor:g}x", tries, hits, f"{hits / max(tries, 1):.0%}", f"{median(scores):+.1f}",
+                     f"{by_total / max(tries, 1):.0%}"])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--orgs", type=int, default=8, help="organizations (seeds 0.. x 2 orgs each)")
@@ -130,6 +195,10 @@ def main() -> None:
     print(table(["scope", "key-days judged", "anomalies", "per 1000"], false_alarms(orgs)))
     print("\nA day restated to k x its volume: the integration's total flagged in the right direction")
     print(table(["k", "days", "found", "rate", "median score"], detection(orgs)))
+    print("\nPer API key and actor (the Analytics API's bill, 2026-01-01 on): ordinary days")
+    print(table(["scope", "key-days judged", "anomalies", "per 1000"], who_false_alarms(orgs)))
+    print("\nOne API key's day restated to k x its calls (keys of $5+ a day, 5 days per organization)")
+    print(table(["k", "key-days", "found", "rate", "median score", "the total would have"], who_detection(orgs)))
     print(f"\n({time.monotonic() - started:.0f} s)")
 
 

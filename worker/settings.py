@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -104,19 +113,31 @@ class Budget(BaseModel):
 
     @field_validator("api_key", "actor")
     @classmethod
-    def _needs_analytics(cls, value: str | None) -> str | None:
-        # The legacy cost report has no API key or actor dimension; the analytics source that has them
-        # is not synced by this version, so such a budget could only ever report 0.
-        if value is not None:
-            raise ValueError("per-API-key and per-actor budgets need the analytics source, which this version "
-                             "does not sync; scope by integration, workspace or model")
+    def _an_id(cls, value: str | None) -> str | None:
+        if value is not None and (not value or len(value) > 500 or value != value.strip() or not value.isprintable()):
+            raise ValueError("must be an id (an actor may also be a user's email) of at most 500 printable characters")
         return value
+
+    @model_validator(mode="after")
+    def _analytics_workspace(self) -> Budget:
+        # api_key and actor are read from the Analytics API's bill, which names the default workspace by its
+        # real id (the legacy report leaves it blank, which "default" stands for).
+        if self.workspace == DEFAULT_WORKSPACE and self.analytics:
+            raise ValueError("with api_key or actor, name the default workspace by its id (the Analytics API's: "
+                             "`cost-worker report --by workspace --source analytics`), not \"default\"")
+        return self
+
+    @property
+    def analytics(self) -> bool:
+        """Whether the budget's spend comes from the Analytics API's bill (it alone has keys and actors)."""
+        return self.api_key is not None or self.actor is not None
 
     @property
     def scope(self) -> str:
         """The scope in words, e.g. `integration=1 model=claude-sonnet-4-6`, or `all`."""
         parts = [f"{k}={v}" for k, v in (("integration", self.integration), ("workspace", self.workspace),
-                                          ("model", self.model)) if v is not None]
+                                          ("api_key", self.api_key), ("actor", self.actor), ("model", self.model))
+                 if v is not None]
         return " ".join(parts) or "all"
 
 
@@ -190,13 +211,21 @@ class Settings(BaseSettings):
 
     @field_validator("budgets")
     @classmethod
-    def _unique_budget_names(cls, value: list[Budget]) -> list[Budget]:
+    def _unique_budget_names(cls, value: list[Budget], info: ValidationInfo) -> list[Budget]:
         seen: dict[str, int] = {}
+        grouping = info.data.get("analytics_cost_group_by") or []
         for number, budget in enumerate(value, 1):
             if budget.name in seen:
                 raise ValueError(f"budget {budget.name!r} (#{number}): the name is already used by #{seen[budget.name]}; "
                                  "budget names must be unique")
             seen[budget.name] = number
+            # A key or actor budget reads the Analytics API's cost rows: they must be grouped by what it names.
+            needed = [dim for dim, field in (("api_key_id", budget.api_key), ("actor", budget.actor),
+                                             ("workspace_id", budget.workspace)) if field is not None]
+            missing = [dim for dim in needed if budget.analytics and grouping and dim not in grouping]
+            if missing:
+                raise ValueError(f"budget {budget.name!r} (#{number}) needs {missing[0]} in "
+                                 "analytics_cost_group_by (the Analytics API's cost rows it reads)")
         return value
 
     @field_validator("http_host")

@@ -18,6 +18,7 @@ from worker.secret import AdminKey
 from worker.settings import Settings
 from worker.simulator import SimulatorApp, build_app
 from worker.simulator.prices import pico_to_dollars
+from worker.simulator.truth import analytics_truth
 from worker.sync.engine import sync_integration
 from worker.vault import MasterKey
 
@@ -80,3 +81,12 @@ def truth_total(sim: SimulatorApp, first: date, last: date, org: int = 0, *, mod
             total += pico_to_dollars(row.pico)
         day += timedelta(days=1)
     return total
+
+
+def analytics_total(sim: SimulatorApp, first: date, last: date, by: str, key: str | None, org: int = 0, *,
+                    model: str | None = None, list_price: bool = False) -> Decimal:
+    """The simulator's Analytics API truth over `[first, last]` for one key of `by` (`api_key`, `actor`, ...),
+    optionally of one model: billed `amount` (or `list_amount`), exact, from its usage records."""
+    field = "list_cost_usd" if list_price else "cost_usd"
+    return sum((Decimal(r[field]) for r in analytics_truth(sim.data, org, first, last, by)
+                if r["key"] == key and (model is None or r["model"] == model)), Decimal(0))

@@ -202,7 +202,9 @@ class TestConfig:
                                                        "be 'month' or 'day'"),
         ('name = "a"\nlimit_usd = 5\nlimt = 1', "unknown key 'limt'"),
         ('limit_usd = 5', "invalid [[budgets]] #1 in {path}: name is required"),
-        ('name = "a"\nlimit_usd = 5\napi_key = "apikey_01"', "need the analytics source"),
+        ('name = "a"\nlimit_usd = 5\napi_key = "apikey_01"\nworkspace = "default"',
+         "invalid budget 'a' ([[budgets]] #1) in {path}: with api_key or actor, name the default workspace by its id"),
+        ('name = "a"\nlimit_usd = 5\nactor = " x"', "actor: must be an id"),
         ('name = "a"\nlimit_usd = 5\nwarn_at = 1.5', "warn_at: Input should be less than or equal to 1"),
     ])
     def test_invalid_budget_is_one_line_naming_it(self, tmp_path: Path, table: str, message: str) -> None:

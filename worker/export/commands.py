@@ -1,19 +1,22 @@
-"""`cost-worker export`: the synced bill as a file (FOCUS 1.2 CSV).
+"""`cost-worker export`: the synced bill as a file (FOCUS 1.2 CSV, or Parquet with the `parquet` extra).
 
-Exit codes: 0 written, 2 bad usage (dates, an unknown integration, an unwritable --out). With --out the
-file appears whole or not at all (written beside it, then renamed).
+Exit codes: 0 written, 2 bad usage (dates, an unknown integration, an unwritable --out, focus-parquet
+without pyarrow or without --out, a value Parquet cannot hold exactly). With --out the file appears whole
+or not at all (written beside it, then renamed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -24,11 +27,14 @@ if TYPE_CHECKING:
 
 __all__ = ["export_command"]
 
+PARQUET_MISSING = ("--format focus-parquet needs pyarrow, an optional extra: pip install 'cost-worker[parquet]' "
+                   "(or --format focus, CSV)")
 
 
 @click.command("export")
-@click.option("--format", "fmt", type=click.Choice(["focus"]), required=True,
-              help="focus: FinOps FOCUS 1.2 CSV (docs/export.md).")
+@click.option("--format", "fmt", type=click.Choice(["focus", "focus-parquet"]), required=True,
+              help="focus: FinOps FOCUS 1.2 CSV; focus-parquet: the same as Parquet (needs pyarrow and --out; "
+                   "docs/export.md).")
 @click.option("--since", required=True, callback=parse_day, help="First UTC day (YYYY-MM-DD).")
 @click.option("--until", required=True, callback=parse_day, help="Last UTC day, inclusive (YYYY-MM-DD).")
 @click.option("--integration", "integration_id", type=int, default=None, help="Only this integration.")
@@ -43,18 +49,31 @@ def export_command(ctx: click.Context, fmt: str, since: date, until: date, integ
 
     if until < since:
         raise UsageFailure("--until is before --since")
+    parquet = fmt == "focus-parquet"
+    if parquet and importlib.util.find_spec("pyarrow") is None:
+        raise UsageFailure(PARQUET_MISSING)
+    if parquet and out is None:
+        raise UsageFailure("--format focus-parquet writes a binary file: give --out FILE")
     app = get_app(ctx)
     with app.engine.connect() as conn, conn.begin():
         if integration_id is not None and repo.get_integration(conn, integration_id) is None:
             raise UsageFailure(f"no integration {integration_id}")
     if out is None:
         rows, total = _write(app.engine, sys.stdout, since, until, integration_id)
+    elif parquet:
+        from worker.export import parquet as focus_parquet
+
+        try:
+            rows, total = _write_file(app.engine, out, since, until, integration_id, focus_parquet.write, binary=True)
+        except focus_parquet.InexactValue as exc:
+            raise UsageFailure(str(exc)) from None
     else:
         rows, total = _write_file(app.engine, out, since, until, integration_id)
     where = "stdout" if out is None else str(out)
     days = sum((end - first).days for first, end in months(since, until))
-    click.echo(f"wrote {rows} FOCUS 1.2 rows ({days} days {since}..{until}, BilledCost total "
-               f"{format(total, 'f')} USD) to {where}", err=True)
+    kind = "Parquet" if parquet else ""
+    click.echo(f"wrote {rows} FOCUS 1.2 {kind + ' ' if kind else ''}rows ({days} days {since}..{until}, BilledCost "
+               f"total {format(total, 'f')} USD) to {where}", err=True)
 
 
 def _write(engine: Engine, stream: IO[str], since: date, until: date,
@@ -77,18 +96,24 @@ def _write(engine: Engine, stream: IO[str], since: date, until: date,
     return rows, total
 
 
-def _write_file(engine: Engine, out: Path, since: date, until: date,
-                integration_id: int | None) -> tuple[int, Decimal]:
-
+def _write_file(engine: Engine, out: Path, since: date, until: date, integration_id: int | None,
+                write: Callable[[Engine, Any, date, date, int | None], tuple[int, Decimal]] = _write,
+                binary: bool = False) -> tuple[int, Decimal]:
+    """`write` (the CSV's, or Parquet's, `binary`) into a file beside `out`, renamed onto it when whole."""
     directory = out.expanduser().resolve().parent
+    handle: Any
     try:
-        handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="", dir=directory,
-                                             prefix=f".{out.name}.", suffix=".tmp", delete=False)
+        if binary:
+            handle = tempfile.NamedTemporaryFile("wb", dir=directory, prefix=f".{out.name}.", suffix=".tmp",
+                                                 delete=False)
+        else:
+            handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="", dir=directory,
+                                                 prefix=f".{out.name}.", suffix=".tmp", delete=False)
     except OSError as exc:
         raise UsageFailure(f"cannot write {out}: {exc.strerror or exc}") from None
     try:
         with handle:
-            result = _write(engine, handle, since, until, integration_id)
+            result = write(engine, handle, since, until, integration_id)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(handle.name, out)

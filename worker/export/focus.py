@@ -10,8 +10,9 @@ what it holds, are tabled in docs/export.md; in short:
   inference geo), sub account (the workspace), charge frequency and service subcategory.
 - `BilledCost` is the stored amount itself, exact (Decimal, never rounded), so the file sums to the bill.
   `EffectiveCost` and `ContractedCost` equal it (no amortized commitments; no contracted unit prices in
-  this source). `ListCost` equals it too until the analytics source (which carries list amounts) is
-  synced: the legacy cost report holds billed amounts only.
+  this source). `ListCost` is the Analytics API's `list_amount` where that bill is synced and agrees with
+  the legacy charge (`list_costs`), else it equals BilledCost: the legacy cost report holds billed
+  amounts only.
 - Quantities come from the usage report, joined on (day, workspace, model, tier, context window). They are
   left empty where the source does not determine them: a cost type with no counted unit (code execution),
   or a charge split by inference geo, which the usage report (grouped by five dimensions at most) does
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
@@ -31,8 +32,8 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from worker.money import decimal_text
-from worker.storage import repo
+from worker.money import EXACT, decimal_text, money_sum
+from worker.storage import analytics, repo
 from worker.storage.tables import cost_rows, usage_rows
 
 FOCUS_VERSION = "1.2"
@@ -55,6 +56,10 @@ FOCUS_COLUMNS = (
 EXTRA_COLUMNS = ("x_IntegrationId", "x_WorkspaceId", "x_Model", "x_CostType", "x_TokenType", "x_ServiceTier",
                  "x_ContextWindow", "x_InferenceGeo", "x_Extra")
 COLUMNS = FOCUS_COLUMNS + EXTRA_COLUMNS
+# The specification's data types other than String/JSON (typed columns of the Parquet format).
+DECIMAL_COLUMNS = frozenset({"BilledCost", "ConsumedQuantity", "ContractedCost", "EffectiveCost", "ListCost",
+                             "PricingQuantity"})
+DATETIME_COLUMNS = frozenset({"BillingPeriodEnd", "BillingPeriodStart", "ChargePeriodEnd", "ChargePeriodStart"})
 
 # The usage report's count behind each token type of the cost report.
 TOKEN_COLUMNS = {
@@ -74,6 +79,7 @@ METERS = {
     "code_execution": "Code Execution",
 }
 REGIONS = {"global": "Global", "us": "United States", "eu": "European Union"}
+LIST_SHARE_QUANTUM = Decimal("1e-12")  # a pico-dollar: a list amount shared by several charges is split to it
 
 Record = dict[str, str | None]
 
@@ -148,13 +154,14 @@ def _month(conn: Connection, first: date, end: date, integration_id: int | None,
              c.context_window, c.inference_geo, c.description, c.extra)
     charges = conn.execute(select(*order, c.amount_usd, c.currency).where(*where).order_by(*order)).all()
     tokens, searches_by_model, searches = _quantities(conn, first, end, integration_id)
+    listed = list_costs(charges, _analytics_grains(conn, first, end, integration_id))
     # A quantity is attributed to a charge only when the charge is alone on its usage grain (one geo, one
     # description): the usage report cannot split one grain's tokens between two cost rows.
     per_grain: dict[tuple[Any, ...], int] = defaultdict(int)
     for r in charges:
         per_grain[(r.integration_id, r.day, r.workspace_id, r.model, r.cost_type, r.token_type, r.service_tier,
                    r.context_window)] += 1
-    for r in charges:
+    for r, list_cost in zip(charges, listed, strict=True):
         alone = per_grain[(r.integration_id, r.day, r.workspace_id, r.model, r.cost_type, r.token_type,
                            r.service_tier, r.context_window)] == 1
         quantity: int | None = None
@@ -169,10 +176,70 @@ def _month(conn: Connection, first: date, end: date, integration_id: int | None,
                      else searches.get((r.integration_id, r.day, r.workspace_id)))
             if found is not None:
                 quantity, unit, scale = found, "Requests", REQUESTS_PER_PRICING_UNIT
-        yield _record(r, accounts.get(r.integration_id), quantity, unit, scale)
+        yield _record(r, accounts.get(r.integration_id), quantity, unit, scale, list_cost)
 
 
-def _record(r: Any, account: Account | None, quantity: int | None, unit: str | None, scale: int) -> Record:
+ListGrain = tuple[Any, ...]
+"""Where the two bills meet: (integration, day, cost type, token type, service tier, model) for tokens,
+(integration, day, cost type) for other costs (the legacy report gives web search no model)."""
+
+
+def _grain(iid: int, day: date, cost_type: str, token_type: str, tier: str, model: str) -> ListGrain:
+    return (iid, day, cost_type, token_type, tier, model) if cost_type == "tokens" else (iid, day, cost_type)
+
+
+def _analytics_grains(conn: Connection, first: date, end: date,
+                      integration_id: int | None) -> dict[ListGrain, tuple[Decimal, Decimal]]:
+    """The Analytics API's (amount, list amount) per grain over `[first, end)`, on the days it is the bill of
+    record of (worker.storage.analytics.coverage), summed exactly over keys, actors and workspaces."""
+    covered = analytics.coverage(conn)
+    if integration_id is not None:
+        covered = {i: c for i, c in covered.items() if i == integration_id}
+    out: dict[ListGrain, tuple[Decimal, Decimal]] = {}
+    if not covered:
+        return out
+    add = EXACT.add
+    for iid, day, model, _key, _actor, tier, cost_type, token_type, amount, listed in analytics.cost_lines(
+            conn, first, end - timedelta(days=1), list(covered)):
+        if not covered[iid].covers(day):
+            continue
+        g = _grain(iid, day, cost_type, token_type, tier, model)
+        billed, total = out.get(g, (Decimal(0), Decimal(0)))
+        out[g] = (add(billed, amount), add(total, listed))
+    return out
+
+
+def list_costs(charges: Sequence[Any], grains: dict[ListGrain, tuple[Decimal, Decimal]]) -> list[Decimal]:
+    """Each legacy charge's list cost: the Analytics API's list amount of its grain where the two bills charge
+    that grain the same (else the billed amount: a day not synced or still partial there, a dimension the
+    configured grouping lacks). Several charges of one grain (context windows, inference geos, workspaces)
+    share its list amount in proportion to their billed amounts, to the pico-dollar, the largest taking the
+    remainder: the grain's list costs sum to its list amount exactly."""
+    members: dict[ListGrain, list[int]] = defaultdict(list)
+    for i, r in enumerate(charges):
+        members[_grain(r.integration_id, r.day, r.cost_type, r.token_type, r.service_tier, r.model)].append(i)
+    out = [Decimal(r.amount_usd) for r in charges]
+    for g, idx in members.items():
+        found = grains.get(g)
+        billed = money_sum(out[i] for i in idx)
+        if found is None or found[0] != billed:
+            continue
+        total = found[1]
+        if len(idx) == 1:
+            out[idx[0]] = total
+            continue
+        if not billed:
+            continue  # no shares to split by
+        largest = max(idx, key=lambda i: abs(out[i]))
+        shares = {i: (out[i] * total / billed).quantize(LIST_SHARE_QUANTUM) for i in idx if i != largest}
+        shares[largest] = total - money_sum(shares.values())
+        for i, share in shares.items():
+            out[i] = share
+    return out
+
+
+def _record(r: Any, account: Account | None, quantity: int | None, unit: str | None, scale: int,
+            list_cost: Decimal) -> Record:
     start, end = month_of(r.day)
     amount = number(r.amount_usd)
     org_id = account.organization_id if account else f"integration-{r.integration_id}"
@@ -196,9 +263,8 @@ def _record(r: Any, account: Account | None, quantity: int | None, unit: str | N
         "ContractedCost": amount,
         "EffectiveCost": amount,
         "InvoiceIssuerName": PROVIDER,
-        # ListCost: the legacy cost report has billed amounts only; the analytics source's list amounts, once
-        # synced, belong here. Until then list = billed, as FOCUS asks when no list unit price is given.
-        "ListCost": amount,
+        # ListCost: the Analytics API's list amount where synced (list_costs), else the billed amount.
+        "ListCost": number(list_cost),
         "PricingQuantity": None if quantity is None else number(Decimal(quantity).scaleb(-scale)),
         "PricingUnit": f"1{'0' * scale} {unit}" if quantity is not None else None,
         "ProviderName": PROVIDER,

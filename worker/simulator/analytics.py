@@ -493,7 +493,8 @@ class RowCache:
 
     def get(self, data: SimulatorData, org: int, q: AnalyticsQuery) -> list[list[dict[str, Any]]]:
         first, last = q.start.date(), q.end.date()
-        versions = tuple(data.version(org, first + timedelta(days=i)) for i in range((last - first).days + 1))
+        # Restatements and spikes change a day's rows: they are part of the key.
+        versions = tuple(data.variant(org, first + timedelta(days=i)) for i in range((last - first).days + 1))
         key = (org, q.binding, q.start, q.end, data.refreshed_at(), versions)
         rows = self._rows.get(key)
         if rows is None:

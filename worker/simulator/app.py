@@ -213,7 +213,7 @@ class SimulatorApp:
                 elif fault.kind == "spike":
                     assert fault.day is not None
                     try:
-                        self.data.spike(org, fault.day, fault.factor)
+                        self.data.spike(org, fault.day, fault.factor, fault.api_key)
                     except ValueError as exc:
                         raise FaultSpecError(str(exc)) from None
                 elif fault.kind == "rotate-key":
@@ -473,6 +473,9 @@ class SimulatorApp:
             "spiked": [
                 {"org": org, "day": day.isoformat(), "factor": f}
                 for (org, day), f in sorted(self.data.spikes().items())
+            ] + [
+                {"org": org, "day": day.isoformat(), "factor": f, "api_key": key}
+                for (org, day, key), f in sorted(self.data.key_spikes().items())
             ],
         }
 

@@ -4,7 +4,7 @@ Everything is derived from ``(seed, org index, day, version)``: the same seed gi
 organizations, keys and numbers in every process. A day's usage records are the single source
 that both reports aggregate, so the cost report, the usage report and ``truth()`` always agree.
 Restating a day bumps its version, which reseeds that day only. A spike multiplies one day's
-token volume by a factor (the day's other draws unchanged), for budget and anomaly tests. The
+token volume (or one API key's) by a factor (the day's other draws unchanged), for budget and anomaly tests. The
 ``traffic`` model decides how much days differ: ``varied`` (the default) draws everything per day;
 ``steady`` keeps each org's workspaces, models and callers fixed and only jitters their volume.
 """
@@ -17,7 +17,7 @@ import random
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -369,7 +369,8 @@ def _make_org(seed: int, index: int, shape: OrgShape | None = None) -> Org:
 
 
 def _generate_day(
-    seed: int, org: Org, day: date, version: int, *, traffic: str = "varied", factor: float = 1.0
+    seed: int, org: Org, day: date, version: int, *, traffic: str = "varied", factor: float = 1.0,
+    key_factors: Mapping[str, float] | None = None,
 ) -> tuple[UsageRecord, ...]:
     rng = random.Random(stable_hash("day", seed, org.index, day.isoformat(), version))
     # varied: every choice is drawn per day (rows appear and vanish, sizes swing widely), which is what
@@ -406,16 +407,18 @@ def _generate_day(
                         # steady: the day's own draw is only a jitter of about +-25% on the caller's size
                         jitter = 1.0 if shape is rng else math.exp(
                             0.5 * (rng.random() + rng.random() + rng.random() - 1.5))
+                        keyed = (key_factors or {}).get(caller.id, 1.0) if caller else 1.0
                         records.append(
-                            _make_record(shape, org, ws, model, tier, window, caller, volume * jitter)
+                            _make_record(shape, org, ws, model, tier, window, caller, volume * jitter * keyed)
                         )
     if records:
-        records.extend(_more_records(seed, org, day, version, volume, steady=traffic == "steady"))
+        records.extend(_more_records(seed, org, day, version, volume, steady=traffic == "steady",
+                                     key_factors=key_factors))
     return tuple(records)
 
 
 def _more_records(seed: int, org: Org, day: date, version: int, volume: float, *,
-                  steady: bool = False) -> list[UsageRecord]:
+                  steady: bool = False, key_factors: Mapping[str, float] | None = None) -> list[UsageRecord]:
     """Priority Tier calls and Claude Code sessions (a stream of its own: the records above stay as they were).
     With steady traffic the same keys and users call every day; only their volume varies a little."""
     rng = random.Random(stable_hash("day-more", seed, org.index, day.isoformat(), version))
@@ -429,7 +432,8 @@ def _more_records(seed: int, org: Org, day: date, version: int, volume: float, *
     for ws in org.workspaces:
         for key in ws.api_keys:
             if shape.random() < 0.15:
-                out.append(_make_record(shape, org, ws, first, "priority", "0-200k", key, size()))
+                out.append(_make_record(shape, org, ws, first, "priority", "0-200k", key,
+                                        size() * (key_factors or {}).get(key.id, 1.0)))
     coding = [m for m in ("claude-sonnet-4-6", "claude-opus-4-1") if not org.models or m in org.models] or [first]
     default = org.workspaces[0]
     for user in org.users:
@@ -570,9 +574,10 @@ class SimulatorData:
         self.analytics_lag_minutes = analytics_lag_minutes
         self._today = today
         self._cache_days = cache_days
-        self._cache: OrderedDict[tuple[int, date, int, float], DayData] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, date, int, float, tuple[tuple[str, float], ...]], DayData] = OrderedDict()
         self._versions: dict[tuple[int, date], int] = {}
         self._spikes: dict[tuple[int, date], float] = {}
+        self._key_spikes: dict[tuple[int, date, str], float] = {}  # one API key's volume on one day
         self._lock = threading.Lock()
         shapes = shapes or {}
         self.orgs: tuple[Org, ...] = tuple(_make_org(seed, i, shapes.get(i)) for i in range(orgs))
@@ -620,16 +625,25 @@ class SimulatorData:
         with self._lock:
             self._versions.clear()
             self._spikes.clear()
+            self._key_spikes.clear()
 
-    def spike(self, org: int, day: date, factor: float) -> None:
-        """Multiply one day's token volume by ``factor`` (1 removes the spike); its other draws stay."""
+    def spike(self, org: int, day: date, factor: float, api_key: str | None = None) -> None:
+        """Multiply one day's token volume (or one API key's, of every record it made) by ``factor`` (1 removes
+        the spike); its other draws stay."""
         self.org(org)
         if day > self.today():
             raise ValueError(f"cannot spike {day}: it is after today ({self.today()})")
         if not 0 < factor <= 1000:
             raise ValueError("spike factor must be in (0, 1000]")
         with self._lock:
-            if factor == 1:
+            if api_key is not None:
+                if api_key not in {k.id for k in self.org(org).api_keys}:
+                    raise ValueError(f"org {org} has no API key {api_key}")
+                if factor == 1:
+                    self._key_spikes.pop((org, day, api_key), None)
+                else:
+                    self._key_spikes[(org, day, api_key)] = factor
+            elif factor == 1:
                 self._spikes.pop((org, day), None)
             else:
                 self._spikes[(org, day)] = factor
@@ -637,6 +651,16 @@ class SimulatorData:
     def spikes(self) -> dict[tuple[int, date], float]:
         with self._lock:
             return dict(self._spikes)
+
+    def variant(self, org: int, day: date) -> tuple[Any, ...]:
+        """What the day's numbers depend on besides (seed, org, day): its version and spikes (a cache key)."""
+        with self._lock:
+            keyed = tuple(sorted((k, f) for (o, d, k), f in self._key_spikes.items() if (o, d) == (org, day)))
+            return self._versions.get((org, day), 0), self._spikes.get((org, day), 1.0), keyed
+
+    def key_spikes(self) -> dict[tuple[int, date, str], float]:
+        with self._lock:
+            return dict(self._key_spikes)
 
     # -- generated days -----------------------------------------------------------------------
 
@@ -651,14 +675,16 @@ class SimulatorData:
         version = self.version(org, day)
         with self._lock:
             factor = self._spikes.get((org, day), 1.0)
-        key = (org, day, version, factor)
+            keyed = tuple(sorted((k, f) for (o, d, k), f in self._key_spikes.items() if (o, d) == (org, day)))
+        key = (org, day, version, factor, keyed)
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
         o = self.org(org)
-        usage = _generate_day(self.seed, o, day, version, traffic=self.traffic, factor=factor)
+        usage = _generate_day(self.seed, o, day, version, traffic=self.traffic, factor=factor,
+                              key_factors=dict(keyed))
         seed = self.seed
 
         def code() -> tuple[CodeExecution, ...]:

@@ -40,7 +40,8 @@ State kinds (applied once, immediately):
     revoke[:org=I]             the org's admin key answers 401 from now on (default every org)
     restore[:org=I]            undo revoke
     restate:day=YYYY-MM-DD[,org=I]   the day's numbers change (version bump of its seed)
-    spike:day=YYYY-MM-DD[,org=I,factor=F]   the day's token volume times F (default 5; 1 removes it)
+    spike:day=YYYY-MM-DD[,org=I,factor=F,api_key=ID]   the day's token volume times F (default 5; 1 removes
+                               it); with api_key, only that API key's calls (every tier)
     rotate-key[:org=I]         the org gets a new admin key (``/_sim/keys``); the old one answers
                                401 "revoked"
     rename:name=TEXT[,org=I]   the org's name (``/v1/organizations/me``) becomes TEXT, any
@@ -82,7 +83,7 @@ STATE_KINDS = frozenset({"revoke", "restore", "restate", "spike", "rotate-key", 
 _DAY_KINDS = frozenset({"restate", "spike", "missing-day", "duplicate-day"})
 _INT_KEYS = {"count", "org", "after"}
 _FLOAT_KEYS = {"rate", "fraction", "seconds", "factor"}
-_KEYS = _INT_KEYS | _FLOAT_KEYS | {"path", "day", "retry_after", "message", "amount", "name"}
+_KEYS = _INT_KEYS | _FLOAT_KEYS | {"path", "day", "retry_after", "message", "amount", "name", "api_key"}
 
 
 class FaultSpecError(ValueError):
@@ -105,12 +106,13 @@ class Fault:
     message: str | None = None
     amount: Any = None
     name: str | None = None
+    api_key: str | None = None  # spike: only this API key's calls
     id: int = 0
     fired: int = field(default=0)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "kind": self.kind, "fired": self.fired}
-        for k in ("count", "rate", "org", "path", "message", "name"):
+        for k in ("count", "rate", "org", "path", "message", "name", "api_key"):
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
         if self.after:

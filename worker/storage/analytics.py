@@ -6,7 +6,9 @@ goes, every change on a day that had data is kept in `revisions` with kind `a_co
 
 For other features (reports, reconcile, budgets, exports) the tables are read with the queries here:
 `cost_cells` and `usage_cells` sum a period per (integration, day, model, dimension) with money exact on
-both backends, and `names` gives the API key, workspace and user names behind the ids.
+both backends, and `names` gives the API key, workspace and user names behind the ids; budgets and
+anomalies per key and user read `daily_spend` (filtered, per key and actor), `complete_until` and
+`actor_ids` (a user's email to their ids).
 """
 
 from __future__ import annotations
@@ -445,6 +447,66 @@ def coverage(conn: Connection, by: str = "model") -> dict[int, Coverage]:
 
 
 
+def complete_until(conn: Connection, by: str = "model") -> dict[int, Coverage]:
+    """`coverage` narrowed to the complete days: those that ended by the latest `data_refreshed_at` (later
+    days are still partial in the Analytics API) and before the day of the integration's last sync."""
+    refreshed = {iid: s.refreshed_at for iid, s in states(conn).items()}
+    last = {r.id: r.last_success_at for r in repo.coverage_rows(conn)}
+    out = {}
+    for iid, cover in coverage(conn, by).items():
+        end = cover.until
+        for moment in (refreshed.get(iid), last.get(iid)):
+            if moment is not None:
+                end = min(end, moment.date())
+        out[iid] = Coverage(cover.first, max(cover.first, end))
+    return out
+
+
+SpendKey = tuple[int, date, str, str]
+"""(integration_id, day, api_key_id, actor_id); '' where the row has none."""
+
+
+def daily_spend(conn: Connection, since: date, until: date, integration_ids: Sequence[int] | None = None, *,
+                workspace_id: str | None = None, model: str | None = None, api_key_id: str | None = None,
+                actor_ids: Sequence[str] | None = None) -> dict[SpendKey, Decimal]:
+    """Exact Analytics API cost (`amount`) of UTC days `since`..`until` (inclusive) per (integration, day, API
+    key, actor), of the rows matching every filter given: what budgets and anomalies per key and per user read.
+    Summed in SQL on PostgreSQL (NUMERIC), with Decimal on SQLite (decimal text)."""
+    c = analytics_cost_rows.c
+    conditions = [c.day >= since, c.day <= until, c.grouping == MAIN]
+    if integration_ids is not None:
+        conditions.append(c.integration_id.in_(list(integration_ids)))
+    for column, value in ((c.workspace_id, workspace_id), (c.model, model), (c.api_key_id, api_key_id)):
+        if value is not None:
+            conditions.append(column == value)
+    if actor_ids is not None:
+        conditions.append(c.actor_id.in_(list(actor_ids)))
+    grain = (c.integration_id, c.day, c.api_key_id, c.actor_id)
+    out: dict[SpendKey, Decimal] = {}
+    if conn.dialect.name == "postgresql":
+        for iid, day, key, actor, amount in conn.execute(
+                select(*grain, func.sum(c.amount_usd)).where(*conditions).group_by(*grain)):
+            out[(iid, day, key, actor)] = Decimal(amount)
+        return out
+    add = EXACT.add
+    for iid, day, key, actor, amount in conn.execute(select(*grain, c.amount_usd).where(*conditions)):
+        k = (iid, day, key, actor)
+        out[k] = add(out.get(k, Decimal(0)), amount)
+    return out
+
+
+def actor_ids(conn: Connection, actor: str, integration_ids: Sequence[int] | None = None) -> list[str]:
+    """The actor ids a budget's `actor` names: a user's email (any case) stands for every user id with it;
+    anything else is an actor id itself."""
+    if "@" not in actor:
+        return [actor]
+    n = analytics_names.c
+    q = select(n.id).where(n.kind == "user", func.lower(n.email) == actor.lower())
+    if integration_ids is not None:
+        q = q.where(n.integration_id.in_(list(integration_ids)))
+    return sorted(set(conn.execute(q).scalars()))
+
+
 # --- rows for the readers of both bills (reports, compare, reconcile) --------------------------------------
 
 def legacy_cost_lines(conn: Connection, since: date, until: date, column: str | None,
@@ -500,7 +562,8 @@ def usage_lines(conn: Connection, since: date, until: date, integration_ids: Seq
         q = q.where(u.integration_id.in_(list(integration_ids)))
     return iter(conn.execute(q))
 
-__all__ = ["BY", "COST_COLUMNS", "Coverage", "cost_lines", "coverage", "legacy_cost_lines", "legacy_usage_lines",
+__all__ = ["BY", "COST_COLUMNS", "Coverage", "SpendKey", "actor_ids", "complete_until", "cost_lines", "coverage",
+           "daily_spend", "legacy_cost_lines", "legacy_usage_lines",
            "usage_lines", "MAIN", "PRODUCT", "USAGE_COLUMNS", "Cell", "CellKey", "Checkpoint", "Name",
            "State", "actor_types", "advance", "all_checkpoints", "checkpoints", "cost_cells", "cost_table_rows",
            "get_state", "grouping_for", "names", "replace_cost_days", "replace_usage_days", "save_checkpoint",

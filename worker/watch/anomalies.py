@@ -1,4 +1,5 @@
-"""Spend anomalies: a day's spend per integration, workspace and model against its trailing 28 days.
+"""Spend anomalies: a day's spend per integration, workspace and model (the legacy bill) and per API key and
+actor (the Analytics API's bill, where an integration has it) against its trailing 28 days.
 
 The method (argued in docs/watch.md): spend is multiplicative (a 5x day and a day at a fifth are the
 same size of surprise), so every value is taken as a logarithm, with a floor of 1 % of the window's
@@ -14,7 +15,9 @@ A day is an anomaly when its score (log distance from the baseline in spreads) i
 baseline, and it is at least `anomaly_min_usd` dollars off. A series is judged only with 14 or more
 known days in its window (days before the bill's coverage are unknown, not zero) of which at least
 three quarters had spend: intermittent spend has no baseline. Only complete days are judged: not
-today, nor the day of an integration's last sync or later (partial or not synced yet). Judging reads the stored bill as it is now, so a day restated
+today, nor the day of an integration's last sync or later (partial or not synced yet), nor for keys and
+actors a day after the Analytics API's latest `data_refreshed_at`; their window knows only the days the
+Analytics API's bill covers. Judging reads the stored bill as it is now, so a day restated
 upstream and re-synced is judged again on its new numbers.
 """
 
@@ -32,10 +35,19 @@ from typing import Any
 from sqlalchemy import Connection
 
 from worker.money import EXACT
+from worker.storage.analytics import SpendKey
 from worker.watch.budgets import money
-from worker.watch.spend import Filter, Grain, coverage, spend_by_grain
+from worker.watch.spend import (
+    Coverage,
+    Filter,
+    Grain,
+    analytics_by_key,
+    analytics_coverage,
+    coverage,
+    spend_by_grain,
+)
 
-SCOPES = ("integration", "workspace", "model")
+SCOPES = ("integration", "workspace", "model", "api_key", "actor")
 TOTAL_KEY = "total"  # the key of the integration scope
 DEFAULT_WORKSPACE_KEY = "default"
 NO_MODEL_KEY = "(no model)"  # web search, code execution and other costs without a model
@@ -129,18 +141,46 @@ def series_by_key(grains: Iterable[tuple[Grain, Decimal]]) -> dict[SeriesKey, di
     return out
 
 
+def analytics_series(rows: Iterable[tuple[SpendKey, Decimal]]) -> dict[SeriesKey, dict[date, Decimal]]:
+    """The daily series of every (integration, `api_key` or `actor`, id) of the Analytics API's rows. Spend
+    without a key or actor (code execution, Console calls) is in the integration, workspace and model ones."""
+    out: dict[SeriesKey, dict[date, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for (iid, day, key, actor), amount in rows:
+        for scope, value in (("api_key", key), ("actor", actor)):
+            if value:
+                series = out[(iid, scope, value)]
+                series[day] = EXACT.add(series[day], amount)
+    # An actor whose spend is exactly one key's (a key acting as itself, a service account or user with one
+    # key) would repeat that key's verdicts: it is judged as the key only.
+    keyed = {(iid, frozenset(s.items())) for (iid, scope, _), s in out.items() if scope == "api_key"}
+    return {k: s for k, s in out.items() if k[1] != "actor" or (k[0], frozenset(s.items())) not in keyed}
+
+
 def find(conn: Connection, since: date, until: date, today: date, thresholds: Thresholds = Thresholds(),
          integration_ids: tuple[int, ...] | None = None) -> list[Anomaly]:
     """Anomalies on the complete days of `[since, until]` (inclusive) before `today`, oldest first."""
     last = min(until, today - timedelta(days=1))
     if last < since:
         return []
-    grains = spend_by_grain(conn, since - timedelta(days=WINDOW_DAYS), last + timedelta(days=1),
-                            Filter(integration_ids))
-    covered = coverage(conn, integration_ids)
-    found = []
+    first = since - timedelta(days=WINDOW_DAYS)
+    grains = spend_by_grain(conn, first, last + timedelta(days=1), Filter(integration_ids))
+    legacy = coverage(conn, integration_ids)
+    series = [(series_by_key(grains.items()), legacy)]
+    by_who = analytics_coverage(conn, integration_ids)
+    if by_who:
+        rows = analytics_by_key(conn, first, last + timedelta(days=1), Filter(tuple(by_who)))
+        series.append((analytics_series(rows.items()), by_who))
+    found: list[Anomaly] = []
     scope_order = {s: i for i, s in enumerate(SCOPES)}
-    for (iid, scope, key), series in series_by_key(grains.items()).items():
+    for by_key, covered in series:
+        found.extend(_judge_all(by_key, covered, since, last, thresholds))
+    found.sort(key=lambda a: (a.date, a.integration_id, scope_order[a.scope], a.key))
+    return found
+
+
+def _judge_all(by_key: Mapping[SeriesKey, Mapping[date, Decimal]], covered: Mapping[int, Coverage], since: date,
+               last: date, thresholds: Thresholds) -> Iterable[Anomaly]:
+    for (iid, scope, key), series in by_key.items():
         cover = covered.get(iid)
         if cover is None:
             continue
@@ -148,8 +188,6 @@ def find(conn: Connection, since: date, until: date, today: date, thresholds: Th
         while day <= last and day < cover.complete:
             verdict = judge(series, day, cover.start, thresholds)
             if verdict is not None and verdict.direction is not None:
-                found.append(Anomaly(day, iid, scope, key, series.get(day, Decimal(0)), verdict.baseline_usd,
-                                     verdict.score, verdict.direction))
+                yield Anomaly(day, iid, scope, key, series.get(day, Decimal(0)), verdict.baseline_usd,
+                              verdict.score, verdict.direction)
             day += timedelta(days=1)
-    found.sort(key=lambda a: (a.date, a.integration_id, scope_order[a.scope], a.key))
-    return found

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Row, func, select
 
 from worker.storage.tables import budget_states, spend_anomalies
 
-_SCOPE_RANK = {"integration": 0, "workspace": 1, "model": 2}
+_SCOPE_RANK = {"integration": 0, "workspace": 1, "model": 2, "api_key": 3, "actor": 4}
 
 
 def watch_families(conn: Connection) -> list[GaugeMetricFamily]:

@@ -141,7 +141,8 @@ def _budgets(app: App, now: datetime, today: date) -> None:
             except BudgetError as exc:
                 log.warning("watch: %s; skipped", exc)
     with app.engine.begin() as conn:
-        conn.execute(delete(budget_states).where(budget_states.c.name.not_in([b.name for b in budgets])))
+        # A budget skipped (BudgetError) keeps no stale numbers on /metrics: only what was evaluated now stays.
+        conn.execute(delete(budget_states).where(budget_states.c.name.not_in([b.name for b in results])))
         for b in results:
             values = {"scope": b.scope, "period": b.period, "period_start": b.period_start,
                       "period_end": b.period_end, "limit_usd": b.limit_usd, "spend_usd": b.spend_usd,

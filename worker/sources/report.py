@@ -16,10 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Connection
 
+from worker.money import money_text
 from worker.storage import analytics as astore
+from worker.storage import repo
 from worker.storage.types import EXACT
 
 BY = astore.BY
@@ -149,4 +152,29 @@ def report_by(conn: Connection, since: date, until: date, by: str, source: str |
             for day, model, key in order]
 
 
-__all__ = ["BY", "ReportRow", "analytics_cells", "legacy_cells", "report_by"]
+REPORT_FIELDS = ["date", "model", "cost_usd", "input_tokens", "output_tokens", "cache_read_tokens",
+                 "cache_write_tokens"]
+REPORT_BY_FIELDS = ["date", "model", "by", "key", "name", "cost_usd", "list_cost_usd", "input_tokens",
+                    "output_tokens", "cache_read_tokens", "cache_write_tokens"]
+
+
+def report_records(conn: Connection, since: date, until: date, *, by: str | None = None, source: str | None = None,
+                   integration_id: int | None = None) -> list[dict[str, Any]]:
+    """The records of `report --format json` (and of the HTTP API's `spend`): without `by` and `source` one per
+    (day, model) of the legacy reports (REPORT_FIELDS), else per (day, model, key) (REPORT_BY_FIELDS). Money as
+    exact decimal text."""
+    if by is None and source is None:
+        return [{"date": r.date.isoformat(), "model": r.model, "cost_usd": money_text(r.cost_usd),
+                 "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+                 "cache_read_tokens": r.cache_read_tokens, "cache_write_tokens": r.cache_write_tokens}
+                for r in repo.report(conn, since, until, integration_id)]
+    return [{"date": r.date.isoformat(), "model": r.model, "by": r.by, "key": r.key, "name": r.name,
+             "cost_usd": money_text(r.cost_usd),
+             "list_cost_usd": None if r.list_cost_usd is None else money_text(r.list_cost_usd),
+             "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+             "cache_read_tokens": r.cache_read_tokens, "cache_write_tokens": r.cache_write_tokens}
+            for r in report_by(conn, since, until, by or "model", source, integration_id)]
+
+
+__all__ = ["BY", "REPORT_BY_FIELDS", "REPORT_FIELDS", "ReportRow", "analytics_cells", "legacy_cells", "report_by",
+           "report_records"]

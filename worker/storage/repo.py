@@ -89,6 +89,16 @@ class Integration:
 _FIELDS = list(Integration.__dataclass_fields__)
 
 
+def backfill_days(i: Integration | IntegrationState) -> tuple[int, int]:
+    """(days stored, days in the window) of an integration's backfill: the slower endpoint's checkpoint counts
+    (what /metrics and the dashboard show)."""
+    total = (i.backfill_end - i.backfill_start).days + 1
+    if i.backfill_done:
+        return max(0, total), max(0, total)
+    done = 0 if total <= 0 else min(total, max(0, (min(i.cost_checkpoint, i.usage_checkpoint) - i.backfill_start).days))
+    return done, max(0, total)
+
+
 def _integration(row: Any) -> Integration:
     m = row._mapping
     return Integration(**{f: m[f] for f in _FIELDS})

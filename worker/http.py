@@ -56,9 +56,10 @@ PROBES = ("/healthz", "/readyz", "/metrics")
 @dataclass
 class Reply:
     status: int
-    body: str | bytes
+    body: str
     content_type: str = "text/plain; charset=utf-8"
     headers: list[tuple[str, str]] = field(default_factory=list)
+    raw: bytes | None = None  # sent instead of `body` (the dashboard's answers are bytes already)
 
 
 class _TooLarge(Exception):
@@ -172,7 +173,7 @@ class HealthServer:
                 reply = await self._route(method, request.target.decode("ascii", "replace"),
                                           {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers},
                                           body)
-            data = reply.body.encode() if isinstance(reply.body, str) else reply.body
+            data = reply.raw if reply.raw is not None else reply.body.encode()
             headers = [("content-type", reply.content_type), ("content-length", str(len(data))),
                        *reply.headers, ("connection", "close")]
             if not any(name == "cache-control" for name, _ in reply.headers):
@@ -224,7 +225,7 @@ class HealthServer:
 
             query = dict(parse_qsl(parts.query, keep_blank_values=True))
             answer = await self.web.handle(Request(method, unquote(path), query, headers, body))
-            return Reply(answer.status, answer.body, answer.content_type, answer.headers)
+            return Reply(answer.status, "", answer.content_type, answer.headers, raw=answer.body)
         if method not in ("GET", "HEAD"):
             return Reply(405, "only GET\n")
         if path == "/healthz":

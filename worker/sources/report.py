@@ -22,7 +22,7 @@ from sqlalchemy import Connection
 
 from worker.money import money_text
 from worker.storage import analytics as astore
-from worker.storage import repo
+from worker.storage import repo, totals
 from worker.storage.types import EXACT
 
 BY = astore.BY
@@ -113,6 +113,12 @@ def legacy_cells(conn: Connection, since: date, until: date, by: str, integratio
             acc = out[k] = _Acc(listed=None, name=_name(names, by, iid, key or None))
         return acc
 
+    if by == "model":  # the legacy reports' per-model sums are kept by storage: a few rows a day
+        for iid, day, model, cost, a, b, cr, cw in totals.read(conn, since, until, ids):
+            acc = cell(iid, day, model, None)
+            if acc is not None:
+                _add(acc, cost, None, (a, b, cr, cw))
+        return out
     for iid, day, model, key, amount in astore.legacy_cost_lines(conn, since, until, column, ids):
         acc = cell(iid, day, model, key)
         if acc is not None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime
@@ -19,6 +18,7 @@ from sqlalchemy import Connection, case, delete, func, insert, literal_column, o
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from worker.storage import totals
 from worker.storage.rows import (
     COST_COLUMNS,
     COST_GRAIN,
@@ -35,6 +35,7 @@ from worker.storage.tables import (
     analytics_state,
     analytics_usage_rows,
     cost_rows,
+    daily_model_totals,
     day_digests,
     integrations,
     revisions,
@@ -192,7 +193,8 @@ def reseal_key(conn: Connection, integration_id: int, old_key_id: str, ciphertex
 
 def delete_integration(conn: Connection, integration_id: int) -> bool:
     # Children first: SQLite enforces ON DELETE CASCADE only with foreign_keys on, so be explicit.
-    for table in (cost_rows, usage_rows, revisions, sync_runs, spend_anomalies, day_digests, *ANALYTICS_TABLES):
+    for table in (cost_rows, usage_rows, daily_model_totals, revisions, sync_runs, spend_anomalies, day_digests,
+                  *ANALYTICS_TABLES):
         conn.execute(delete(table).where(table.c.integration_id == integration_id))
     return conn.execute(delete(integrations).where(integrations.c.id == integration_id)).rowcount > 0
 
@@ -449,6 +451,8 @@ def _replace_days(conn: Connection, spec: _DayTable, integration_id: int, days: 
         conn.exec_driver_sql(
             f"INSERT INTO {name} ({', '.join(quote(c) for c in spec.columns)}) "
             f"VALUES ({', '.join([mark] * len(spec.columns))})", params)
+    if spec.table is cost_rows or spec.table is usage_rows:
+        totals.refresh(conn, integration_id, list(days))  # the days that changed (unchanged ones returned above)
     return len(new_rows)
 
 
@@ -564,29 +568,20 @@ class ReportRow:
 
 
 def report(conn: Connection, since: date, until: date, integration_id: int | None = None) -> list[ReportRow]:
-    """One row per (UTC date, model), `until` inclusive. Money is summed with Decimal (exact on SQLite too)."""
-    cost_q = select(cost_rows.c.day, cost_rows.c.model, cost_rows.c.amount_usd).where(
-        cost_rows.c.day >= since, cost_rows.c.day <= until)
-    u = usage_rows.c
-    usage_q = select(
-        u.day, u.model, func.sum(u.uncached_input_tokens), func.sum(u.output_tokens),
-        func.sum(u.cache_read_input_tokens),
-        func.sum(u.cache_creation_5m_input_tokens) + func.sum(u.cache_creation_1h_input_tokens),
-    ).where(u.day >= since, u.day <= until).group_by(u.day, u.model)
-    if integration_id is not None:
-        cost_q = cost_q.where(cost_rows.c.integration_id == integration_id)
-        usage_q = usage_q.where(u.integration_id == integration_id)
-    cost: dict[tuple[date, str], Decimal] = defaultdict(Decimal)
-    for day, model, amount in conn.execute(cost_q):
-        cost[(day, model)] = EXACT.add(cost[(day, model)], amount)
-    tokens: dict[tuple[date, str], tuple[int, int, int, int]] = {
-        (day, model): (int(a), int(b), int(c), int(d)) for day, model, a, b, c, d in conn.execute(usage_q)
-    }
-    keys = sorted(cost.keys() | tokens.keys(), key=lambda k: (k[0], k[1] == "", k[1]))
-    return [
-        ReportRow(day, none_if_empty(model), cost.get((day, model), Decimal(0)), *tokens.get((day, model), (0, 0, 0, 0)))
-        for day, model in keys
-    ]
+    """One row per (UTC date, model), `until` inclusive, from `daily_model_totals` (the legacy rows' sums, kept
+    in step by every write). Money is summed with Decimal (exact on SQLite too)."""
+    sums: dict[tuple[date, str], list[Any]] = {}
+    for _iid, day, model, cost, a, b, cr, cw in totals.read(conn, since, until,
+                                                             None if integration_id is None else [integration_id]):
+        acc = sums.get((day, model))
+        if acc is None:
+            sums[(day, model)] = [cost, a, b, cr, cw]
+        else:
+            acc[0] = EXACT.add(acc[0], cost)
+            for i, n in enumerate((a, b, cr, cw), 1):
+                acc[i] += n
+    keys = sorted(sums, key=lambda k: (k[0], k[1] == "", k[1]))
+    return [ReportRow(day, none_if_empty(model), *sums[(day, model)]) for day, model in keys]
 
 
 def count_rows(conn: Connection, integration_id: int) -> tuple[int, int]:

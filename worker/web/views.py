@@ -127,7 +127,8 @@ def overview(conn: Connection, settings: Settings, since: date, until: date, tod
     return Overview(
         since, until, money_sum(per_model.values()), dict(daily),
         sorted(per_model, key=lambda m: (-per_model[m], m is None, m or "")),
-        _ranked(conn, since, until, "api_key", None),
+        # Only the Analytics API attributes cost to API keys and users (legacy rows have no key).
+        _ranked(conn, since, until, "api_key", "analytics") if synced else [],
         _ranked(conn, since, until, "actor", "analytics") if synced else None,
         budgets(conn, settings, today), recent_anomalies(conn), latest_drift(conn),
         integration_summaries(conn))

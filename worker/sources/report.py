@@ -113,12 +113,6 @@ def legacy_cells(conn: Connection, since: date, until: date, by: str, integratio
             acc = out[k] = _Acc(listed=None, name=_name(names, by, iid, key or None))
         return acc
 
-    if by == "model":  # the legacy reports' per-model sums are kept by storage: a few rows a day
-        for iid, day, model, cost, a, b, cr, cw in totals.read(conn, since, until, ids):
-            acc = cell(iid, day, model, None)
-            if acc is not None:
-                _add(acc, cost, None, (a, b, cr, cw))
-        return out
     for iid, day, model, key, amount in astore.legacy_cost_lines(conn, since, until, column, ids):
         acc = cell(iid, day, model, key)
         if acc is not None:
@@ -135,7 +129,25 @@ def report_by(conn: Connection, since: date, until: date, by: str, source: str |
     """Rows for UTC days `since`..`until` (inclusive) per (day, model, key of `by`), summed over integrations."""
     if by not in BY:
         raise ValueError(f"--by must be one of {', '.join(BY)}")
-    if source == "analytics":
+    merged: dict[tuple[date, str | None, str | None], _Acc] = {}
+    if by == "model" and source != "analytics":
+        # The legacy part summed over integrations as the per-model totals are read: a year of a fleet is
+        # hundreds of thousands of them, too many for a cell each.
+        record = astore.coverage(conn, by) if source is None else {}
+        for iid, day, legacy_model, cost, a, b, cr, cw in totals.read(
+                conn, since, until, None if integration_id is None else [integration_id]):
+            cover = record.get(iid)
+            if cover is not None and cover.covers(day):
+                continue
+            grain = (day, legacy_model or None, None)
+            acc = merged.get(grain)
+            if acc is None:
+                merged[grain] = _Acc(cost, None, (a, b, cr, cw))
+            else:
+                acc.cost = EXACT.add(acc.cost, cost)
+                acc.tokens = (acc.tokens[0] + a, acc.tokens[1] + b, acc.tokens[2] + cr, acc.tokens[3] + cw)
+        cells = analytics_cells(conn, since, until, by, integration_id, keep=record) if source is None else {}
+    elif source == "analytics":
         cells = analytics_cells(conn, since, until, by, integration_id)
     elif source == "legacy":
         cells = legacy_cells(conn, since, until, by, integration_id)
@@ -144,7 +156,6 @@ def report_by(conn: Connection, since: date, until: date, by: str, source: str |
         cells = analytics_cells(conn, since, until, by, integration_id, keep=record)
         for k, v in legacy_cells(conn, since, until, by, integration_id, skip=record).items():
             cells[k] = v
-    merged: dict[tuple[date, str | None, str | None], _Acc] = {}
     for (_iid, day, model, key), acc in cells.items():
         into = merged.get((day, model, key))
         if into is None:

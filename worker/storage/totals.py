@@ -8,7 +8,7 @@ Removing an integration removes its totals. `report`, the API's `spend` and the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -51,7 +51,7 @@ def refresh(conn: Connection, integration_id: int, days: Sequence[date]) -> None
                 for (day, model), v in sums.items()])
 
 
-def read(conn: Connection, since: date, until: date, integration_ids: Sequence[int] | None = None) -> Iterator[Total]:
+def read(conn: Connection, since: date, until: date, integration_ids: Sequence[int] | None = None) -> list[Total]:
     """The totals of UTC days `since`..`until` (inclusive), of every integration or those given.
 
     Read through the driver as plain tuples (a year of a fleet is hundreds of thousands of rows, and
@@ -65,19 +65,18 @@ def read(conn: Connection, since: date, until: date, integration_ids: Sequence[i
     if integration_ids is not None:
         ids = list(integration_ids)
         if not ids:
-            return
+            return []
         where += f" AND integration_id IN ({', '.join([mark] * len(ids))})"
         params += ids
-    rows = conn.exec_driver_sql(
-        "SELECT integration_id, day, model, cost_usd, input_tokens, output_tokens, cache_read_tokens, "
-        f"cache_write_tokens FROM {prep.format_table(daily_model_totals)} WHERE {where}", tuple(params))
+    sql = ("SELECT integration_id, day, model, cost_usd, input_tokens, output_tokens, cache_read_tokens, "
+           f"cache_write_tokens FROM {prep.format_table(daily_model_totals)} WHERE {where}")
+    cursor = conn.connection.cursor()  # the driver's own, in this connection's transaction
+    try:
+        cursor.execute(sql, tuple(params))
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
     if not sqlite:
-        for iid, day, model, cost, a, b, cr, cw in rows:
-            yield iid, day, model, cost, a, b, cr, cw
-        return
-    days: dict[str, date] = {}
-    for iid, day, model, cost, a, b, cr, cw in rows:
-        d = days.get(day)
-        if d is None:
-            d = days[day] = date.fromisoformat(day)
-        yield iid, d, model, Decimal(cost), a, b, cr, cw
+        return [tuple(r) for r in rows]
+    days = {d: date.fromisoformat(d) for d in {r[1] for r in rows}}
+    return [(iid, days[day], model, Decimal(cost), a, b, cr, cw) for iid, day, model, cost, a, b, cr, cw in rows]

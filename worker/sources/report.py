@@ -134,18 +134,9 @@ def report_by(conn: Connection, since: date, until: date, by: str, source: str |
         # The legacy part summed over integrations as the per-model totals are read: a year of a fleet is
         # hundreds of thousands of them, too many for a cell each.
         record = astore.coverage(conn, by) if source is None else {}
-        for iid, day, legacy_model, cost, a, b, cr, cw in totals.read(
-                conn, since, until, None if integration_id is None else [integration_id]):
-            cover = record.get(iid)
-            if cover is not None and cover.covers(day):
-                continue
-            grain = (day, legacy_model or None, None)
-            acc = merged.get(grain)
-            if acc is None:
-                merged[grain] = _Acc(cost, None, (a, b, cr, cw))
-            else:
-                acc.cost = EXACT.add(acc.cost, cost)
-                acc.tokens = (acc.tokens[0] + a, acc.tokens[1] + b, acc.tokens[2] + cr, acc.tokens[3] + cw)
+        covered = {iid: (c.first, c.until) for iid, c in record.items()}
+        for day, legacy_model, cost, a, b, cr, cw in totals.read_grouped(conn, since, until, integration_id, covered):
+            merged[(day, legacy_model or None, None)] = _Acc(cost, None, (a, b, cr, cw))
         cells = analytics_cells(conn, since, until, by, integration_id, keep=record) if source is None else {}
     elif source == "analytics":
         cells = analytics_cells(conn, since, until, by, integration_id)

@@ -43,7 +43,7 @@ from worker.storage.tables import (
     sync_runs,
     usage_rows,
 )
-from worker.storage.types import EXACT, exact_money, money_text, sqlite_date
+from worker.storage.types import exact_money, money_text, sqlite_date
 
 STATUSES = ("pending", "backfilling", "ok", "error")
 SOURCES = ("legacy", "analytics", "both")
@@ -570,18 +570,9 @@ class ReportRow:
 def report(conn: Connection, since: date, until: date, integration_id: int | None = None) -> list[ReportRow]:
     """One row per (UTC date, model), `until` inclusive, from `daily_model_totals` (the legacy rows' sums, kept
     in step by every write). Money is summed with Decimal (exact on SQLite too)."""
-    sums: dict[tuple[date, str], list[Any]] = {}
-    for _iid, day, model, cost, a, b, cr, cw in totals.read(conn, since, until,
-                                                             None if integration_id is None else [integration_id]):
-        acc = sums.get((day, model))
-        if acc is None:
-            sums[(day, model)] = [cost, a, b, cr, cw]
-        else:
-            acc[0] = EXACT.add(acc[0], cost)
-            for i, n in enumerate((a, b, cr, cw), 1):
-                acc[i] += n
-    keys = sorted(sums, key=lambda k: (k[0], k[1] == "", k[1]))
-    return [ReportRow(day, none_if_empty(model), *sums[(day, model)]) for day, model in keys]
+    rows = totals.read_grouped(conn, since, until, integration_id)
+    rows.sort(key=lambda r: (r[0], r[1] == "", r[1]))
+    return [ReportRow(day, none_if_empty(model), cost, a, b, cr, cw) for day, model, cost, a, b, cr, cw in rows]
 
 
 def count_rows(conn: Connection, integration_id: int) -> tuple[int, int]:

@@ -13,14 +13,12 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, String, and_, delete, func, insert, select, type_coerce
 
 from worker.storage.tables import cost_rows, daily_model_totals, usage_rows
-from worker.storage.types import EXACT, sqlite_date
+from worker.storage.types import EXACT
 
 _CHUNK = 400  # days per IN (...)
-Total = tuple[int, date, str, Decimal, int, int, int, int]
-"""(integration_id, day, model ('' = no model), cost_usd, input, output, cache read, cache write tokens)."""
 
 
 def refresh(conn: Connection, integration_id: int, days: Sequence[date]) -> None:
@@ -51,32 +49,39 @@ def refresh(conn: Connection, integration_id: int, days: Sequence[date]) -> None
                 for (day, model), v in sums.items()])
 
 
-def read(conn: Connection, since: date, until: date, integration_ids: Sequence[int] | None = None) -> list[Total]:
-    """The totals of UTC days `since`..`until` (inclusive), of every integration or those given.
+Grouped = tuple[date, str, Decimal, int, int, int, int]
+"""(day, model ('' = no model), cost_usd, input, output, cache read, cache write tokens), over integrations."""
 
-    Read through the driver as plain tuples (a year of a fleet is hundreds of thousands of rows, and
-    SQLAlchemy's per-row result processing cost more than the query): SQLite answers the day and the amount
-    as text, converted here once per distinct value; PostgreSQL answers date and Decimal."""
-    sqlite = conn.dialect.name == "sqlite"
-    prep = conn.dialect.identifier_preparer
-    mark = "?" if sqlite else "%s"
-    where = f"day >= {mark} AND day <= {mark}"
-    params: list[Any] = [sqlite_date(since), sqlite_date(until)] if sqlite else [since, until]
-    if integration_ids is not None:
-        ids = list(integration_ids)
-        if not ids:
-            return []
-        where += f" AND integration_id IN ({', '.join([mark] * len(ids))})"
-        params += ids
-    sql = ("SELECT integration_id, day, model, cost_usd, input_tokens, output_tokens, cache_read_tokens, "
-           f"cache_write_tokens FROM {prep.format_table(daily_model_totals)} WHERE {where}")
-    cursor = conn.connection.cursor()  # the driver's own, in this connection's transaction
-    try:
-        cursor.execute(sql, tuple(params))
-        rows = cursor.fetchall()
-    finally:
-        cursor.close()
-    if not sqlite:
-        return [tuple(r) for r in rows]
-    days = {d: date.fromisoformat(d) for d in {r[1] for r in rows}}
-    return [(iid, days[day], model, Decimal(cost), a, b, cr, cw) for iid, day, model, cost, a, b, cr, cw in rows]
+
+def read_grouped(conn: Connection, since: date, until: date, integration_id: int | None = None,
+                 exclude: dict[int, tuple[date, date]] | None = None) -> list[Grouped]:
+    """The totals of UTC days `since`..`until` (inclusive) summed over integrations per (day, model), in the
+    database: PostgreSQL's SUM of NUMERIC is exact; SQLite's is float, so there the amounts of a group come
+    back as one text list and are added here with Decimal. `exclude` leaves out, per integration, the days
+    `[first, end)` (what another bill covers)."""
+    t = daily_model_totals.c
+    if conn.dialect.name == "sqlite":
+        cost = func.group_concat(_text(t.cost_usd), " ")
+    else:
+        cost = func.sum(t.cost_usd)
+    q = select(t.day, t.model, cost, func.sum(t.input_tokens), func.sum(t.output_tokens),
+               func.sum(t.cache_read_tokens), func.sum(t.cache_write_tokens)).where(
+        t.day >= since, t.day <= until).group_by(t.day, t.model)
+    if integration_id is not None:
+        q = q.where(t.integration_id == integration_id)
+    for iid, (first, end) in (exclude or {}).items():
+        q = q.where(~and_(t.integration_id == iid, t.day >= first, t.day < end))
+    out: list[Grouped] = []
+    for day, model, amount, a, b, cr, cw in conn.execute(q):
+        if isinstance(amount, str):
+            total = Decimal(0)
+            for part in amount.split(" "):
+                total = EXACT.add(total, Decimal(part))
+            amount = total
+        out.append((day, model, amount, int(a), int(b), int(cr), int(cw)))
+    return out
+
+
+def _text(column: Any) -> Any:
+    """The SQLite column as stored (decimal text), without ExactDecimal's result conversion."""
+    return type_coerce(column, String)

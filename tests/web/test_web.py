@@ -102,11 +102,12 @@ async def serving(app: App, sim: SimulatorHandle) -> AsyncIterator[Client]:
         await server.close()
 
 
-def cli_json(app: App, *args: str) -> Any:
-    env = {"COST_WORKER_DATABASE_URL": app.settings.effective_database_url,
-           "COST_WORKER_MASTER_KEY": app.settings.master_key.get_secret_value(),  # type: ignore[union-attr]
-           "COST_WORKER_DATA_DIR": str(app.settings.data_dir)}
-    result = CliRunner().invoke(cli, list(args), env=env)
+def cli_json(app: App, *args: str, env: dict[str, str] | None = None) -> Any:
+    """What `cost-worker ARGS` prints (JSON) on the app's database."""
+    base = {"COST_WORKER_DATABASE_URL": app.settings.effective_database_url,
+            "COST_WORKER_MASTER_KEY": app.settings.master_key.get_secret_value(),  # type: ignore[union-attr]
+            "COST_WORKER_DATA_DIR": str(app.settings.data_dir)}
+    result = CliRunner().invoke(cli, list(args), env={**base, **(env or {})})
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -395,3 +396,61 @@ def shown_total(page: str) -> tuple[Decimal, str]:
     found = re.search(r'id="total"><span class="money" title="\$([0-9.]+)" data-exact="([0-9.]+)">\$([0-9,.]+)<', page)
     assert found and found.group(1) == found.group(2), page[:3000]
     return Decimal(found.group(1)), found.group(3)
+
+
+@synchronous
+async def test_budgets_and_anomalies_are_the_clis(db_url: str, tmp_path: Path, master_key: MasterKey,
+                                                  migrated_sqlite: Path, sim: SimulatorHandle) -> None:
+    """GET budgets and anomalies answer `budgets --format json` and `anomalies --format json` (the CLI runs on
+    the real date: the budget as of the app's today with `--at`, whose forecast depends on the real date, and
+    complete days only); the overview shows each budget's spend, forecast and limit."""
+    premigrate(db_url, migrated_sqlite)
+    budgets = [{"name": "all", "limit_usd": "100"}, {"name": "gone", "limit_usd": "5", "integration": 42}]
+    clock = FakeClock(datetime.combine(TODAY, datetime.min.time(), UTC).replace(hour=12))
+    app = App(make_settings(db_url, tmp_path, master_key, ui_token=TOKEN, budgets=budgets), clock=clock)
+    try:
+        async with serving(app, sim) as c:
+            await c.post(f"/api/v1/integrations/{await c.connect(sim.keys[0])}/sync")
+            await c.idle()
+            got = (await c.get("/api/v1/budgets")).json()
+            anomalies = (await c.get(f"/api/v1/anomalies?since={SINCE}&until={UNTIL - timedelta(days=1)}")).json()
+            page = (await c.get("/")).text
+        env = {"COST_WORKER_BUDGETS": json.dumps(budgets[:1])}
+        cli_budget = cli_json(app, "budgets", "--at", str(TODAY), "--format", "json", env=env)[0]
+        assert {k: v for k, v in got[0].items() if k not in ("forecast_usd", "status")} == {
+            k: v for k, v in cli_budget.items() if k not in ("forecast_usd", "status")}
+        assert Decimal(got[0]["spend_usd"]) == Truth(sim, TODAY.replace(day=1), TODAY + timedelta(days=1)).cost()
+        assert (got[1]["name"], got[1]["error"]) == (
+            "gone", "budget 'gone': no integration 42 (see `cost-worker integrations list`)")
+        assert anomalies == cli_json(app, "anomalies", "--since", str(SINCE), "--until",
+                                     str(UNTIL - timedelta(days=1)), "--format", "json")
+        for field in ("spend_usd", "forecast_usd", "limit_usd"):
+            assert f'data-exact="{got[0][field]}"' in page
+    finally:
+        app.close()
+
+
+@synchronous
+async def test_top_api_keys_and_users_are_the_analytics_truth(web_app: App, sim: SimulatorHandle) -> None:
+    """With the Usage and Cost Analytics API synced, the overview ranks API keys and users by their cost in the
+    range: the simulator's own analytics rows, summed per key, largest first, with their names."""
+    from worker.simulator.truth import analytics_truth
+
+    async with serving(web_app, sim) as c:
+        iid = await c.connect(sim.keys[0], source="both")
+        await c.post(f"/api/v1/integrations/{iid}/sync")
+        await c.idle()
+        page = (await c.get("/")).text
+    for by, heading in (("api_key", "Top API keys"), ("actor", "Top users")):
+        sums: dict[str, Decimal] = {}
+        names: dict[str, str | None] = {}
+        for row in analytics_truth(sim.data, 0, SINCE, UNTIL, by=by):
+            if row["key"] is not None:
+                sums[row["key"]] = sums.get(row["key"], Decimal(0)) + Decimal(row["cost_usd"])
+                names[row["key"]] = names.get(row["key"]) or row["name"]
+        want = sorted(sums, key=lambda k: (-sums[k], k))[:10]
+        section = page.split(f"<h2>{heading}</h2>", 1)[1].split("</section>", 1)[0]
+        shown = re.findall(r'<tr><td><code>([^<]+)</code></td><td>([^<]*)</td><td class="num"><span class="money" '
+                           r'title="\$([0-9.-]+)"', section)
+        assert want and [(k, Decimal(v)) for k, _n, v in shown] == [(k, sums[k]) for k in want], (by, shown)
+        assert [n for _k, n, _v in shown] == [names[k] or "" for k in want]

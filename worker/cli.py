@@ -309,8 +309,10 @@ def run_cmd(ctx: click.Context) -> None:
     """The long-running service: backfills queued integrations and syncs daily (06:00 UTC by default)."""
     from worker.http import HealthServer
     from worker.sync.scheduler import SyncService
+    from worker.web.auth import load_ui_token
 
     app = get_app(ctx)
+    load_ui_token(app.settings)  # a bad COST_WORKER_UI_TOKEN(_FILE) stops `run` here, whether the port is served or not
     lock = _sqlite_run_lock(app.settings.effective_database_url)  # held until the process exits
     app.engine  # migrate before serving  # noqa: B018
 

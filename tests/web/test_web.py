@@ -454,3 +454,16 @@ async def test_top_api_keys_and_users_are_the_analytics_truth(web_app: App, sim:
                            r'title="\$([0-9.-]+)"', section)
         assert want and [(k, Decimal(v)) for k, _n, v in shown] == [(k, sums[k]) for k in want], (by, shown)
         assert [n for _k, n, _v in shown] == [names[k] or "" for k in want]
+
+
+def test_run_refuses_a_bad_token_setting_in_one_line(tmp_path: Path) -> None:
+    """A token too short, or both settings at once: `run` stops at start, exit 2, one line, no value shown."""
+    (tmp_path / "token").write_text(TOKEN)
+    base = {"COST_WORKER_DATA_DIR": str(tmp_path / "data"), "COST_WORKER_HTTP_PORT": "0"}
+    for extra, message in (({"COST_WORKER_UI_TOKEN": "tooshort-secret"}, "at least 16 printable characters"),
+                           ({"COST_WORKER_UI_TOKEN": TOKEN, "COST_WORKER_UI_TOKEN_FILE": str(tmp_path / "token")},
+                            "set only one of COST_WORKER_UI_TOKEN and COST_WORKER_UI_TOKEN_FILE")):
+        result = CliRunner().invoke(cli, ["run"], env={**base, **extra})
+        assert result.exit_code == 2, result.output
+        assert result.stderr.count("\n") == 1 and message in result.stderr
+        assert "tooshort-secret" not in result.output and TOKEN not in result.output

@@ -129,11 +129,16 @@ class TestImports:
 
     @pytest.mark.parametrize(("lower", "forbidden"), [
         ("worker.storage", {"worker.api", "worker.sync", "worker.integrations", "worker.http", "worker.cli",
-                            "worker.metrics", "worker.reconcile", "worker.app"}),
-        ("worker.sync", {"worker.http", "worker.integrations", "worker.cli", "worker.cli_support", "worker.metrics"}),
-        ("worker.reconcile", {"worker.cli", "worker.http", "worker.sync"}),
-        ("worker.api", {"worker.storage", "worker.sync", "worker.app", "worker.cli"}),
-        ("worker.metrics", {"worker.sync", "worker.http", "worker.cli"}),
+                            "worker.metrics", "worker.reconcile", "worker.app", "worker.web"}),
+        ("worker.sync", {"worker.http", "worker.integrations", "worker.cli", "worker.cli_support", "worker.metrics",
+                         "worker.web"}),
+        ("worker.reconcile", {"worker.cli", "worker.http", "worker.sync", "worker.web"}),
+        ("worker.api", {"worker.storage", "worker.sync", "worker.app", "worker.cli", "worker.web"}),
+        ("worker.metrics", {"worker.sync", "worker.http", "worker.cli", "worker.web"}),
+        # The dashboard and API sit beside the health server, below the commands (which start them).
+        ("worker.web", {"worker.cli", "worker.cli_support", "worker.http"}),
+        ("worker.watch", {"worker.web", "worker.http", "worker.cli"}),
+        ("worker.sources", {"worker.web", "worker.http", "worker.cli"}),
     ])
     def test_imports_flow_one_way(self, lower: str, forbidden: set[str]) -> None:
         """A lower layer never imports the layers above it."""

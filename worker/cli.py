@@ -14,7 +14,8 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine
-from datetime import date, datetime
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -179,35 +180,16 @@ def integrations_group() -> None:
     """List or remove connected organizations, or replace one's Admin key."""
 
 
-def _iso(value: datetime | date | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 @integrations_group.command("list")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context
 def integrations_list(ctx: click.Context, fmt: str) -> None:
     """Show every integration with its status, key hint and last sync."""
-    from worker.storage import analytics, repo
+    from worker.integrations import integration_records
 
     app = get_app(ctx)
     with app.engine.begin() as conn:
-        items = repo.list_integrations(conn)
-        states = analytics.states(conn)
-    rows = []
-    for i in items:
-        state = states.get(i.id) if i.source != "legacy" else None
-        rows.append({
-            "id": i.id, "label": i.label, "tier": i.tier, "status": i.status, "key_hint": i.key_hint,
-            "source": i.source + (" (analytics refused)" if state is not None and state.status == "refused" else ""),
-            "analytics_status": state.status if state is not None else None,
-            "analytics_detail": state.detail if state is not None else None,
-            "analytics_refreshed_at": _iso(state.refreshed_at) if state is not None else None,
-            "organization_id": i.organization_id, "organization_name": i.organization_name,
-            "last_success_at": _iso(i.last_success_at), "last_error": i.last_error,
-            "backfill_start": _iso(i.backfill_start), "backfill_end": _iso(i.backfill_end),
-            "backfill_done": i.backfill_done, "created_at": _iso(i.created_at),
-        })
+        rows = integration_records(conn)
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
@@ -327,8 +309,10 @@ def run_cmd(ctx: click.Context) -> None:
     """The long-running service: backfills queued integrations and syncs daily (06:00 UTC by default)."""
     from worker.http import HealthServer
     from worker.sync.scheduler import SyncService
+    from worker.web.auth import load_ui_token
 
     app = get_app(ctx)
+    load_ui_token(app.settings)  # a bad COST_WORKER_UI_TOKEN(_FILE) stops `run` here, whether the port is served or not
     lock = _sqlite_run_lock(app.settings.effective_database_url)  # held until the process exits
     app.engine  # migrate before serving  # noqa: B018
 
@@ -406,6 +390,8 @@ def _sqlite_run_lock(url: str) -> Any:
 def report_cmd(ctx: click.Context, since: date, until: date, integration_id: int | None, by: str | None,
                source: str | None, fmt: str) -> None:
     """Billed cost and tokens per UTC day and model, from the synced reports."""
+    from worker.money import money_sum, money_text
+    from worker.sources.report import REPORT_FIELDS, report_records
     from worker.storage import repo
 
     if until < since:
@@ -417,13 +403,8 @@ def report_cmd(ctx: click.Context, since: date, until: date, integration_id: int
     with app.engine.begin() as conn:
         if integration_id is not None and repo.get_integration(conn, integration_id) is None:
             fail(f"no integration {integration_id}", EXIT_USAGE)
-        rows = repo.report(conn, since, until, integration_id)
-    from worker.money import money_sum, money_text
-
-    fields = ["date", "model", "cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"]
-    records = [{"date": r.date.isoformat(), "model": r.model, "cost_usd": money_text(r.cost_usd),
-                "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
-                "cache_read_tokens": r.cache_read_tokens, "cache_write_tokens": r.cache_write_tokens} for r in rows]
+        records = report_records(conn, since, until, integration_id=integration_id)
+    fields = REPORT_FIELDS
     if fmt == "json":
         click.echo(json.dumps(records, indent=2))
     elif fmt == "csv":
@@ -434,21 +415,17 @@ def report_cmd(ctx: click.Context, since: date, until: date, integration_id: int
         for record in records:
             writer.writerecord(record)
     else:
-        total = money_sum(r.cost_usd for r in rows)
+        total = money_sum(Decimal(r["cost_usd"]) for r in records)
         body = [[str(r["date"]), str(r["model"] or "(no model: fees)"), str(r["cost_usd"]),
                  *(f"{r[f]:,}" for f in fields[3:])] for r in records]
         _table(body + [["total", "", money_text(total), "", "", "", ""]], fields, right_from=2)
-
-
-REPORT_BY_FIELDS = ["date", "model", "by", "key", "name", "cost_usd", "list_cost_usd", "input_tokens",
-                    "output_tokens", "cache_read_tokens", "cache_write_tokens"]
 
 
 def _report_by(ctx: click.Context, since: date, until: date, integration_id: int | None, by: str,
                source: str | None, fmt: str) -> None:
     """`report --by`: rows per (day, model, key of `by`) from either bill (worker.sources.report)."""
     from worker.money import money_sum, money_text
-    from worker.sources.report import report_by
+    from worker.sources.report import REPORT_BY_FIELDS, report_records
     from worker.storage import repo
 
     if source == "legacy" and by in ("actor", "product"):
@@ -457,13 +434,7 @@ def _report_by(ctx: click.Context, since: date, until: date, integration_id: int
     with app.engine.begin() as conn:
         if integration_id is not None and repo.get_integration(conn, integration_id) is None:
             fail(f"no integration {integration_id}", EXIT_USAGE)
-        rows = report_by(conn, since, until, by, source, integration_id)
-    records: list[dict[str, Any]] = [{
-        "date": r.date.isoformat(), "model": r.model, "by": r.by, "key": r.key, "name": r.name,
-        "cost_usd": money_text(r.cost_usd),
-        "list_cost_usd": None if r.list_cost_usd is None else money_text(r.list_cost_usd),
-        "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
-        "cache_read_tokens": r.cache_read_tokens, "cache_write_tokens": r.cache_write_tokens} for r in rows]
+        records = report_records(conn, since, until, by=by, source=source, integration_id=integration_id)
     if fmt == "json":
         click.echo(json.dumps(records, indent=2))
     elif fmt == "csv":
@@ -474,9 +445,9 @@ def _report_by(ctx: click.Context, since: date, until: date, integration_id: int
         for record in records:
             writer.writerecord(record)
     else:
-        total = money_sum(r.cost_usd for r in rows)
-        listed = [r.list_cost_usd for r in rows]
-        list_total = None if any(v is None for v in listed) else money_sum(v for v in listed if v is not None)
+        total = money_sum(Decimal(r["cost_usd"]) for r in records)
+        listed = [r["list_cost_usd"] for r in records]
+        list_total = None if any(v is None for v in listed) else money_sum(Decimal(v) for v in listed)
         body = [[str(r["date"]), str(r["model"] or "(no model: fees)"), str(r["key"] or "-"), str(r["name"] or "")[:40],
                  str(r["cost_usd"]), str(r["list_cost_usd"] or ""), *(f"{r[f]:,}" for f in REPORT_BY_FIELDS[7:])]
                 for r in records]
@@ -553,21 +524,10 @@ def keys_rotate(ctx: click.Context) -> None:
 # --- entry point --------------------------------------------------------------------------------
 
 def _classify(exc: BaseException) -> tuple[str, int] | None:
-    """Known errors become one line and an exit code; None means a bug."""
-    from worker.api import ApiError, IntegrationBlocked
-    from worker.integrations import IntegrationError
-    from worker.secret import InvalidAdminKey
-    from worker.settings import SettingsError
-    from worker.storage.db import DatabaseError
-    from worker.vault import InvalidMasterKey, VaultError
+    """Known errors become one line and an exit code; None means a bug (worker.errors, shared with the HTTP API)."""
+    from worker.errors import known_error
 
-    if isinstance(exc, (SettingsError, InvalidAdminKey, InvalidMasterKey, IntegrationError)):
-        return str(exc), EXIT_USAGE
-    if isinstance(exc, IntegrationBlocked):
-        return str(exc), EXIT_FAILED
-    if isinstance(exc, (ApiError, VaultError, DatabaseError)):
-        return str(exc), EXIT_FAILED
-    return None
+    return known_error(exc)
 
 
 def main(argv: list[str] | None = None) -> None:

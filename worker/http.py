@@ -10,9 +10,13 @@
   (rendered by prometheus_client): per-integration series read from the database, the same on every
   replica, and this process's own (`cost_worker_process_*`, the scheduler gauge).
 
-A small asyncio HTTP/1.1 server (one request per connection) on the service's event loop; database
-reads run in threads (`asyncio.to_thread`) with a time limit, so a slow database never blocks the
-scheduler. `worker.metrics` (and prometheus_client) is imported at the first scrape, not at start.
+Every other path is the dashboard and the HTTP API (`worker.web`) when a UI token is set
+(COST_WORKER_UI_TOKEN), else 404 as before.
+
+A small asyncio HTTP/1.1 server (one request per connection; h11 parses requests and frames answers) on the
+service's event loop; database reads run in threads (`asyncio.to_thread`) with a time limit, so a slow
+database never blocks the scheduler. `worker.metrics` (and prometheus_client) is imported at the first
+scrape, not at start.
 """
 
 from __future__ import annotations
@@ -21,21 +25,30 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import h11
 
 from worker.storage.db import current_revision, head_revision
 from worker.sync.scheduler import SyncService, poll_database
+from worker.web.auth import load_ui_token
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
     from worker.app import App
+    from worker.web.app import WebApp
 
 log = logging.getLogger("worker.http")
 
 DB_TIMEOUT = 5.0
 _MAX_HEAD = 16 * 1024
+_MAX_BODY = 64 * 1024  # the API's bodies are a key and a few fields
+_READ_SECONDS = 10
+PROBES = ("/healthz", "/readyz", "/metrics")
 
 
 # --- the server -----------------------------------------------------------------------------------
@@ -45,9 +58,19 @@ class Reply:
     status: int
     body: str
     content_type: str = "text/plain; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    raw: bytes | None = None  # sent instead of `body` (the dashboard's answers are bytes already)
 
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request", 503: "Service Unavailable"}
+class _TooLarge(Exception):
+    pass
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 class HealthServer:
@@ -57,6 +80,12 @@ class HealthServer:
         self.app, self.service, self.host, self.port = app, service, host, port
         self._server: asyncio.Server | None = None
         self._head: str | None = None
+        token = load_ui_token(app.settings)  # a bad token setting stops `run` before it listens
+        self.web: WebApp | None = None
+        if token is not None:
+            from worker.web.app import WebApp
+
+            self.web = WebApp(app, service, token)
 
     async def start(self) -> None:
         """Listen (raises OSError when the port is taken); port 0 picks a free port, see `self.port`."""
@@ -64,6 +93,14 @@ class HealthServer:
         self._server = await asyncio.start_server(self._connection, self.host, self.port, limit=_MAX_HEAD)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("serving /healthz, /readyz and /metrics on port %d", self.port)
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/"
+        if self.web is not None:
+            log.info("dashboard and HTTP API at %s (log in with the token of COST_WORKER_UI_TOKEN; "
+                     "API: Authorization: Bearer <token>, see %sapi/v1/openapi.json)", url, url)
+        else:
+            log.info("dashboard and HTTP API off: set COST_WORKER_UI_TOKEN (or COST_WORKER_UI_TOKEN_FILE) to "
+                     "a secret of 16+ characters to serve them at %s", url)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -119,18 +156,33 @@ class HealthServer:
         with self.app.engine.connect() as conn:
             return metrics.read_database(conn, self.app.clock.now())
 
-    # --- HTTP ------------------------------------------------------------------------------------
+    # --- HTTP ---------------------------------------------------------------------------------
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            reply, method = await self._route(head)
-            body = reply.body.encode()
-            writer.write((f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Error')}\r\n"
-                          f"content-type: {reply.content_type}\r\ncontent-length: {len(body)}\r\n"
-                          "cache-control: no-store\r\nconnection: close\r\n\r\n").encode("latin-1"))
-            if method != "HEAD":
-                writer.write(body)
+            try:
+                request, body = await asyncio.wait_for(self._read(conn, reader), _READ_SECONDS)
+            except h11.RemoteProtocolError:
+                request, reply = None, Reply(400, "bad request\n")
+            except _TooLarge:
+                request, reply = None, Reply(413, "request body too large\n")
+            method = "GET"
+            if request is not None:
+                method = request.method.decode("ascii", "replace")
+                reply = await self._route(method, request.target.decode("ascii", "replace"),
+                                          {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers},
+                                          body)
+            data = reply.raw if reply.raw is not None else reply.body.encode()
+            headers = [("content-type", reply.content_type), ("content-length", str(len(data))),
+                       *reply.headers, ("connection", "close")]
+            if not any(name == "cache-control" for name, _ in reply.headers):
+                headers.append(("cache-control", "no-store"))
+            # Framed here (one answer, then close): h11 could not frame an answer to a request it refused.
+            head = f"HTTP/1.1 {reply.status} {_reason(reply.status)}\r\n" + "".join(
+                f"{name}: {value}\r\n" for name, value in headers) + "\r\n"
+            out = head.encode("latin-1") + (data if method != "HEAD" else b"")
+            writer.write(out)
             await writer.drain()
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
@@ -141,21 +193,46 @@ class HealthServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _route(self, head: bytes) -> tuple[Reply, str]:
-        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-        if len(parts) != 3:
-            return Reply(400, "bad request\n"), "GET"
-        method, target = parts[0], parts[1].split("?", 1)[0]
-        routes = {"/healthz": None, "/readyz": None, "/metrics": None}
-        if target not in routes:
-            return Reply(404, "not found: try /healthz, /readyz or /metrics\n"), method
+    @staticmethod
+    async def _read(conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[h11.Request | None, bytes]:
+        """The request and its body (at most _MAX_BODY bytes); (None, b"") when the client closed first."""
+        request: h11.Request | None = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(65536))
+            elif isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > _MAX_BODY:
+                    raise _TooLarge
+            elif isinstance(event, h11.EndOfMessage):
+                return request, bytes(body)
+            elif isinstance(event, h11.ConnectionClosed):
+                if request is None:
+                    raise ConnectionError("closed before a request")
+                raise h11.RemoteProtocolError("the body ended early")
+
+    async def _route(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
+        parts = urlsplit(target)
+        path = parts.path
+        if path not in PROBES:
+            if self.web is None:
+                return Reply(404, "not found: try /healthz, /readyz or /metrics\n")
+            from worker.web.messages import Request
+
+            query = dict(parse_qsl(parts.query, keep_blank_values=True))
+            answer = await self.web.handle(Request(method, unquote(path), query, headers, body))
+            return Reply(answer.status, "", answer.content_type, answer.headers, raw=answer.body)
         if method not in ("GET", "HEAD"):
-            return Reply(405, "only GET\n"), method
-        if target == "/healthz":
-            return self.healthz(), method
-        if target == "/readyz":
-            return await self.readyz(), method
+            return Reply(405, "only GET\n")
+        if path == "/healthz":
+            return self.healthz()
+        if path == "/readyz":
+            return await self.readyz()
         started = time.monotonic()
         reply = await self.metrics()
         log.debug("metrics rendered in %.3fs", time.monotonic() - started)
-        return reply, method
+        return reply

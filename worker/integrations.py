@@ -6,16 +6,18 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, datetime, timedelta
+from typing import Any
 
 import httpx
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from worker.api import Organization
 from worker.app import App
 from worker.ratelimit import OrgGate, org_bucket
 from worker.secret import AdminKey
 from worker.settings import Tier
+from worker.storage import analytics as astore
 from worker.storage import repo
 from worker.sync.access import make_client
 from worker.sync.streams import SOURCES, Source
@@ -31,6 +33,33 @@ LABEL_MAX = 200
 
 class IntegrationError(Exception):
     """A user-facing failure about an integration (one line)."""
+
+
+def _iso(value: datetime | date | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def integration_records(conn: Connection, integration_id: int | None = None) -> list[dict[str, Any]]:
+    """`integrations list --format json`'s records (also the HTTP API's): every integration, or one."""
+    items = repo.list_integrations(conn)
+    if integration_id is not None:
+        items = [i for i in items if i.id == integration_id]
+    states = astore.states(conn)
+    rows = []
+    for i in items:
+        state = states.get(i.id) if i.source != "legacy" else None
+        rows.append({
+            "id": i.id, "label": i.label, "tier": i.tier, "status": i.status, "key_hint": i.key_hint,
+            "source": i.source + (" (analytics refused)" if state is not None and state.status == "refused" else ""),
+            "analytics_status": state.status if state is not None else None,
+            "analytics_detail": state.detail if state is not None else None,
+            "analytics_refreshed_at": _iso(state.refreshed_at) if state is not None else None,
+            "organization_id": i.organization_id, "organization_name": i.organization_name,
+            "last_success_at": _iso(i.last_success_at), "last_error": i.last_error,
+            "backfill_start": _iso(i.backfill_start), "backfill_end": _iso(i.backfill_end),
+            "backfill_done": i.backfill_done, "created_at": _iso(i.created_at),
+        })
+    return rows
 
 
 def check_label(label: str | None) -> str | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import date, datetime
+from datetime import datetime
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -69,10 +69,6 @@ def read_database(conn: Connection, now: datetime) -> list[Metric]:
 
 def _ts(value: datetime) -> float:
     return value.timestamp()
-
-
-def _days(start: date, end: date) -> int:
-    return max(0, (end - start).days)
 
 
 STATUSES = ("pending", "backfilling", "ok", "error")
@@ -128,10 +124,7 @@ def _integration_families(conn: Connection, states: list[repo.IntegrationState],
             status.add_metric([iid, s], 1 if i.status == s else 0)
         if i.last_success_at is not None:
             last_ok.add_metric([iid], _ts(i.last_success_at))
-        total = (i.backfill_end - i.backfill_start).days + 1
-        done = 0 if total <= 0 else min(total, _days(i.backfill_start, min(i.cost_checkpoint, i.usage_checkpoint)))
-        if i.backfill_done:
-            done = total
+        done, total = repo.backfill_days(i)
         progress.add_metric([iid], done / total if total > 0 else 1.0)
         remaining.add_metric([iid], max(0, total - done))
         held = i.lease_owner is not None and i.lease_expires_at is not None and i.lease_expires_at >= now

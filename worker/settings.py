@@ -193,6 +193,9 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)  # /healthz, /readyz, /metrics of `run`; 0 = off
     # All interfaces by default: probes and scrapes reach a container on its pod/bridge address.
     http_host: str = "0.0.0.0"
+    # The dashboard and /api/v1/ of `run` (worker.web): off (404) until a token is set; at most one of the two.
+    ui_token: SecretStr | None = None
+    ui_token_file: Path | None = None
     # The Usage and Cost Analytics API (beta): its group_by[] sets, rows per page, days re-read daily.
     analytics_cost_group_by: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(ANALYTICS_COST_GROUP_BY))

@@ -16,10 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Connection
 
+from worker.money import money_text
 from worker.storage import analytics as astore
+from worker.storage import repo, totals
 from worker.storage.types import EXACT
 
 BY = astore.BY
@@ -126,7 +129,16 @@ def report_by(conn: Connection, since: date, until: date, by: str, source: str |
     """Rows for UTC days `since`..`until` (inclusive) per (day, model, key of `by`), summed over integrations."""
     if by not in BY:
         raise ValueError(f"--by must be one of {', '.join(BY)}")
-    if source == "analytics":
+    merged: dict[tuple[date, str | None, str | None], _Acc] = {}
+    if by == "model" and source != "analytics":
+        # The legacy part summed over integrations as the per-model totals are read: a year of a fleet is
+        # hundreds of thousands of them, too many for a cell each.
+        record = astore.coverage(conn, by) if source is None else {}
+        covered = {iid: (c.first, c.until) for iid, c in record.items()}
+        for day, legacy_model, cost, a, b, cr, cw in totals.read_grouped(conn, since, until, integration_id, covered):
+            merged[(day, legacy_model or None, None)] = _Acc(cost, None, (a, b, cr, cw))
+        cells = analytics_cells(conn, since, until, by, integration_id, keep=record) if source is None else {}
+    elif source == "analytics":
         cells = analytics_cells(conn, since, until, by, integration_id)
     elif source == "legacy":
         cells = legacy_cells(conn, since, until, by, integration_id)
@@ -135,7 +147,6 @@ def report_by(conn: Connection, since: date, until: date, by: str, source: str |
         cells = analytics_cells(conn, since, until, by, integration_id, keep=record)
         for k, v in legacy_cells(conn, since, until, by, integration_id, skip=record).items():
             cells[k] = v
-    merged: dict[tuple[date, str | None, str | None], _Acc] = {}
     for (_iid, day, model, key), acc in cells.items():
         into = merged.get((day, model, key))
         if into is None:
@@ -149,4 +160,29 @@ def report_by(conn: Connection, since: date, until: date, by: str, source: str |
             for day, model, key in order]
 
 
-__all__ = ["BY", "ReportRow", "analytics_cells", "legacy_cells", "report_by"]
+REPORT_FIELDS = ["date", "model", "cost_usd", "input_tokens", "output_tokens", "cache_read_tokens",
+                 "cache_write_tokens"]
+REPORT_BY_FIELDS = ["date", "model", "by", "key", "name", "cost_usd", "list_cost_usd", "input_tokens",
+                    "output_tokens", "cache_read_tokens", "cache_write_tokens"]
+
+
+def report_records(conn: Connection, since: date, until: date, *, by: str | None = None, source: str | None = None,
+                   integration_id: int | None = None) -> list[dict[str, Any]]:
+    """The records of `report --format json` (and of the HTTP API's `spend`): without `by` and `source` one per
+    (day, model) of the legacy reports (REPORT_FIELDS), else per (day, model, key) (REPORT_BY_FIELDS). Money as
+    exact decimal text."""
+    if by is None and source is None:
+        return [{"date": r.date.isoformat(), "model": r.model, "cost_usd": money_text(r.cost_usd),
+                 "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+                 "cache_read_tokens": r.cache_read_tokens, "cache_write_tokens": r.cache_write_tokens}
+                for r in repo.report(conn, since, until, integration_id)]
+    return [{"date": r.date.isoformat(), "model": r.model, "by": r.by, "key": r.key, "name": r.name,
+             "cost_usd": money_text(r.cost_usd),
+             "list_cost_usd": None if r.list_cost_usd is None else money_text(r.list_cost_usd),
+             "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+             "cache_read_tokens": r.cache_read_tokens, "cache_write_tokens": r.cache_write_tokens}
+            for r in report_by(conn, since, until, by or "model", source, integration_id)]
+
+
+__all__ = ["BY", "REPORT_BY_FIELDS", "REPORT_FIELDS", "ReportRow", "analytics_cells", "legacy_cells", "report_by",
+           "report_records"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime
@@ -19,6 +18,7 @@ from sqlalchemy import Connection, case, delete, func, insert, literal_column, o
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from worker.storage import totals
 from worker.storage.rows import (
     COST_COLUMNS,
     COST_GRAIN,
@@ -35,6 +35,7 @@ from worker.storage.tables import (
     analytics_state,
     analytics_usage_rows,
     cost_rows,
+    daily_model_totals,
     day_digests,
     integrations,
     revisions,
@@ -42,7 +43,7 @@ from worker.storage.tables import (
     sync_runs,
     usage_rows,
 )
-from worker.storage.types import EXACT, exact_money, money_text, sqlite_date
+from worker.storage.types import exact_money, money_text, sqlite_date
 
 STATUSES = ("pending", "backfilling", "ok", "error")
 SOURCES = ("legacy", "analytics", "both")
@@ -87,6 +88,16 @@ class Integration:
 
 
 _FIELDS = list(Integration.__dataclass_fields__)
+
+
+def backfill_days(i: Integration | IntegrationState) -> tuple[int, int]:
+    """(days stored, days in the window) of an integration's backfill: the slower endpoint's checkpoint counts
+    (what /metrics and the dashboard show)."""
+    total = (i.backfill_end - i.backfill_start).days + 1
+    if i.backfill_done:
+        return max(0, total), max(0, total)
+    done = 0 if total <= 0 else min(total, max(0, (min(i.cost_checkpoint, i.usage_checkpoint) - i.backfill_start).days))
+    return done, max(0, total)
 
 
 def _integration(row: Any) -> Integration:
@@ -182,7 +193,8 @@ def reseal_key(conn: Connection, integration_id: int, old_key_id: str, ciphertex
 
 def delete_integration(conn: Connection, integration_id: int) -> bool:
     # Children first: SQLite enforces ON DELETE CASCADE only with foreign_keys on, so be explicit.
-    for table in (cost_rows, usage_rows, revisions, sync_runs, spend_anomalies, day_digests, *ANALYTICS_TABLES):
+    for table in (cost_rows, usage_rows, daily_model_totals, revisions, sync_runs, spend_anomalies, day_digests,
+                  *ANALYTICS_TABLES):
         conn.execute(delete(table).where(table.c.integration_id == integration_id))
     return conn.execute(delete(integrations).where(integrations.c.id == integration_id)).rowcount > 0
 
@@ -439,6 +451,8 @@ def _replace_days(conn: Connection, spec: _DayTable, integration_id: int, days: 
         conn.exec_driver_sql(
             f"INSERT INTO {name} ({', '.join(quote(c) for c in spec.columns)}) "
             f"VALUES ({', '.join([mark] * len(spec.columns))})", params)
+    if spec.table is cost_rows or spec.table is usage_rows:
+        totals.refresh(conn, integration_id, list(days))  # the days that changed (unchanged ones returned above)
     return len(new_rows)
 
 
@@ -554,29 +568,11 @@ class ReportRow:
 
 
 def report(conn: Connection, since: date, until: date, integration_id: int | None = None) -> list[ReportRow]:
-    """One row per (UTC date, model), `until` inclusive. Money is summed with Decimal (exact on SQLite too)."""
-    cost_q = select(cost_rows.c.day, cost_rows.c.model, cost_rows.c.amount_usd).where(
-        cost_rows.c.day >= since, cost_rows.c.day <= until)
-    u = usage_rows.c
-    usage_q = select(
-        u.day, u.model, func.sum(u.uncached_input_tokens), func.sum(u.output_tokens),
-        func.sum(u.cache_read_input_tokens),
-        func.sum(u.cache_creation_5m_input_tokens) + func.sum(u.cache_creation_1h_input_tokens),
-    ).where(u.day >= since, u.day <= until).group_by(u.day, u.model)
-    if integration_id is not None:
-        cost_q = cost_q.where(cost_rows.c.integration_id == integration_id)
-        usage_q = usage_q.where(u.integration_id == integration_id)
-    cost: dict[tuple[date, str], Decimal] = defaultdict(Decimal)
-    for day, model, amount in conn.execute(cost_q):
-        cost[(day, model)] = EXACT.add(cost[(day, model)], amount)
-    tokens: dict[tuple[date, str], tuple[int, int, int, int]] = {
-        (day, model): (int(a), int(b), int(c), int(d)) for day, model, a, b, c, d in conn.execute(usage_q)
-    }
-    keys = sorted(cost.keys() | tokens.keys(), key=lambda k: (k[0], k[1] == "", k[1]))
-    return [
-        ReportRow(day, none_if_empty(model), cost.get((day, model), Decimal(0)), *tokens.get((day, model), (0, 0, 0, 0)))
-        for day, model in keys
-    ]
+    """One row per (UTC date, model), `until` inclusive, from `daily_model_totals` (the legacy rows' sums, kept
+    in step by every write). Money is summed with Decimal (exact on SQLite too)."""
+    rows = totals.read_grouped(conn, since, until, integration_id)
+    rows.sort(key=lambda r: (r[0], r[1] == "", r[1]))
+    return [ReportRow(day, none_if_empty(model), cost, a, b, cr, cw) for day, model, cost, a, b, cr, cw in rows]
 
 
 def count_rows(conn: Connection, integration_id: int) -> tuple[int, int]:

@@ -282,6 +282,23 @@ day_digests = Table(
     Column("digest", String(32), nullable=False),
 )
 
+# The legacy reports summed per integration, UTC day and model ('' = no model: fees), kept in step with
+# cost_rows and usage_rows by every replacement of their days (worker.storage.totals): what `report`, the
+# API's `spend` and the dashboard read, a few rows a day instead of hundreds.
+daily_model_totals = Table(
+    "daily_model_totals",
+    metadata,
+    Column("integration_id", Integer, ForeignKey("integrations.id", ondelete="CASCADE"), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("cost_usd", ExactDecimal, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),  # uncached input
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cache_read_tokens", BigInteger, nullable=False),
+    Column("cache_write_tokens", BigInteger, nullable=False),  # 5 minute and 1 hour cache writes together
+    Index("ix_daily_model_totals_day", "day"),
+)
+
 # --- the Usage and Cost Analytics API (see worker/storage/analytics.py for the data functions) ----------
 #
 # Rows per UTC day and grain. `grouping` names the group_by[] set the row came from ('main': the

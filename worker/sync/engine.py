@@ -283,6 +283,7 @@ class IntegrationSync:
         self.daily_slot = daily_slot
         self.stats = RequestStats()
         self.run_id: int | None = None
+        self.opened = asyncio.Event()  # set once the opening transaction committed (run_id, if any, is stored)
         self.failed_attempts = 0  # the integration's, as read when the run opened
         self.pages = 0
         self.rows = 0
@@ -481,6 +482,7 @@ class IntegrationSync:
             log.error("%s: could not start the sync: %s", self.label, reason, exc_info=True)
             self.progress.finish(self.label, False, f"failed: {reason}")
             return SyncOutcome(self.id, self.kind, False, f"failed: {reason}", recorded=False)
+        self.opened.set()
         if isinstance(opened, Skip):
             return SyncOutcome(self.id, self.kind, True, opened.value, skipped=True)
         heartbeat = asyncio.create_task(self._heartbeat())

@@ -39,7 +39,14 @@ from sqlalchemy import Connection
 from worker.app import App
 from worker.logs import bind
 from worker.storage import repo
-from worker.sync.engine import PAGES_IN_FLIGHT, Kind, SyncOutcome, retry_delay, sync_integration
+from worker.sync.engine import (
+    PAGES_IN_FLIGHT,
+    IntegrationSync,
+    Kind,
+    SyncOutcome,
+    retry_delay,
+    sync_integration,
+)
 from worker.sync.progress import LogProgress
 from worker.sync.windows import latest_slot
 from worker.watch.service import on_poll
@@ -49,6 +56,18 @@ log = logging.getLogger("worker.scheduler")
 BACKFILL_STATUSES = ("pending", "backfilling")
 SHUTDOWN_SECONDS = 8.0  # syncs get this long to store or roll back their page; the process exits within 10 s
 ABANDONED = "abandoned: the process running it stopped without finishing (its lease expired)"
+
+
+class SyncRunning(Exception):
+    """A forced sync refused: one of the integration runs already (here or in another process)."""
+
+    def __init__(self, integration_id: int, run: dict[str, object] | None) -> None:
+        super().__init__(f"integration {integration_id} is syncing already")
+        self.integration_id, self.run = integration_id, run
+
+
+class NoSuchIntegration(Exception):
+    pass
 
 
 @dataclass(frozen=True)
@@ -177,21 +196,54 @@ class SyncService:
         await on_poll(self.app)  # budgets, anomalies, notifications (worker.watch); never raises
         return started
 
+    async def force_sync(self, integration_id: int) -> int:
+        """Start a manual sync of one integration now, as `sync-now` would (the pending backfill, then the trailing
+        window), among this service's tasks; return its run id once the run is recorded. Raises SyncRunning
+        (with the running run's record) when it runs already, here or in another process, and NoSuchIntegration."""
+        def running() -> tuple[bool, dict[str, object] | None]:
+            with self.app.engine.begin() as conn:
+                exists = repo.get_integration(conn, integration_id) is not None
+                runs = [r for r in repo.recent_runs(conn, integration_id, limit=5) if r["outcome"] == "running"]
+            return exists, (runs[0] if runs else None)
+
+        if integration_id in self.tasks:
+            raise SyncRunning(integration_id, (await self.app.db(running))[1])
+        if not (await self.app.db(running))[0]:
+            raise NoSuchIntegration(integration_id)
+        sync = IntegrationSync(self.app, integration_id, "manual", self.progress, self.transport, None,
+                               lambda endpoint, status: self.count_request(integration_id, endpoint, status),
+                               self.page_slots)
+        task = asyncio.create_task(self._guarded(Due(integration_id, "manual", None), sync))
+        self.tasks[integration_id] = task
+        task.add_done_callback(functools.partial(self._forget, integration_id))
+        opened = asyncio.create_task(sync.opened.wait())
+        await asyncio.wait({task, opened}, return_when=asyncio.FIRST_COMPLETED)
+        opened.cancel()
+        if sync.run_id is not None:
+            return sync.run_id
+        outcome = await task  # ended before recording a run: another process holds it, or the database failed
+        if outcome is not None and outcome.skipped:
+            raise SyncRunning(integration_id, (await self.app.db(running))[1])
+        raise RuntimeError(outcome.message if outcome is not None else "the sync could not start (see the log)")
+
     def _forget(self, integration_id: int, _task: asyncio.Task[SyncOutcome | None]) -> None:
         self.tasks.pop(integration_id, None)
 
     def _stopping(self) -> bool:
         return self.stopping  # a method: the flag changes while a poll awaits the database
 
-    async def _guarded(self, item: Due) -> SyncOutcome | None:
+    async def _guarded(self, item: Due, sync: IntegrationSync | None = None) -> SyncOutcome | None:
         integration_id, kind = item.integration_id, item.kind
         bind(integration_id=integration_id, sync_kind=kind)  # this task's context: every line it logs
         async with self.semaphore:
             try:
-                outcome = await sync_integration(
-                    self.app, integration_id, kind, progress=self.progress, transport=self.transport,
-                    daily_slot=item.slot, page_slots=self.page_slots,
-                    on_answer=lambda endpoint, status: self.count_request(integration_id, endpoint, status))
+                if sync is not None:
+                    outcome = await sync.run()
+                else:
+                    outcome = await sync_integration(
+                        self.app, integration_id, kind, progress=self.progress, transport=self.transport,
+                        daily_slot=item.slot, page_slots=self.page_slots,
+                        on_answer=lambda endpoint, status: self.count_request(integration_id, endpoint, status))
             except asyncio.CancelledError:
                 self.outcomes[(kind, "interrupted")] += 1
                 raise

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import make_settings
+from worker.api.client import tls_context
 from worker.app import App
 from worker.clock import FakeClock
 from worker.integrations import check_connection, connect, set_source
@@ -71,7 +72,7 @@ class Wrapping(httpx.AsyncBaseTransport):
     """A real transport to the simulator with a hook on every answer."""
 
     def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+        self.inner = httpx.AsyncHTTPTransport(verify=tls_context())
 
     async def seen(self, request: httpx.Request) -> None: ...
 

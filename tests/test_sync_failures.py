@@ -20,6 +20,7 @@ from sqlalchemy import Engine, event, select
 from sqlalchemy.exc import OperationalError
 
 from tests.conftest import make_settings
+from worker.api.client import tls_context
 from worker.app import App
 from worker.clock import FakeClock
 from worker.integrations import check_connection, connect
@@ -61,7 +62,7 @@ class Hostile(httpx.AsyncBaseTransport):
         replaced = self.spoil(request)
         if replaced is not None:
             return replaced
-        async with httpx.AsyncHTTPTransport() as inner:  # one per request: tests run several event loops
+        async with httpx.AsyncHTTPTransport(verify=tls_context()) as inner:  # one per request: tests run several loops
             response = await inner.handle_async_request(request)
             body = await response.aread()
         return httpx.Response(response.status_code, headers=response.headers, content=body)

@@ -218,13 +218,14 @@ def test_the_sink_begins_a_transaction_when_the_caller_has_not(engine: Engine) -
 def test_bulk_import_checkpoints_less_often_and_restores(engine: Engine) -> None:
     """SQLite: the WAL is checkpointed every ~40 MB during an import, as before afterwards; no transaction begun."""
     from worker.reconcile.store import IMPORT_WAL_AUTOCHECKPOINT, bulk_import
+    from worker.storage.db import sqlite_driver
 
     with engine.connect() as conn:
         if engine.dialect.name != "sqlite":
             with bulk_import(conn):
                 assert not conn.in_transaction()
             return
-        pragma = conn.connection.driver_connection.execute  # type: ignore[union-attr]
+        pragma = sqlite_driver(conn).execute
         (before,) = pragma("PRAGMA wal_autocheckpoint").fetchone()
         with bulk_import(conn):
             assert pragma("PRAGMA wal_autocheckpoint").fetchone() == (IMPORT_WAL_AUTOCHECKPOINT,)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,15 @@ def upgrade(engine: Engine) -> None:
         raise DatabaseError(f"database {safe_url(str(engine.url))} is not reachable: {_first_line(exc)}") from None
     except SQLAlchemyError as exc:
         raise DatabaseError(f"migrating database {safe_url(str(engine.url))} failed: {_first_line(exc)}") from None
+
+
+def sqlite_driver(conn: Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under `conn`, for what SQLAlchemy does not pass through (executemany of plain
+    tuples, a PRAGMA outside a transaction)."""
+    driver = conn.connection.driver_connection
+    if not isinstance(driver, sqlite3.Connection):
+        raise TypeError(f"not an SQLite connection: {conn.dialect.name}")
+    return driver
 
 
 def current_revision(engine: Engine) -> str | None:

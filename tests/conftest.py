@@ -135,6 +135,12 @@ def clock() -> FakeClock:
     return FakeClock(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
 
 
+def fake_clock(app: App) -> FakeClock:
+    """The FakeClock a test's App runs on (the `app` fixture's is the `clock` fixture), typed as one."""
+    assert isinstance(app.clock, FakeClock), app.clock
+    return app.clock
+
+
 def make_settings(db_url: str, tmp_path: Path, master_key: MasterKey, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "data_dir": tmp_path / "data", "database_url": db_url, "master_key": master_key.to_text(),

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import Engine, event, select
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import make_settings
+from tests.conftest import fake_clock, make_settings
 from worker.api.client import tls_context
 from worker.app import App
 from worker.clock import FakeClock
@@ -203,7 +203,7 @@ class TestBackoff:
         transport = Hostile()
         transport.spoil = nested_json
         service = SyncService(app, transport=transport)
-        clock: FakeClock = app.clock  # type: ignore[assignment]
+        clock = fake_clock(app)
 
         def poll() -> list[str]:
             return [kind for kind, result in finished_by_one_poll(service) if result != "skipped"]
@@ -253,7 +253,7 @@ class TestBackoff:
         app.claims.release(iid)
 
         service = SyncService(app, transport=Hostile())
-        clock: FakeClock = app.clock  # type: ignore[assignment]
+        clock = fake_clock(app)
 
         def poll() -> int:
             return len(finished_by_one_poll(service))

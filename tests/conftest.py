@@ -147,7 +147,7 @@ def make_settings(db_url: str, tmp_path: Path, master_key: MasterKey, **override
         "api_base_url": "https://api.test", "requests_per_minute": 1.0, "burst": 1,
     }
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings.model_validate(values)  # validated like the keyword arguments (and the environment)
 
 
 @pytest.fixture

@@ -290,7 +290,7 @@ class TestKeys:
         iid = connect(env)
         engine = make_engine(env["COST_WORKER_DATABASE_URL"])
         with engine.begin() as conn:
-            blob = conn.execute(integrations.select()).first().key_ciphertext  # type: ignore[union-attr]
+            blob = conn.execute(integrations.select()).one().key_ciphertext
             flipped = blob[:-1] + bytes([blob[-1] ^ 1])
             conn.execute(update(integrations).where(integrations.c.id == iid).values(key_ciphertext=flipped))
         engine.dispose()

@@ -158,9 +158,9 @@ class TestDispatch:
         both_slots_taken = asyncio.Event()
         store = IntegrationSync._store
 
-        def counted_store(self: IntegrationSync, *args: object) -> int:
+        def counted_store(self: IntegrationSync, *args: Any) -> int:  # whatever _store takes
             outstanding[0] -= 1
-            return store(self, *args)  # type: ignore[arg-type]
+            return store(self, *args)
         monkeypatch.setattr(IntegrationSync, "_store", counted_store)
 
         class Counting(httpx.AsyncBaseTransport):
@@ -260,8 +260,9 @@ def test_run_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> Non
     try:
         deadline = time.monotonic() + 30
         lines = []
+        assert proc.stderr is not None
         while time.monotonic() < deadline:
-            line = proc.stderr.readline()  # type: ignore[union-attr]
+            line = proc.stderr.readline()
             lines.append(line)
             if "cost-worker running" in line:
                 break
@@ -275,7 +276,8 @@ def test_run_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        proc.stderr.close()  # type: ignore[union-attr]
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 class TestDbExecutor:

@@ -18,10 +18,11 @@ from worker.api import Organization
 from worker.app import App
 from worker.integrations import check_connection, connect
 from worker.secret import AdminKey
+from worker.settings import Tier
 from worker.simulator import SimulatorHandle
 from worker.storage import repo
 from worker.storage.tables import cost_rows, integrations, sync_runs, usage_rows
-from worker.sync.engine import TAKEN_OVER, sync_integration, sync_now
+from worker.sync.engine import TAKEN_OVER, Kind, sync_integration, sync_now
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +38,15 @@ def sim(module_sim: SimulatorHandle) -> SimulatorHandle:
     return module_sim
 
 
-def onboard(app: App, sim: SimulatorHandle, tier: str = "free", org: int = 0) -> int:
+def onboard(app: App, sim: SimulatorHandle, tier: Tier = "free", org: int = 0) -> int:
     key = AdminKey(sim.keys[org])
     organization = asyncio.run(check_connection(app, key, transport=sim.transport()))
-    return connect(app, key, organization, label=None, tier=tier, source="legacy")  # type: ignore[arg-type]
+    return connect(app, key, organization, label=None, tier=tier, source="legacy")
 
 
-def run(app: App, iid: int, kind: str, sim: SimulatorHandle | httpx.AsyncBaseTransport) -> Any:
+def run(app: App, iid: int, kind: Kind, sim: SimulatorHandle | httpx.AsyncBaseTransport) -> Any:
     transport = sim.transport() if isinstance(sim, SimulatorHandle) else sim
-    return asyncio.run(sync_integration(app, iid, kind, transport=transport))  # type: ignore[arg-type]
+    return asyncio.run(sync_integration(app, iid, kind, transport=transport))
 
 
 def stored_report(app: App, since: date, until: date) -> dict[tuple[date, str | None], Any]:
@@ -108,7 +109,7 @@ class TestConnect:
 class TestBackfill:
     @pytest.mark.parametrize(("tier", "days", "requests"), [
         ("free", 30, 2), pytest.param("pro", 365, 24, marks=pytest.mark.slow)])  # slow: a year of data
-    def test_tier_backfill_equals_truth(self, app: App, sim: SimulatorHandle, tier: str, days: int,
+    def test_tier_backfill_equals_truth(self, app: App, sim: SimulatorHandle, tier: Tier, days: int,
                                         requests: int) -> None:
         """A tier's backfill stores exactly the truth for its days, with the minimum number of requests."""
         iid = onboard(app, sim, tier)

@@ -25,12 +25,13 @@ from worker.app import App
 from worker.clock import FakeClock
 from worker.integrations import check_connection, connect
 from worker.secret import AdminKey
+from worker.settings import Tier
 from worker.simulator import SimulatorHandle, running_simulator
 from worker.storage import repo
 from worker.storage.rows import usage_table_rows
 from worker.storage.tables import cost_rows, revisions, usage_rows
 from worker.sync import engine as sync_engine
-from worker.sync.engine import RETRY_MAX_SECONDS, retry_delay, sync_integration, sync_now
+from worker.sync.engine import RETRY_MAX_SECONDS, Kind, retry_delay, sync_integration, sync_now
 from worker.sync.scheduler import SyncService
 from worker.vault import MasterKey
 
@@ -76,10 +77,10 @@ def nested_json(request: httpx.Request) -> httpx.Response | None:
                           headers={"content-type": "application/json", "request-id": "req_nested"})
 
 
-def onboard(app: App, sim: SimulatorHandle, tier: str = "free") -> int:
+def onboard(app: App, sim: SimulatorHandle, tier: Tier = "free") -> int:
     key = AdminKey(sim.keys[0])
     org = asyncio.run(check_connection(app, key))
-    return connect(app, key, org, label=None, tier=tier)  # type: ignore[arg-type]
+    return connect(app, key, org, label=None, tier=tier)
 
 
 def stored(app: App, iid: int) -> tuple[Any, ...]:
@@ -93,8 +94,8 @@ def stored(app: App, iid: int) -> tuple[Any, ...]:
     return (*tables, history, integ.cost_checkpoint, integ.usage_checkpoint, integ.backfill_done)
 
 
-def sync(app: App, iid: int, transport: httpx.AsyncBaseTransport, kind: str = "manual") -> Any:
-    return asyncio.run(sync_integration(app, iid, kind, transport=transport))  # type: ignore[arg-type]
+def sync(app: App, iid: int, transport: httpx.AsyncBaseTransport, kind: Kind = "manual") -> Any:
+    return asyncio.run(sync_integration(app, iid, kind, transport=transport))
 
 
 def assert_recorded_failure(app: App, iid: int, reason: str) -> dict[str, Any]:

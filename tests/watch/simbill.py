@@ -23,7 +23,7 @@ from worker.app import App, sqlite_file
 from worker.clock import FakeClock
 from worker.integrations import check_connection, connect
 from worker.secret import AdminKey
-from worker.settings import Settings
+from worker.settings import Settings, Tier
 from worker.simulator import SimulatorApp, build_app
 from worker.simulator.prices import pico_to_dollars
 from worker.simulator.truth import analytics_truth
@@ -71,7 +71,7 @@ def watch_app(db_url: str, tmp_path: Path, clock: FakeClock | None = None, maste
     return App(Settings(**values), clock=clock or FakeClock(NOW))
 
 
-def connect_sim(app: App, sim: SimulatorApp, org: int = 0, tier: str = "pro") -> int:
+def connect_sim(app: App, sim: SimulatorApp, org: int = 0, tier: Tier = "pro") -> int:
     """Connect the simulated org and run its backfill (pro: 365 days ending today).
 
     A backfill costs about 10 ms a day and dozens of tests need the same one: the first runs it for real
@@ -83,17 +83,17 @@ def connect_sim(app: App, sim: SimulatorApp, org: int = 0, tier: str = "pro") ->
     return _connect(app, sim, org, tier)
 
 
-def _connect(app: App, sim: SimulatorApp, org: int, tier: str) -> int:
+def _connect(app: App, sim: SimulatorApp, org: int, tier: Tier) -> int:
     transport = sim_transport(sim)
     key = AdminKey(sim.data.orgs[org].admin_key)
     organization = asyncio.run(check_connection(app, key, transport=transport))
-    iid = connect(app, key, organization, label=None, tier=tier)  # type: ignore[arg-type]
+    iid = connect(app, key, organization, label=None, tier=tier)
     outcome = asyncio.run(sync_integration(app, iid, "backfill", transport=transport))
     assert outcome.ok, outcome.message
     return iid
 
 
-def _synced_copy(app: App, sim: SimulatorApp, org: int, tier: str) -> int | None:
+def _synced_copy(app: App, sim: SimulatorApp, org: int, tier: Tier) -> int | None:
     """Put a backfilled copy at the app's database and return the integration's id, or None when a copy
     would not be what a backfill leaves: the database is PostgreSQL or already exists (other Apps may
     have it open), or the simulator is not a fresh one of make_sim's (a fault, a request already served)."""
@@ -125,6 +125,12 @@ def _synced_copy(app: App, sim: SimulatorApp, org: int, tier: str) -> int | None
     shutil.copyfile(synced, target)
     target.chmod(0o600)
     return iid
+
+
+def master_key_text(app: App) -> str:
+    """The master key of an App of watch_app's, for a command run on its database."""
+    assert app.settings.master_key is not None
+    return app.settings.master_key.get_secret_value()
 
 
 def resync(app: App, sim: SimulatorApp, iid: int) -> None:

@@ -19,7 +19,7 @@ from worker.settings import Budget
 from worker.simulator import SimulatorApp
 from worker.watch.budgets import BudgetError, evaluate
 
-from .simbill import TODAY, make_sim, resync, truth_total
+from .simbill import TODAY, make_sim, master_key_text, resync, truth_total
 
 FEB = (date(2026, 2, 1), date(2026, 2, 28))
 
@@ -152,7 +152,7 @@ class TestCommand:
                           'model = "claude-sonnet-4-6"\n')
         return {"COST_WORKER_DATABASE_URL": app.settings.effective_database_url,
                 "COST_WORKER_DATA_DIR": str(tmp_path / "data"), "COST_WORKER_CONFIG": str(config),
-                "COST_WORKER_MASTER_KEY": app.settings.master_key.get_secret_value()}  # type: ignore[union-attr]
+                "COST_WORKER_MASTER_KEY": master_key_text(app)}
 
     def test_json_fields(self, env: dict[str, str], synced: tuple[App, SimulatorApp]) -> None:
         """`budgets --at DATE --format json`: exactly the documented fields, money as exact strings."""

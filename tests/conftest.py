@@ -141,6 +141,12 @@ def fake_clock(app: App) -> FakeClock:
     return app.clock
 
 
+def master_key_text(app: App) -> str:
+    """The master key a test's App was given (for a command run on its database)."""
+    assert app.settings.master_key is not None, "the App reads its key from a file"
+    return app.settings.master_key.get_secret_value()
+
+
 def make_settings(db_url: str, tmp_path: Path, master_key: MasterKey, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "data_dir": tmp_path / "data", "database_url": db_url, "master_key": master_key.to_text(),

@@ -21,8 +21,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import insert
 
-from tests.conftest import BACKENDS, PG_URL, private_pg_schema
-from tests.watch.simbill import TODAY, connect_sim, make_sim, master_key_text, watch_app
+from tests.conftest import BACKENDS, PG_URL, master_key_text, private_pg_schema
+from tests.watch.simbill import TODAY, connect_sim, make_sim, watch_app
 from worker.app import App
 from worker.cli import cli
 from worker.simulator import SimulatorApp

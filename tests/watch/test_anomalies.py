@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from tests.conftest import master_key_text
 from worker.app import App
 from worker.cli import cli
 from worker.simulator import SimulatorApp
@@ -21,7 +22,7 @@ from worker.storage.tables import spend_anomalies
 from worker.watch.anomalies import Thresholds, find, judge
 from worker.watch.service import evaluate_all
 
-from .simbill import NOW, TODAY, master_key_text, resync, truth_total
+from .simbill import NOW, TODAY, resync, truth_total
 
 YEAR_AGO = TODAY - timedelta(days=364)
 

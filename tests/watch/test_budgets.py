@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from tests.conftest import master_key_text
 from worker.app import App
 from worker.cli import cli
 from worker.settings import Budget
 from worker.simulator import SimulatorApp
 from worker.watch.budgets import BudgetError, evaluate
 
-from .simbill import TODAY, make_sim, master_key_text, resync, truth_total
+from .simbill import TODAY, make_sim, resync, truth_total
 
 FEB = (date(2026, 2, 1), date(2026, 2, 28))
 

@@ -93,13 +93,27 @@ def _connect(app: App, sim: SimulatorApp, org: int, tier: Tier) -> int:
     return iid
 
 
+def _state(sim: SimulatorApp) -> str:
+    """What a simulator answers besides what it was built from: names, keys and revocations, restated and
+    spiked days, faults waiting, requests served."""
+    return repr([sim.keys_json(), sorted(sim.data.restatements().items()), sorted(sim.data.spikes().items()),
+                 sorted(sim.data.key_spikes().items()), sim.faults.active(), sim.stats.as_json()])
+
+
+_FRESH: dict[tuple[str, int, int], str] = {}  # recipe -> the _state of a simulator just built from it
+
+
 def _synced_copy(app: App, sim: SimulatorApp, org: int, tier: Tier) -> int | None:
     """Put a backfilled copy at the app's database and return the integration's id, or None when a copy
     would not be what a backfill leaves: the database is PostgreSQL or already exists (other Apps may
-    have it open), or the simulator is not a fresh one of make_sim's (a fault, a request already served)."""
+    have it open), or the simulator is not as make_sim built it (a fault, a restated day, a request served)."""
     target = sqlite_file(app.settings.effective_database_url)
     recipe = _RECIPES.get(sim)
-    if target is None or target.exists() or recipe is None or sim.faults.active() or sim.stats.keys:
+    if target is None or target.exists() or recipe is None:
+        return None
+    if recipe not in _FRESH:
+        _FRESH[recipe] = _state(make_sim(*recipe))
+    if _state(sim) != _FRESH[recipe]:
         return None
     s = app.settings
     assert s.master_key is not None  # watch_app always sets one: the copy's Admin key is sealed with it
@@ -125,12 +139,6 @@ def _synced_copy(app: App, sim: SimulatorApp, org: int, tier: Tier) -> int | Non
     shutil.copyfile(synced, target)
     target.chmod(0o600)
     return iid
-
-
-def master_key_text(app: App) -> str:
-    """The master key of an App of watch_app's, for a command run on its database."""
-    assert app.settings.master_key is not None
-    return app.settings.master_key.get_secret_value()
 
 
 def resync(app: App, sim: SimulatorApp, iid: int) -> None:

@@ -58,6 +58,7 @@ from worker.storage import repo
 from worker.storage.tables import integrations, sync_runs
 from worker.sync.engine import sync_now
 from worker.sync.progress import Progress
+from worker.sync.streams import Source
 from worker.sync.windows import window_ending
 from worker.vault import MasterKey
 
@@ -65,7 +66,7 @@ BURST = 1  # the default
 RESYNC_DAYS = 3  # the default re-read window
 # A daily sync of one organization: one page per stream (3 days < 31 per page): the two legacy reports, and
 # with `--source both` the Analytics API's cost and usage, by the configured grouping and by product.
-REQUESTS = {"legacy": 2, "both": 6}
+REQUESTS: dict[Source, int] = {"legacy": 2, "both": 6}
 
 
 # The simulator's today is the real UTC date, fixed for the run (the Analytics API serves it up to its
@@ -104,18 +105,19 @@ def proc_status(pid: int) -> dict[str, int]:
 
 
 def setup(n: int, db_url: str, tmp: Path, master: MasterKey, backfill_days: int,
-          source: str = "legacy") -> list[tuple[int, int]]:
+          source: Source = "legacy") -> list[tuple[int, int]]:
     """N integrations connected and backfilled; returns (integration id, simulator org index) pairs."""
     with Simulator("--orgs", str(n), "--requests-per-minute", "0", *TODAY) as sim:
-        settings = Settings(data_dir=tmp / "data", database_url=db_url, master_key=master.to_text(),  # type: ignore[arg-type]
-                            api_base_url=sim.base_url, requests_per_minute=6000, burst=1,  # type: ignore[arg-type]
-                            backfill_days_free=backfill_days, resync_days=RESYNC_DAYS)  # type: ignore[arg-type]
+        settings = Settings.model_validate({
+            "data_dir": tmp / "data", "database_url": db_url, "master_key": master.to_text(),
+            "api_base_url": sim.base_url, "requests_per_minute": 6000, "burst": 1,
+            "backfill_days_free": backfill_days, "resync_days": RESYNC_DAYS})
         app = App(settings)
         try:
             pairs = []
             for org in sim.control("GET", "/_sim/keys")["orgs"]:
                 iid = connect(app, AdminKey(org["admin_key"]), Organization(org["id"], org["name"], "organization"),
-                              label=f"fleet {org['org']}", tier="free", source=source)  # type: ignore[arg-type]
+                              label=f"fleet {org['org']}", tier="free", source=source)
                 pairs.append((iid, org["org"]))
             outcomes = asyncio.run(sync_now(app, None, progress=Quiet()))
             failed = [o for o in outcomes if not o.ok]
@@ -146,7 +148,7 @@ class Run:
 
 
 def measure(n: int, base_url: str | None, backfill_days: int, lead: float, timeout: float,
-            keep_log: Path | None = None, replicas: int = 1, source: str = "legacy") -> list[object]:
+            keep_log: Path | None = None, replicas: int = 1, source: Source = "legacy") -> list[object]:
     logging.getLogger("worker").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmpdir, database(base_url, Path(tmpdir)) as db_url:
         tmp = Path(tmpdir)

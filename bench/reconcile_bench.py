@@ -31,6 +31,7 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, TypedDict
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -120,13 +121,13 @@ def child(argv: list[str]) -> None:
 
     original = compare_module.compare
 
-    def timed_compare(*args: object, **kwargs: object) -> object:
+    def timed_compare(*args: Any, **kwargs: Any) -> Any:  # whatever compare takes and gives
         begin = time.perf_counter()
-        result = original(*args, **kwargs)  # type: ignore[arg-type]
+        result = original(*args, **kwargs)
         timings["compare_s"] = time.perf_counter() - begin
         return result
 
-    compare_module.compare = timed_compare  # type: ignore[assignment]  # the command imports it at call time
+    vars(compare_module)["compare"] = timed_compare  # the command imports it at call time
     start = time.perf_counter()
     result = CliRunner().invoke(cli, argv, catch_exceptions=False)
     elapsed = time.perf_counter() - start
@@ -139,12 +140,24 @@ def child(argv: list[str]) -> None:
                       "error": result.output[-400:] if result.exit_code not in (0, 3) else ""}))
 
 
-def run_child(url: str, data: Path, *argv: str) -> dict[str, object]:
+class ChildResult(TypedDict, total=False):
+    """What `child` prints: the command's exit code, wall time, peak RSS (itself and its parser) and timings."""
+
+    exit: int
+    seconds: float
+    peak_mb: float
+    child_peak_mb: float
+    msgspec: bool
+    compare_s: float
+    error: str
+
+
+def run_child(url: str, data: Path, *argv: str) -> ChildResult:
     proc = subprocess.run([sys.executable, __file__, "--child", *argv], env=_env(url, data), capture_output=True,
                           text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"child failed: {proc.stderr[-2000:]}")
-    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result: ChildResult = json.loads(proc.stdout.strip().splitlines()[-1])
     if result["exit"] not in (0, 3):
         raise SystemExit(f"command failed: {result}")
     return result
@@ -174,8 +187,8 @@ def main() -> None:
                 url = f"sqlite:///{database}"
                 seed_bill(url, sums)
                 runs.append(run_child(url, work / "data", "events", "import", str(path)))
-            result = min(runs, key=lambda run: float(run["seconds"]))  # type: ignore[arg-type]
-            seconds = float(result["seconds"])  # type: ignore[arg-type]
+            result = min(runs, key=lambda run: run["seconds"])
+            seconds = result["seconds"]
             decoder = "msgspec" if result.get("msgspec") else "stdlib json"
             rows.append((f"import {size:,} events (JSONL, {path.stat().st_size / 2**20:,.0f} MiB)",
                          f"{seconds:.2f} s", f"{size / seconds:,.0f} events/s", f"{result['peak_mb']:.0f} MiB",
@@ -184,9 +197,9 @@ def main() -> None:
         reconciles = [run_child(big_url, work / "data", "reconcile", "--since", str(YEAR_START),
                                 "--until", str(YEAR_START + timedelta(days=DAYS - 1)), "--format", "json")
                       for _ in range(max(args.repeat, 1))]
-        result = min(reconciles, key=lambda run: float(run["seconds"]))  # type: ignore[arg-type]
+        result = min(reconciles, key=lambda run: run["seconds"])
         rows.append((f"reconcile a year ({args.events:,} events, exit {result['exit']})",
-                     f"{float(result['seconds']):.2f} s", f"compare {float(result.get('compare_s', 0)):.2f} s",  # type: ignore[arg-type]
+                     f"{result['seconds']:.2f} s", f"compare {result.get('compare_s', 0.0):.2f} s",
                      f"{result['peak_mb']:.0f} MiB", ""))
         print(f"{'measure':<52} {'time':>9} {'rate':>22} {'peak RSS':>9}  note")
         for name, seconds, rate, peak, note in rows:

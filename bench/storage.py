@@ -181,13 +181,16 @@ def clear(engine: Engine) -> None:
         finally:
             raw.close()
     else:
-        conn = raw.dbapi_connection
+        import psycopg
+
+        pg = raw.driver_connection
+        assert isinstance(pg, psycopg.Connection)
         try:
             raw.rollback()
-            conn.autocommit = True  # type: ignore[union-attr]
-            conn.execute("VACUUM ANALYZE cost_rows, usage_rows")  # type: ignore[union-attr]
+            pg.autocommit = True  # VACUUM runs outside a transaction
+            pg.execute("VACUUM ANALYZE cost_rows, usage_rows")
         finally:
-            conn.autocommit = False  # type: ignore[union-attr]
+            pg.autocommit = False
             raw.close()
 
 

@@ -95,8 +95,9 @@ def measure(web: WebApp, path: str, query: dict[str, str], repeat: int) -> tuple
 
 def run(url: str, integrations_n: int, days: int, repeat: int) -> list[list[object]]:
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp), database_url=url, master_key=MasterKey.generate().to_text(),  # type: ignore[arg-type]
-                            api_base_url="https://api.test", backfill_days_pro=days, ui_token=TOKEN)  # type: ignore[arg-type]
+        settings = Settings.model_validate({
+            "data_dir": Path(tmp), "database_url": url, "master_key": MasterKey.generate().to_text(),
+            "api_base_url": "https://api.test", "backfill_days_pro": days, "ui_token": TOKEN})
         app = App(settings, clock=FakeClock(datetime.combine(TODAY, datetime.min.time(), UTC).replace(hour=12)))
         try:
             started = time.perf_counter()

@@ -20,15 +20,18 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import make_settings
+from worker.api.client import tls_context
 from worker.app import App
 from worker.clock import FakeClock
 from worker.integrations import check_connection, connect, set_source
 from worker.secret import AdminKey
+from worker.settings import Tier
 from worker.simulator import SimulatorHandle, running_simulator
 from worker.storage import analytics as astore
 from worker.storage import repo
 from worker.storage.tables import analytics_cost_rows, analytics_names, cost_rows, revisions, sync_runs
-from worker.sync.engine import SyncOutcome, sync_integration
+from worker.sync.engine import Kind, SyncOutcome, sync_integration
+from worker.sync.streams import Source
 from worker.vault import MasterKey
 
 TODAY = date(2026, 3, 10)
@@ -51,16 +54,16 @@ def sim_app(sim: SimulatorHandle, db_url: str, tmp_path: Path, master_key: Maste
     application.close()
 
 
-def onboard(app: App, sim: SimulatorHandle, org: int = 0, tier: str = "free", source: str = "both") -> int:
+def onboard(app: App, sim: SimulatorHandle, org: int = 0, tier: Tier = "free", source: Source = "both") -> int:
     key = AdminKey(sim.keys[org])
     organization = asyncio.run(check_connection(app, key))
-    return connect(app, key, organization, label=None, tier=tier, source=source)  # type: ignore[arg-type]
+    return connect(app, key, organization, label=None, tier=tier, source=source)
 
 
-def run(app: App, iid: int, kind: str = "backfill", transport: httpx.AsyncBaseTransport | None = None) -> SyncOutcome:
+def run(app: App, iid: int, kind: Kind = "backfill", transport: httpx.AsyncBaseTransport | None = None) -> SyncOutcome:
     async def main() -> SyncOutcome:
         try:
-            return await sync_integration(app, iid, kind, transport=transport)  # type: ignore[arg-type]
+            return await sync_integration(app, iid, kind, transport=transport)
         finally:
             if transport is not None:  # a test's transport is its own to close (on this loop)
                 await transport.aclose()
@@ -71,7 +74,7 @@ class Wrapping(httpx.AsyncBaseTransport):
     """A real transport to the simulator with a hook on every answer."""
 
     def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+        self.inner = httpx.AsyncHTTPTransport(verify=tls_context())
 
     async def seen(self, request: httpx.Request) -> None: ...
 

@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, QueuePool, text
 
 from tests.conftest import PG_URL, make_settings, private_pg_schema
 from worker.app import App
@@ -122,7 +122,7 @@ class TestAdvisoryClaims:
         claims = AdvisoryClaims(pg_engine)
         try:
             assert claims.claim(1)
-            assert pg_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+            assert isinstance(pg_engine.pool, QueuePool) and pg_engine.pool.checkedout() == 0
         finally:
             claims.close()
 

@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 
 from tests.simulated import Truth, key_hint, make_sim, mount
 from worker.cli import cli
+from worker.clock import SystemClock
 from worker.simulator import SimulatorHandle
 from worker.storage.db import make_engine
 from worker.storage.tables import integrations
@@ -94,13 +95,22 @@ class TestOnboarding:
         (line,) = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
         assert "revoked" in line or "expired" in line
 
-    def test_wait_message_says_what_it_waits_for(self, env: dict[str, str], sim: SimulatorHandle) -> None:
-        """A wait after a failed attempt is announced as a backoff after that failure, not as the budget."""
+    def test_wait_message_says_what_it_waits_for(self, env: dict[str, str], sim: SimulatorHandle,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+        """A wait after a failed attempt is announced as a backoff after that failure, not as the budget. The
+        CLI runs on the real clock: its waits are recorded here instead of slept."""
+        waits: list[float] = []
+
+        async def sleep(_: SystemClock, seconds: float) -> None:
+            waits.append(seconds)
+
+        monkeypatch.setattr(SystemClock, "sleep", sleep)
         sim.add_fault("503")
         result = invoke(env, "test-connection")
         assert result.exit_code == 0, result.output
         [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("waiting")]
         assert "for backoff after 503" in line and "request budget" not in line
+        assert [w for w in waits if w > 0] == [pytest.approx(1.5, abs=0.5)]  # the first backoff: 1 to 2 s
 
     def test_key_from_stdin_is_trimmed(self, env: dict[str, str], sim: SimulatorHandle) -> None:
         """With no ANTHROPIC_ADMIN_KEY, a piped key (with whitespace around it) is used."""
@@ -280,7 +290,7 @@ class TestKeys:
         iid = connect(env)
         engine = make_engine(env["COST_WORKER_DATABASE_URL"])
         with engine.begin() as conn:
-            blob = conn.execute(integrations.select()).first().key_ciphertext  # type: ignore[union-attr]
+            blob = conn.execute(integrations.select()).one().key_ciphertext
             flipped = blob[:-1] + bytes([blob[-1] ^ 1])
             conn.execute(update(integrations).where(integrations.c.id == iid).values(key_ciphertext=flipped))
         engine.dispose()

@@ -150,7 +150,7 @@ class TestReadyz:
             async with serving(app, sim, scheduler=False) as (_s, _server, get):
                 return await get("/readyz")
         response = asyncio.run(go())
-        assert response.status_code == 200 and head_revision() in response.text  # type: ignore[operator]
+        assert response.status_code == 200 and str(head_revision()) in response.text
 
     def test_not_ready_when_schema_is_not_at_head(self, app: App, sim: SimulatorHandle) -> None:
         """503 when the database was migrated by another build (its revision differs from this head)."""
@@ -238,8 +238,9 @@ class TestMetrics:
         assert value(m, "cost_worker_integration_status", integration_id=i, status="error") == 0
         assert value(m, "cost_worker_backfill_progress_ratio", integration_id=i) == 1
         assert value(m, "cost_worker_backfill_days_remaining", integration_id=i) == 0
-        assert value(m, "cost_worker_last_success_timestamp_seconds", integration_id=i) == \
-            integration(app, iid).last_success_at.timestamp()  # type: ignore[union-attr]
+        last_success_at = integration(app, iid).last_success_at
+        assert last_success_at is not None
+        assert value(m, "cost_worker_last_success_timestamp_seconds", integration_id=i) == last_success_at.timestamp()
         assert value(m, "cost_worker_sync_runs_total", integration_id=i, kind="backfill", outcome="ok") == 1
         assert value(m, "cost_worker_sync_duration_seconds_count", integration_id=i) == 1
         assert value(m, "cost_worker_last_sync_outcome", integration_id=i, outcome="ok") == 1
@@ -392,7 +393,8 @@ class TestProcess:
         finally:
             proc.terminate()
             assert proc.wait(timeout=10) == 0
-            proc.stderr.close()  # type: ignore[union-attr]
+            assert proc.stderr is not None
+            proc.stderr.close()
 
     def test_run_listens_on_http_host_only(self, run_env: dict[str, str]) -> None:
         """COST_WORKER_HTTP_HOST=127.0.0.2 (a loopback address of its own): answers there, refuses 127.0.0.1."""

@@ -6,6 +6,7 @@ and under TYPE_CHECKING), so a lazy import cannot hide a cycle."""
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,16 @@ MODULES = _modules()
 
 def _imports(module: str) -> Iterator[tuple[str, list[str]]]:
     """(imported module, names imported from it) for every import statement of `module` in the package."""
+    for target, names in _parsed_imports(module):
+        yield target, list(names)
+
+
+@functools.cache  # every test reads the same sources: parse each once per session
+def _parsed_imports(module: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple((target, tuple(names)) for target, names in _read_imports(module))
+
+
+def _read_imports(module: str) -> Iterator[tuple[str, list[str]]]:
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     for node in ast.walk(ast.parse(path.read_text())):

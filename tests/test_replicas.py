@@ -81,7 +81,7 @@ class Deployment:
         })
         values = {k.removeprefix("COST_WORKER_").lower(): v for k, v in self.env.items()
                   if k.startswith("COST_WORKER_") and k != "COST_WORKER_TEST_DATABASE_URL"}
-        self.app = App(Settings(**values))  # type: ignore[arg-type]
+        self.app = App(Settings.model_validate(values))
         self.procs: list[subprocess.Popen[str]] = []
         self.ports: dict[int, int] = {}  # pid -> the /metrics port of a replica started with http=True
 

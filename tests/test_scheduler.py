@@ -22,6 +22,7 @@ import pytest
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from tests.conftest import fake_clock
 from tests.simulated import make_sim
 from tests.test_sync import integration, onboard
 from worker.api import Organization
@@ -63,7 +64,7 @@ class TestDispatch:
         assert dispatch(service) == ["backfill"]
         assert integration(app, iid).status == "ok"
         assert dispatch(service) == []  # nothing due until the next slot
-        app.clock.advance((datetime(2026, 3, 11, 6, 0, 30, tzinfo=UTC) - app.clock.now()).total_seconds())  # type: ignore[attr-defined]
+        fake_clock(app).advance((datetime(2026, 3, 11, 6, 0, 30, tzinfo=UTC) - app.clock.now()).total_seconds())
         sim.requests.clear()
         assert dispatch(service) == ["daily"]
         assert len(sim.requests) == 2
@@ -92,7 +93,7 @@ class TestDispatch:
         """A worker down at 06:00 runs that day's sync once when it comes back at 09:00."""
         iid = onboard(app, sim)
         dispatch(SyncService(app, transport=sim.transport()))
-        app.clock.advance((datetime(2026, 3, 11, 9, 0, tzinfo=UTC) - app.clock.now()).total_seconds())  # type: ignore[attr-defined]
+        fake_clock(app).advance((datetime(2026, 3, 11, 9, 0, tzinfo=UTC) - app.clock.now()).total_seconds())
         restarted = App(app.settings, clock=app.clock)
         replica = App(app.settings, clock=app.clock)  # a second replica/process polling the same database
         try:  # closed even when an assertion fails: a leaked engine's connections warn in a later test
@@ -112,7 +113,7 @@ class TestDispatch:
         iid = onboard(app, sim)
         service = SyncService(app, transport=sim.transport())
         dispatch(service)
-        app.clock.advance((datetime(2026, 3, 11, 6, 0, 1, tzinfo=UTC) - app.clock.now()).total_seconds())  # type: ignore[attr-defined]
+        fake_clock(app).advance((datetime(2026, 3, 11, 6, 0, 1, tzinfo=UTC) - app.clock.now()).total_seconds())
 
         async def go() -> None:
             polls = await asyncio.gather(service.dispatch_due(), service.dispatch_due())
@@ -157,9 +158,9 @@ class TestDispatch:
         both_slots_taken = asyncio.Event()
         store = IntegrationSync._store
 
-        def counted_store(self: IntegrationSync, *args: object) -> int:
+        def counted_store(self: IntegrationSync, *args: Any) -> int:  # whatever _store takes
             outstanding[0] -= 1
-            return store(self, *args)  # type: ignore[arg-type]
+            return store(self, *args)
         monkeypatch.setattr(IntegrationSync, "_store", counted_store)
 
         class Counting(httpx.AsyncBaseTransport):
@@ -259,8 +260,9 @@ def test_run_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> Non
     try:
         deadline = time.monotonic() + 30
         lines = []
+        assert proc.stderr is not None
         while time.monotonic() < deadline:
-            line = proc.stderr.readline()  # type: ignore[union-attr]
+            line = proc.stderr.readline()
             lines.append(line)
             if "cost-worker running" in line:
                 break
@@ -274,7 +276,8 @@ def test_run_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        proc.stderr.close()  # type: ignore[union-attr]
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 class TestDbExecutor:

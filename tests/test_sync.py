@@ -12,15 +12,17 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
+from tests.conftest import fake_clock
 from tests.simulated import COST_PATH, TODAY, USAGE_PATH, Truth, key_hint, make_sim, report_requests
 from worker.api import Organization
 from worker.app import App
 from worker.integrations import check_connection, connect
 from worker.secret import AdminKey
+from worker.settings import Tier
 from worker.simulator import SimulatorHandle
 from worker.storage import repo
 from worker.storage.tables import cost_rows, integrations, sync_runs, usage_rows
-from worker.sync.engine import TAKEN_OVER, sync_integration, sync_now
+from worker.sync.engine import TAKEN_OVER, Kind, sync_integration, sync_now
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +38,15 @@ def sim(module_sim: SimulatorHandle) -> SimulatorHandle:
     return module_sim
 
 
-def onboard(app: App, sim: SimulatorHandle, tier: str = "free", org: int = 0) -> int:
+def onboard(app: App, sim: SimulatorHandle, tier: Tier = "free", org: int = 0) -> int:
     key = AdminKey(sim.keys[org])
     organization = asyncio.run(check_connection(app, key, transport=sim.transport()))
-    return connect(app, key, organization, label=None, tier=tier, source="legacy")  # type: ignore[arg-type]
+    return connect(app, key, organization, label=None, tier=tier, source="legacy")
 
 
-def run(app: App, iid: int, kind: str, sim: SimulatorHandle | httpx.AsyncBaseTransport) -> Any:
+def run(app: App, iid: int, kind: Kind, sim: SimulatorHandle | httpx.AsyncBaseTransport) -> Any:
     transport = sim.transport() if isinstance(sim, SimulatorHandle) else sim
-    return asyncio.run(sync_integration(app, iid, kind, transport=transport))  # type: ignore[arg-type]
+    return asyncio.run(sync_integration(app, iid, kind, transport=transport))
 
 
 def stored_report(app: App, since: date, until: date) -> dict[tuple[date, str | None], Any]:
@@ -93,7 +95,7 @@ class TestConnect:
     def test_connection_test_respects_the_budget(self, app: App, sim: SimulatorHandle) -> None:
         """/me and the report request are spaced by the organization's budget (1 per minute)."""
         onboard(app, sim)
-        assert app.clock.sleeps == [pytest.approx(60)]  # type: ignore[attr-defined]
+        assert fake_clock(app).sleeps == [pytest.approx(60)]
 
     def test_same_organization_twice_is_refused(self, app: App, sim: SimulatorHandle) -> None:
         """A second integration for an organization already connected is refused with a clear message."""
@@ -107,7 +109,7 @@ class TestConnect:
 class TestBackfill:
     @pytest.mark.parametrize(("tier", "days", "requests"), [
         ("free", 30, 2), pytest.param("pro", 365, 24, marks=pytest.mark.slow)])  # slow: a year of data
-    def test_tier_backfill_equals_truth(self, app: App, sim: SimulatorHandle, tier: str, days: int,
+    def test_tier_backfill_equals_truth(self, app: App, sim: SimulatorHandle, tier: Tier, days: int,
                                         requests: int) -> None:
         """A tier's backfill stores exactly the truth for its days, with the minimum number of requests."""
         iid = onboard(app, sim, tier)
@@ -134,9 +136,9 @@ class TestBackfill:
     def test_requests_are_spaced_by_the_budget(self, app: App, sim: SimulatorHandle) -> None:
         """A 365-day backfill at 1 request/minute waits 60 s between its 24 requests, never less."""
         iid = onboard(app, sim, "pro")
-        app.clock.sleeps.clear()  # type: ignore[attr-defined]
+        fake_clock(app).sleeps.clear()
         run(app, iid, "backfill", sim)
-        sleeps = app.clock.sleeps  # type: ignore[attr-defined]
+        sleeps = fake_clock(app).sleeps
         assert len(sleeps) == 24 and all(s == pytest.approx(60) for s in sleeps)
 
     @pytest.mark.slow  # a year of data
@@ -216,9 +218,9 @@ class TestFailures:
         iid = onboard(app, sim)
         sim.requests.clear()
         sim.add_fault("429:retry_after=90")
-        app.clock.sleeps.clear()  # type: ignore[attr-defined]
+        fake_clock(app).sleeps.clear()
         assert run(app, iid, "backfill", sim).ok
-        assert max(app.clock.sleeps) >= 90  # type: ignore[attr-defined]
+        assert max(fake_clock(app).sleeps) >= 90
         with app.engine.begin() as conn:
             (run_row,) = repo.recent_runs(conn, iid)
         assert (run_row["rate_limited"], run_row["retries"], run_row["requests"]) == (1, 1, 3)
@@ -260,7 +262,7 @@ class TestRestatement:
         after = {(r.workspace_id, r.description): r.pico for r in sim.data.day(0, day).cost}
         changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
         assert before.keys() - after.keys() and after.keys() - before.keys()  # rows vanish and appear
-        app.clock.advance(86400)  # type: ignore[attr-defined]
+        fake_clock(app).advance(86400)
         assert run(app, iid, "daily", sim).ok
         assert_matches_truth(app, sim, TODAY - timedelta(days=29), TODAY)
         with app.engine.begin() as conn:
@@ -276,7 +278,7 @@ class TestRestatement:
         iid = onboard(app, sim)
         run(app, iid, "backfill", sim)
         sim.requests.clear()
-        app.clock.advance(86400)  # type: ignore[attr-defined]
+        fake_clock(app).advance(86400)
         run(app, iid, "daily", sim)
         today = TODAY + timedelta(days=1)
         assert [(r.path, r.param("starting_at"), r.param("ending_at")) for r in sim.requests] == [

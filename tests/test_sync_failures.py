@@ -19,17 +19,19 @@ import pytest
 from sqlalchemy import Engine, event, select
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import make_settings
+from tests.conftest import fake_clock, make_settings
+from worker.api.client import tls_context
 from worker.app import App
 from worker.clock import FakeClock
 from worker.integrations import check_connection, connect
 from worker.secret import AdminKey
+from worker.settings import Tier
 from worker.simulator import SimulatorHandle, running_simulator
 from worker.storage import repo
 from worker.storage.rows import usage_table_rows
 from worker.storage.tables import cost_rows, revisions, usage_rows
 from worker.sync import engine as sync_engine
-from worker.sync.engine import RETRY_MAX_SECONDS, retry_delay, sync_integration, sync_now
+from worker.sync.engine import RETRY_MAX_SECONDS, Kind, retry_delay, sync_integration, sync_now
 from worker.sync.scheduler import SyncService
 from worker.vault import MasterKey
 
@@ -61,7 +63,7 @@ class Hostile(httpx.AsyncBaseTransport):
         replaced = self.spoil(request)
         if replaced is not None:
             return replaced
-        async with httpx.AsyncHTTPTransport() as inner:  # one per request: tests run several event loops
+        async with httpx.AsyncHTTPTransport(verify=tls_context()) as inner:  # one per request: tests run several loops
             response = await inner.handle_async_request(request)
             body = await response.aread()
         return httpx.Response(response.status_code, headers=response.headers, content=body)
@@ -75,10 +77,10 @@ def nested_json(request: httpx.Request) -> httpx.Response | None:
                           headers={"content-type": "application/json", "request-id": "req_nested"})
 
 
-def onboard(app: App, sim: SimulatorHandle, tier: str = "free") -> int:
+def onboard(app: App, sim: SimulatorHandle, tier: Tier = "free") -> int:
     key = AdminKey(sim.keys[0])
     org = asyncio.run(check_connection(app, key))
-    return connect(app, key, org, label=None, tier=tier)  # type: ignore[arg-type]
+    return connect(app, key, org, label=None, tier=tier)
 
 
 def stored(app: App, iid: int) -> tuple[Any, ...]:
@@ -92,8 +94,8 @@ def stored(app: App, iid: int) -> tuple[Any, ...]:
     return (*tables, history, integ.cost_checkpoint, integ.usage_checkpoint, integ.backfill_done)
 
 
-def sync(app: App, iid: int, transport: httpx.AsyncBaseTransport, kind: str = "manual") -> Any:
-    return asyncio.run(sync_integration(app, iid, kind, transport=transport))  # type: ignore[arg-type]
+def sync(app: App, iid: int, transport: httpx.AsyncBaseTransport, kind: Kind = "manual") -> Any:
+    return asyncio.run(sync_integration(app, iid, kind, transport=transport))
 
 
 def assert_recorded_failure(app: App, iid: int, reason: str) -> dict[str, Any]:
@@ -202,7 +204,7 @@ class TestBackoff:
         transport = Hostile()
         transport.spoil = nested_json
         service = SyncService(app, transport=transport)
-        clock: FakeClock = app.clock  # type: ignore[assignment]
+        clock = fake_clock(app)
 
         def poll() -> list[str]:
             return [kind for kind, result in finished_by_one_poll(service) if result != "skipped"]
@@ -252,7 +254,7 @@ class TestBackoff:
         app.claims.release(iid)
 
         service = SyncService(app, transport=Hostile())
-        clock: FakeClock = app.clock  # type: ignore[assignment]
+        clock = fake_clock(app)
 
         def poll() -> int:
             return len(finished_by_one_poll(service))

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from tests.conftest import fake_clock
 from tests.simulated import TODAY, Truth, make_sim
 from tests.test_sync import onboard, run
 from worker.app import App
@@ -55,7 +56,7 @@ def test_totals_follow_backfill_restatement_and_removal(app: App) -> None:
     day = TODAY - timedelta(days=1)
     before = {k: v for k, v in stored(app).items() if k[1] == day}
     sim.add_fault(f"restate:day={day.isoformat()}")
-    app.clock.advance(24 * 3600)  # type: ignore[attr-defined]
+    fake_clock(app).advance(24 * 3600)
     run(app, iid, "daily", sim)
     after = {k: v for k, v in stored(app).items() if k[1] == day}
     assert after != before and stored(app) == from_rows(app)

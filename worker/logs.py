@@ -114,18 +114,21 @@ class TextFormatter(logging.Formatter):
         return scrub(super().formatException(ei))
 
 
+class _WorkerHandler(logging.StreamHandler[Any]):
+    """The handler setup_logging installs: a second call replaces it, and leaves any other alone."""
+
+
 def setup_logging(fmt: str = "auto", level: str = "info", stream: Any = None) -> None:
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "text" if getattr(stream, "isatty", lambda: False)() else "json"
-    handler = logging.StreamHandler(stream)
+    handler = _WorkerHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RedactFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
-        if getattr(old, "_cost_worker", False):
+        if isinstance(old, _WorkerHandler):
             root.removeHandler(old)
-    handler._cost_worker = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
     for noisy in ("httpx", "httpcore", "apscheduler", "alembic"):

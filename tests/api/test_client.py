@@ -197,7 +197,7 @@ class TestRetry:
         third = harness.request_id(3)
         assert err.attempts == 3 and err.status == 529 and err.request_id == third
         assert "529" in str(err) and third in str(err) and "overloaded_error" in str(err)
-        assert len(harness.sim.requests) == harness.gate.calls == 3  # type: ignore[union-attr]
+        assert harness.gate is not None and len(harness.sim.requests) == harness.gate.calls == 3
         assert len(harness.clock.sleeps) == 2
 
     def test_budget_exhausted_by_time(self, harness: Harness) -> None:
@@ -325,7 +325,8 @@ class TestNoKeyLeaks:
                 assert api._http is not None
                 assert "x-api-key" not in api._http.headers
                 request = httpx.Request("GET", "https://x/v1/organizations/me")
-                flow = api._http.auth.sync_auth_flow(request)  # type: ignore[union-attr]
+                assert api._http.auth is not None
+                flow = api._http.auth.sync_auth_flow(request)
                 assert next(flow).headers["x-api-key"] == key.reveal()
 
         asyncio.run(main())

@@ -70,7 +70,8 @@ class Browser:
             if message.get("id") == ident:
                 if "error" in message:
                     raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})  # type: ignore[no-any-return]
+                result: dict[str, Any] = message.get("result", {})
+                return result
             self.events.append(message)
             if message.get("method") == "Page.javascriptDialogOpening":  # never leave a dialog blocking the page
                 self.ws.send(json.dumps({"id": 0, "method": "Page.handleJavaScriptDialog", "params": {"accept": True}}))

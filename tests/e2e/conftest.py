@@ -28,7 +28,8 @@ def sim() -> Iterator[Simulator]:
 
 @pytest.fixture
 def make_worker(tmp_path: Path) -> Callable[..., Worker]:
-    def make(sim: Simulator, **settings: object) -> Worker:
-        settings.setdefault("requests_per_minute", RPM)
-        return Worker(tmp_path, sim.base_url, **settings)  # type: ignore[arg-type]
+    def make(sim: Simulator, *, requests_per_minute: float = RPM, burst: int = 1, database_url: str | None = None,
+             **settings: object) -> Worker:
+        return Worker(tmp_path, sim.base_url, requests_per_minute=requests_per_minute, burst=burst,
+                      database_url=database_url, **settings)
     return make

@@ -96,7 +96,8 @@ class Simulator:
         return normalize(truth_rows(raw["rows"]))
 
     def stats(self) -> dict[str, Any]:
-        return self.control("GET", "/_sim/stats")  # type: ignore[no-any-return]
+        stats: dict[str, Any] = self.control("GET", "/_sim/stats")
+        return stats
 
     def reset_stats(self) -> None:
         self.control("POST", "/_sim/reset-stats")
@@ -193,7 +194,8 @@ class Worker:
         return normalize(json.loads(self.run(*args).stdout))
 
     def integrations(self) -> list[dict[str, Any]]:
-        return json.loads(self.run("integrations", "list", "--format", "json").stdout)  # type: ignore[no-any-return]
+        listed: list[dict[str, Any]] = json.loads(self.run("integrations", "list", "--format", "json").stdout)
+        return listed
 
 
 def window(today: date, days: int) -> tuple[date, date]:

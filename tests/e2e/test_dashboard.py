@@ -118,7 +118,9 @@ def test_dashboard_in_a_browser(make_worker: Callable[..., Worker], tmp_path: Pa
             assert b.evaluate("document.querySelector('#organization').textContent").startswith(HOSTILE)
             b.click("#force-sync")
             started = b.wait_for("document.querySelector('#started') && document.querySelector('#started').textContent")
-            run_id = int(re.fullmatch(r"Started sync run (\d+)\.", started).group(1))  # type: ignore[union-attr]
+            said = re.fullmatch(r"Started sync run (\d+)\.", started)
+            assert said is not None, started
+            run_id = int(said.group(1))
             assert run_id > before
             b.wait_for(f"(document.querySelector('#runs tr[data-run=\"{run_id}\"] .status') || {{}}).textContent === 'ok'")
             assert b.evaluate("document.images.length") == 0 and b.dialogs() == []

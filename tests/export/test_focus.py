@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import insert
 
-from tests.conftest import BACKENDS, PG_URL, private_pg_schema
+from tests.conftest import BACKENDS, PG_URL, master_key_text, private_pg_schema
 from tests.watch.simbill import TODAY, connect_sim, make_sim, watch_app
 from worker.app import App
 from worker.cli import cli
@@ -56,7 +56,7 @@ def year(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 def env(app: App, tmp_path: Path) -> dict[str, str]:
     return {"COST_WORKER_DATABASE_URL": app.settings.effective_database_url, "COST_WORKER_DATA_DIR": str(tmp_path),
-            "COST_WORKER_MASTER_KEY": app.settings.master_key.get_secret_value()}  # type: ignore[union-attr]
+            "COST_WORKER_MASTER_KEY": master_key_text(app)}
 
 
 @pytest.fixture(scope="session")

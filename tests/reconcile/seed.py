@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
 
 from billgen import FIELDS, TOKEN_TYPES, Call
 from sqlalchemy import Engine
@@ -77,10 +78,10 @@ class Record:
         return _replace(record, **changes) if changes else record
 
 
-def _replace(record: Record, **changes: object) -> Record:
+def _replace(record: Record, **changes: Any) -> Record:
     from dataclasses import replace
 
-    return replace(record, **changes)  # type: ignore[arg-type]
+    return replace(record, **changes)
 
 
 def _number(payload: dict[str, object], cost: Decimal | None, key: str) -> str:

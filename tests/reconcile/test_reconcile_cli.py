@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from billgen import Call, days, generate_calls, random_org
@@ -66,13 +67,13 @@ def on(calls: list[Call], day: int, model: str) -> list[Call]:
     return [c for c in calls if c.at.date() == D[day] and c.model == model]
 
 
-def reconcile_json(env: dict[str, str], *extra: str) -> tuple[Result, dict]:  # type: ignore[type-arg]
+def reconcile_json(env: dict[str, str], *extra: str) -> tuple[Result, dict[str, Any]]:
     result = invoke(env, "reconcile", "--since", SINCE, "--until", UNTIL, "--format", "json", *extra)
     assert result.exit_code in (0, 3), result.output
     return result, json.loads(result.stdout)
 
 
-def drifting(report: dict) -> dict[tuple[str, str], list[str]]:  # type: ignore[type-arg]
+def drifting(report: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
     return {(r["date"], r["model"] or r["cost_type"]): r["causes"] for r in report["rows"] if r["status"] == "drift"}
 
 

@@ -36,7 +36,7 @@ def calls() -> list[Call]:
     return generate_calls(DATES, [SONNET, HAIKU])
 
 
-def drifting(result) -> dict[tuple[date, str | None], tuple[Cause, ...]]:  # type: ignore[no-untyped-def]
+def drifting(result: Reconciliation) -> dict[tuple[date, str | None], tuple[Cause, ...]]:
     return {(r.date, r.model or r.cost_type): r.causes for r in result.rows if r.status is Status.DRIFT}
 
 

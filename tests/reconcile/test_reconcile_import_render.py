@@ -13,8 +13,10 @@ from billgen import bill, days, generate_calls
 
 from worker.reconcile import (
     BadRecord,
+    ImportReport,
     InMemorySink,
     ModelNormalizer,
+    Reconciliation,
     StrictImportError,
     TokenCounts,
     TrackedEvent,
@@ -37,7 +39,8 @@ LINES = [
 ]
 
 
-def run(lines: list[str], sink: InMemorySink, *, batch_size: int = 2, strict: bool = False, source: str = "s"):  # type: ignore[no-untyped-def]
+def run(lines: list[str], sink: InMemorySink, *, batch_size: int = 2, strict: bool = False,
+        source: str = "s") -> ImportReport:
     normalizer = ModelNormalizer(["claude-sonnet-4-6"])
     fmt, items = read_events(lines, "jsonl", normalize=normalizer.normalize)
     return import_events(items, sink, source=source, format=fmt, strict=strict, batch_size=batch_size)
@@ -79,7 +82,7 @@ class TestImport:
 
 
 @pytest.fixture
-def result():  # type: ignore[no-untyped-def]
+def result() -> Reconciliation:
     dates = days(date(2026, 3, 1), 2)
     calls = generate_calls(dates, ["claude-sonnet-4-6"], per_day=4)
     builder = bill(calls, web_search={dates[1]: Decimal("0.25")})
@@ -90,7 +93,7 @@ def result():  # type: ignore[no-untyped-def]
 
 
 class TestRender:
-    def test_json_rows_have_the_contract_fields(self, result) -> None:  # type: ignore[no-untyped-def]
+    def test_json_rows_have_the_contract_fields(self, result: Reconciliation) -> None:
         """date, model, billed/tracked/delta cost as exact strings, status, causes list."""
         data = json.loads(render(result, "json"))
         required = {"date", "model", "billed_cost_usd", "tracked_cost_usd", "cost_delta_usd", "status", "causes"}
@@ -103,7 +106,7 @@ class TestRender:
         assert by[("2026-03-02", "claude-opus-4-6")]["tracked_cost_usd"] == "0.001"
         assert Decimal(data["summary"]["billed_cost_usd"]) == result.summary.billed_cost_usd
 
-    def test_csv_has_one_line_per_row(self, result) -> None:  # type: ignore[no-untyped-def]
+    def test_csv_has_one_line_per_row(self, result: Reconciliation) -> None:
         """A header of CSV_COLUMNS, then the rows; causes joined with ';'."""
         rows = list(csv.reader(io.StringIO(render(result, "csv"))))
         assert tuple(rows[0]) == CSV_COLUMNS
@@ -111,14 +114,14 @@ class TestRender:
         causes = CSV_COLUMNS.index("causes")
         assert "not_billed;unmatched_model" in {r[causes] for r in rows}
 
-    def test_table_ends_with_the_summary(self, result) -> None:  # type: ignore[no-untyped-def]
+    def test_table_ends_with_the_summary(self, result: Reconciliation) -> None:
         """The last line gives the bill, tracked total and unexplained remainder."""
         text = render(result, "table")
         last = text.strip().splitlines()[-1]
         assert last.startswith("billed $") and "tracked $" in last and "unexplained $" in last
         assert "(web_search)" in text
 
-    def test_unknown_output_format(self, result) -> None:  # type: ignore[no-untyped-def]
+    def test_unknown_output_format(self, result: Reconciliation) -> None:
         """Only table, csv and json exist."""
         with pytest.raises(ValueError, match="table, csv, json"):
             render(result, "xml")

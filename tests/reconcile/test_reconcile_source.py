@@ -170,8 +170,10 @@ class TestLineBound:
         lines = list(bounded_lines(io.BufferedReader(io.BytesIO(data)), max_line=100))
         assert lines[:2] == [b"a\n", b"x" * 99 + b"\n"] and lines[-1] == b"last"
         assert [type(line) for line in lines] == [bytes, bytes, BrokenLine, BrokenLine, bytes]
-        assert "line longer than 100 bytes (102 bytes)" in lines[2].reason  # type: ignore[attr-defined]
-        assert "(5,001 bytes)" in lines[3].reason  # type: ignore[attr-defined]
+        long_line, longer_line = lines[2], lines[3]
+        assert isinstance(long_line, BrokenLine) and isinstance(longer_line, BrokenLine)
+        assert "line longer than 100 bytes (102 bytes)" in long_line.reason
+        assert "(5,001 bytes)" in longer_line.reason
 
     @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
     def test_a_long_line_is_one_bad_row_with_its_number(self, fmt: str) -> None:

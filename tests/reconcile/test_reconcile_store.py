@@ -5,6 +5,7 @@ period's sources, the aggregates against the in-memory reference, the covering i
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy import Engine, delete, func, inspect, select
 
 from alembic import command
 from worker.reconcile import GroupBy, TokenCounts, TrackedEvent, aggregate_events, import_events
+from worker.reconcile.aggregate import TrackedAggregate
 from worker.reconcile.events import EventRow, row_from_event
 from worker.reconcile.store import CommittingSink, SqlEventSink, events, sources_between, tracked_aggregates
 from worker.storage.db import _alembic_config, make_engine, upgrade
@@ -23,7 +25,9 @@ DAY = date(2026, 3, 2)
 
 def row(event_id: str, *, at: str = "2026-03-02 10:00:00.000000", model: str = "m", cost: str = "",
         workspace: str = "", tokens: tuple[int, ...] = (1, 2, 3, 4, 5, 6), extra: str = "") -> EventRow:
-    return (event_id, at, "raw-" + model, model, *tokens, cost, workspace, "", "", extra)  # type: ignore[return-value]
+    inp, out, read, write_5m, write_1h, unsplit = tokens
+    return (event_id, at, "raw-" + model, model, inp, out, read, write_5m, write_1h, unsplit, cost, workspace, "", "",
+            extra)
 
 
 def stored(engine: Engine) -> list[tuple[object, ...]]:
@@ -126,7 +130,7 @@ class TestAggregates:
         def normalize(raw: str) -> str | None:
             return None if raw == "acme" else raw.lower().replace(".", "-")
 
-        expected: dict[tuple[date, str, str | None], object] = {}
+        expected: dict[tuple[date, str, str | None], TrackedAggregate] = {}
         for source in sources or ["alpha", "beta"]:
             # The first sighting of an id is the stored event (its day decides); later ones are duplicates.
             normalized = [_normalized(e, normalize) for e in loaded[source]]
@@ -134,7 +138,7 @@ class TestAggregates:
                 if not since <= cell[0] <= until:
                     continue
                 current = expected.get(cell)
-                expected[cell] = aggregate if current is None else current + aggregate  # type: ignore[operator]
+                expected[cell] = aggregate if current is None else current + aggregate
         with engine.connect() as conn:
             got = tracked_aggregates(conn, since, until, sources, by, normalize)
         assert {(a.day, a.model, a.key): a for a in got} == expected
@@ -161,10 +165,10 @@ class TestAggregates:
         assert "COVERING INDEX ix_events_reconcile" in plan and "TEMP B-TREE" not in plan
 
 
-def _normalized(event: TrackedEvent, normalize: object) -> TrackedEvent:
+def _normalized(event: TrackedEvent, normalize: Callable[[str], str | None]) -> TrackedEvent:
     from dataclasses import replace
 
-    return replace(event, model=normalize(event.raw_model))  # type: ignore[operator]
+    return replace(event, model=normalize(event.raw_model))
 
 
 class TestMigration:
@@ -218,13 +222,14 @@ def test_the_sink_begins_a_transaction_when_the_caller_has_not(engine: Engine) -
 def test_bulk_import_checkpoints_less_often_and_restores(engine: Engine) -> None:
     """SQLite: the WAL is checkpointed every ~40 MB during an import, as before afterwards; no transaction begun."""
     from worker.reconcile.store import IMPORT_WAL_AUTOCHECKPOINT, bulk_import
+    from worker.storage.db import sqlite_driver
 
     with engine.connect() as conn:
         if engine.dialect.name != "sqlite":
             with bulk_import(conn):
                 assert not conn.in_transaction()
             return
-        pragma = conn.connection.driver_connection.execute  # type: ignore[union-attr]
+        pragma = sqlite_driver(conn).execute
         (before,) = pragma("PRAGMA wal_autocheckpoint").fetchone()
         with bulk_import(conn):
             assert pragma("PRAGMA wal_autocheckpoint").fetchone() == (IMPORT_WAL_AUTOCHECKPOINT,)

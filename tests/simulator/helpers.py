@@ -19,6 +19,8 @@ VERSION = "2023-06-01"
 COST = "/v1/organizations/cost_report"
 USAGE = "/v1/organizations/usage_report/messages"
 ME = "/v1/organizations/me"
+# One TLS context for these tests' clients: httpx loads the CA bundle for each otherwise (about 15 ms of CPU).
+TLS = httpx.create_ssl_context()
 
 
 class FakeClock:
@@ -50,7 +52,7 @@ def cents(amount: str) -> Decimal:
 def client(sim: SimulatorHandle, org: int = 0, **headers: str) -> httpx.Client:
     base = {"x-api-key": sim.keys[org], "anthropic-version": VERSION}
     base.update(headers)
-    return httpx.Client(base_url=sim.base_url, headers=base, timeout=10)
+    return httpx.Client(base_url=sim.base_url, headers=base, timeout=10, verify=TLS)
 
 
 def local_client(sim: SimulatorHandle, org: int = 0, **headers: str) -> httpx.Client:

@@ -20,6 +20,7 @@ from worker.simulator import (
 from .helpers import (
     COST,
     ME,
+    TLS,
     TODAY,
     USAGE,
     buckets,
@@ -37,7 +38,7 @@ PARAMS = report_params(START, TODAY, 7, "description")
 
 
 def control(sim: SimulatorHandle) -> httpx.Client:
-    return httpx.Client(base_url=sim.base_url, timeout=10)
+    return httpx.Client(base_url=sim.base_url, timeout=10, verify=TLS)
 
 
 class TestErrorFaults:

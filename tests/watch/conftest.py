@@ -13,9 +13,8 @@ from tests.conftest import BACKENDS, PG_URL, private_pg_schema
 from worker.app import App
 from worker.clock import FakeClock
 from worker.simulator import SimulatorApp
-from worker.vault import MasterKey
 
-from .simbill import connect_sim, make_sim, watch_app
+from .simbill import WATCH_KEY, connect_sim, make_sim, watch_app
 
 
 @pytest.fixture
@@ -27,7 +26,7 @@ def steady_sim() -> SimulatorApp:
 def app_factory(db_url: str, tmp_path: Path) -> Iterator[Any]:
     """Make Apps on the test database (several share it, like replicas); all closed afterwards."""
     made: list[App] = []
-    key = MasterKey.generate()
+    key = WATCH_KEY  # shared by the Apps, like replicas, and by the copied backfills (simbill)
 
     def make(clock: FakeClock | None = None, **settings: Any) -> App:
         application = watch_app(db_url, tmp_path, clock, key, **settings)

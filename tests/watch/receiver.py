@@ -49,7 +49,9 @@ class Receiver:
 
         lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, name="webhook-receiver", daemon=True)
+        # shutdown() waits for serve_forever's next poll: the default 0.5 s would be most of a test's time
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), name="webhook-receiver",
+                                       daemon=True)
         self.thread.start()
 
     @property

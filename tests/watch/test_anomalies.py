@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from tests.conftest import master_key_text
 from worker.app import App
 from worker.cli import cli
 from worker.simulator import SimulatorApp
@@ -135,14 +136,15 @@ class TestJudge:
         s = series([0.10] * 28 + [0.40])
         verdict = judge(s, date(2026, 2, 2), None, Thresholds(3.5, Decimal(1)))
         assert verdict is not None and verdict.direction is None and verdict.score > 3.5
-        assert judge(s, date(2026, 2, 2), None, Thresholds(3.5, Decimal("0.1"))).direction == "spike"  # type: ignore[union-attr]
+        verdict = judge(s, date(2026, 2, 2), None, Thresholds(3.5, Decimal("0.1")))
+        assert verdict is not None and verdict.direction == "spike"
 
 
 class TestCommand:
     def env(self, app: App, tmp_path: Path) -> dict[str, str]:
         return {"COST_WORKER_DATABASE_URL": app.settings.effective_database_url,
                 "COST_WORKER_DATA_DIR": str(tmp_path / "data"),
-                "COST_WORKER_MASTER_KEY": app.settings.master_key.get_secret_value()}  # type: ignore[union-attr]
+                "COST_WORKER_MASTER_KEY": master_key_text(app)}
 
     def test_json_fields(self, own: tuple[App, SimulatorApp], tmp_path: Path) -> None:
         """`anomalies --since --until --format json`: the documented fields, money exact, the spike found."""

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from tests.conftest import master_key_text
 from worker.app import App
 from worker.cli import cli
 from worker.settings import Budget
@@ -152,7 +153,7 @@ class TestCommand:
                           'model = "claude-sonnet-4-6"\n')
         return {"COST_WORKER_DATABASE_URL": app.settings.effective_database_url,
                 "COST_WORKER_DATA_DIR": str(tmp_path / "data"), "COST_WORKER_CONFIG": str(config),
-                "COST_WORKER_MASTER_KEY": app.settings.master_key.get_secret_value()}  # type: ignore[union-attr]
+                "COST_WORKER_MASTER_KEY": master_key_text(app)}
 
     def test_json_fields(self, env: dict[str, str], synced: tuple[App, SimulatorApp]) -> None:
         """`budgets --at DATE --format json`: exactly the documented fields, money as exact strings."""

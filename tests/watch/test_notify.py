@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select, text
 
+from tests.conftest import fake_clock
 from worker.app import App
 from worker.clock import FakeClock
 from worker.settings import Notify, SettingsError, load_settings
@@ -68,7 +69,7 @@ class TestOncePerChange:
         assert got.headers["content-type"] == "application/json" and len(got.headers["idempotency-key"]) == 32
         assert got.path == f"/hooks/{receiver.token}"
         poll(app)
-        app.clock.advance(3600)  # type: ignore[attr-defined]
+        fake_clock(app).advance(3600)
         poll(app)
         assert len(receiver.received) == 1
 
@@ -105,7 +106,7 @@ class TestOncePerChange:
                               ("error", "401 again"), ("ok", None)):
             with app.engine.begin() as conn:
                 repo.update_integration(conn, 1, status=status, last_error=error, updated_at=app.clock.now())
-            app.clock.advance(1)  # type: ignore[attr-defined]
+            fake_clock(app).advance(1)
             poll(app)
         titles = [r.json["title"] for r in receiver.received]
         assert titles == ["Integration 1 (Anthropic - Simulated Org 0) is failing",
@@ -133,7 +134,7 @@ class TestDelivery:
         backoff (30 s, then 60 s, +-20 %)."""
         receiver.statuses = [500, 503]
         app = watched(app_factory, steady_sim, receiver)
-        clock: FakeClock = app.clock  # type: ignore[assignment]
+        clock = fake_clock(app)
         poll(app)
         assert len(receiver.received) == 1
         poll(app)
@@ -159,7 +160,7 @@ class TestDelivery:
         app = watched(app_factory, steady_sim, receiver)
         with caplog.at_level(logging.INFO):
             poll(app)
-            app.clock.advance(7200)  # type: ignore[attr-defined]
+            fake_clock(app).advance(7200)
             poll(app)
         assert len(receiver.received) == 1
         assert outbox(app)[0][:2] == ("failed", 1)
@@ -174,7 +175,7 @@ class TestDelivery:
         app = watched(app_factory, steady_sim, receiver)
         for _ in range(MAX_ATTEMPTS + 3):
             poll(app)
-            app.clock.advance(2 * 3600)  # type: ignore[attr-defined]
+            fake_clock(app).advance(2 * 3600)
         assert len(receiver.received) == MAX_ATTEMPTS
         assert outbox(app) == [("failed", MAX_ATTEMPTS, "HTTP 500")]
 
@@ -206,7 +207,7 @@ class TestSecretUrl:
         with caplog.at_level(logging.DEBUG):
             poll(app)
             receiver.close()
-            app.clock.advance(120)  # type: ignore[attr-defined]
+            fake_clock(app).advance(120)
             poll(app)
         assert outbox(app)[0][2] == "ConnectError"
         assert receiver.token not in caplog.text
@@ -226,7 +227,7 @@ class TestSecretUrl:
         assert "T0KENsecret" not in str(caught.value)
         assert str(caught.value) == (f"invalid [[notify]] #1 in {config}: url: expected an http(s) URL such as "
                                      "https://hooks.slack.com/services/...")
-        assert Notify(url="https://x.test/T0KEN").url.get_secret_value().endswith("T0KEN")  # type: ignore[arg-type]
+        assert Notify.model_validate({"url": "https://x.test/T0KEN"}).url.get_secret_value().endswith("T0KEN")
 
 
 def outbox(app: App) -> list[tuple[str, int, str | None]]:

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from tests.conftest import master_key_text
 from worker.app import App
 from worker.cli import cli
 from worker.integrations import set_source
@@ -245,7 +246,7 @@ class TestKeyAndUserAnomalies:
         resync(app, sim, 1)
         env = {"COST_WORKER_DATABASE_URL": app.settings.effective_database_url,
                "COST_WORKER_DATA_DIR": str(tmp_path / "data"),
-               "COST_WORKER_MASTER_KEY": app.settings.master_key.get_secret_value()}  # type: ignore[union-attr]
+               "COST_WORKER_MASTER_KEY": master_key_text(app)}
         result = CliRunner().invoke(cli, ["anomalies", "--since", str(day), "--until", str(day), "--format", "json"],
                                     env=env)
         assert result.exit_code == 0, result.output

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import make_settings, premigrate
+from tests.conftest import make_settings, master_key_text, premigrate
 from tests.simulated import TODAY, Truth, make_sim
 from worker.app import App
 from worker.cli import cli
@@ -105,7 +105,7 @@ async def serving(app: App, sim: SimulatorHandle) -> AsyncIterator[Client]:
 def cli_json(app: App, *args: str, env: dict[str, str] | None = None) -> Any:
     """What `cost-worker ARGS` prints (JSON) on the app's database."""
     base = {"COST_WORKER_DATABASE_URL": app.settings.effective_database_url,
-            "COST_WORKER_MASTER_KEY": app.settings.master_key.get_secret_value(),  # type: ignore[union-attr]
+            "COST_WORKER_MASTER_KEY": master_key_text(app),
             "COST_WORKER_DATA_DIR": str(app.settings.data_dir)}
     result = CliRunner().invoke(cli, list(args), env={**base, **(env or {})})
     assert result.exit_code == 0, result.output
@@ -117,18 +117,18 @@ def cli_json(app: App, *args: str, env: dict[str, str] | None = None) -> Any:
 class TestToken:
     def test_from_env_or_file_never_shown(self, tmp_path: Path) -> None:
         """COST_WORKER_UI_TOKEN or its _FILE; repr and str mask it; both at once, or a short one, are one line."""
-        token = load_ui_token(Settings(ui_token=TOKEN))  # type: ignore[arg-type]
+        token = load_ui_token(Settings.model_validate({"ui_token": TOKEN}))
         assert token is not None and token.matches(TOKEN) and not token.matches(TOKEN + "x")
-        assert TOKEN not in repr(token) and TOKEN not in str(token) and TOKEN not in repr(Settings(ui_token=TOKEN))  # type: ignore[arg-type]
+        assert TOKEN not in repr(token) and TOKEN not in str(token) and TOKEN not in repr(Settings.model_validate({"ui_token": TOKEN}))
         path = tmp_path / "token"
         path.write_text(TOKEN + "\n")
         from_file = load_ui_token(Settings(ui_token_file=path))
         assert from_file is not None and from_file.matches(TOKEN)
         assert load_ui_token(Settings()) is None
         with pytest.raises(SettingsError, match="only one of COST_WORKER_UI_TOKEN and COST_WORKER_UI_TOKEN_FILE"):
-            load_ui_token(Settings(ui_token=TOKEN, ui_token_file=path))  # type: ignore[arg-type]
+            load_ui_token(Settings.model_validate({"ui_token": TOKEN, "ui_token_file": path}))
         with pytest.raises(SettingsError, match="at least 16") as short:
-            load_ui_token(Settings(ui_token="short"))  # type: ignore[arg-type]
+            load_ui_token(Settings.model_validate({"ui_token": "short"}))
         assert "short" not in str(short.value).replace("at least", "")
         with pytest.raises(SettingsError, match="cannot read"):
             load_ui_token(Settings(ui_token_file=tmp_path / "missing"))
@@ -247,7 +247,7 @@ async def test_connection_test_answers_the_org_or_the_clis_line(web_app: App, si
     assert regular.status_code == 400 and regular.json()["error"].startswith("this is a regular API key")
     env = {"COST_WORKER_DATABASE_URL": web_app.settings.effective_database_url,
            "COST_WORKER_DATA_DIR": str(web_app.settings.data_dir),
-           "COST_WORKER_MASTER_KEY": web_app.settings.master_key.get_secret_value(),  # type: ignore[union-attr]
+           "COST_WORKER_MASTER_KEY": master_key_text(web_app),
            "ANTHROPIC_ADMIN_KEY": "sk-ant-api03-abcdefabcdef"}
     cli_line = CliRunner().invoke(cli, ["test-connection"], env=env).stderr.strip()
     assert cli_line == f"error: {regular.json()['error']}"

@@ -15,7 +15,7 @@ carry), a service account or an API key acting as itself by its id. On the track
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
 
@@ -39,19 +39,26 @@ def actor_key(value: str | None) -> str | None:
 
 
 @dataclass
+class _Cell:
+    """One (day, model, key) of the bill while it is summed: token counts, and billed USD per token type."""
+
+    tokens: TokenCounts = field(default_factory=TokenCounts)
+    costs: dict[str, Decimal] = field(default_factory=dict)
+
+
+@dataclass
 class AnalyticsBill:
     """The same interface as `BillBuilder`: `cells()`, `fees()`, `prices()`."""
 
-    _cells: dict[tuple[date, str, str | None], list[object]]
+    _cells: dict[tuple[date, str, str | None], _Cell]
     _fees: dict[tuple[date, str | None, str], Decimal]
     user_emails: dict[str, str]  # user id -> lowercased email (to map tracked `user_...` customers)
 
     def cells(self) -> list[BilledCell]:
         out = []
-        for (day, model, key), (tokens, costs) in sorted(self._cells.items(),
-                                                         key=lambda i: (i[0][0], i[0][1], i[0][2] or "")):
-            out.append(BilledCell(day=day, model=model, key=key, tokens=tokens,  # type: ignore[arg-type]
-                                  cost=TokenCosts(**costs)))  # type: ignore[arg-type]
+        for (day, model, key), summed in sorted(self._cells.items(), key=lambda i: (i[0][0], i[0][1], i[0][2] or "")):
+            out.append(BilledCell(day=day, model=model, key=key, tokens=summed.tokens,
+                                  cost=TokenCosts(**summed.costs)))
         return out
 
     def fees(self) -> list[BilledFee]:
@@ -90,13 +97,13 @@ def load_analytics_bill(conn: Connection, since: date, until: date, by: GroupBy 
         return user_emails.get(actor_id) or actor_id or None
 
     ids = [integration_id] if integration_id is not None else None
-    cells: dict[tuple[date, str, str | None], list[object]] = {}
+    cells: dict[tuple[date, str, str | None], _Cell] = {}
     fees: dict[tuple[date, str | None, str], Decimal] = {}
 
-    def cell(day: date, model: str, key: str | None) -> list[object]:
+    def cell(day: date, model: str, key: str | None) -> _Cell:
         found = cells.get((day, model, key))
         if found is None:
-            found = cells[(day, model, key)] = [TokenCounts(), {}]
+            found = cells[(day, model, key)] = _Cell()
         return found
 
     for _iid, day, model, api_key, actor_id, _tier, cost_type, token_type, amount, _list in astore.cost_lines(
@@ -106,17 +113,14 @@ def load_analytics_bill(conn: Connection, since: date, until: date, by: GroupBy 
             fee = (day, key, cost_type or "other")
             fees[fee] = EXACT.add(fees.get(fee, Decimal(0)), amount)
             continue
-        costs = cell(day, model, key)[1]
-        assert isinstance(costs, dict)
+        costs = cell(day, model, key).costs
         name = BILL_TOKEN_TYPES.get(token_type, "other")
         costs[name] = EXACT.add(costs.get(name, Decimal(0)), amount)
     for _iid, day, model, api_key, actor_id, *counts in astore.usage_lines(conn, since, until, ids):
         if not model:
             continue
         target = cell(day, model, key_of(api_key, actor_id))
-        tokens = target[0]
-        assert isinstance(tokens, TokenCounts)
-        target[0] = tokens + TokenCounts(*(int(n) for n in counts))
+        target.tokens += TokenCounts(*(int(n) for n in counts))
     return AnalyticsBill(cells, fees, user_emails)
 
 

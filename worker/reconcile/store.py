@@ -51,6 +51,7 @@ from worker.money import money_sum
 from worker.reconcile.aggregate import BillBuilder, GroupBy, TrackedAggregate
 from worker.reconcile.events import ROW_COLUMNS, EventRow, TokenCounts
 from worker.reconcile.models import canonical_model_id
+from worker.storage.db import sqlite_driver
 from worker.storage.tables import cost_rows, metadata, usage_rows
 from worker.storage.types import ExactDecimal, UTCDateTime
 
@@ -170,7 +171,7 @@ class SqlEventSink:
             sql = self._sql[source] = _sqlite_upsert(source)
         # Through SQLAlchemy first: it begins the transaction if the caller has not (BEGIN IMMEDIATE).
         before = self._conn.exec_driver_sql(_LAST_ID).scalar() or 0
-        cursor = self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor = sqlite_driver(self._conn).cursor()
         try:
             cursor.executemany(sql, rows)
         finally:
@@ -387,13 +388,13 @@ def bulk_import(conn: Connection) -> Iterator[None]:
     if conn.dialect.name != "sqlite":
         yield
         return
-    driver = conn.connection.driver_connection  # not through SQLAlchemy: a PRAGMA needs no transaction
-    (previous,) = driver.execute("PRAGMA wal_autocheckpoint").fetchone()  # type: ignore[union-attr]
-    driver.execute(f"PRAGMA wal_autocheckpoint={IMPORT_WAL_AUTOCHECKPOINT}")  # type: ignore[union-attr]
+    driver = sqlite_driver(conn)  # not through SQLAlchemy: a PRAGMA needs no transaction
+    (previous,) = driver.execute("PRAGMA wal_autocheckpoint").fetchone()
+    driver.execute(f"PRAGMA wal_autocheckpoint={IMPORT_WAL_AUTOCHECKPOINT}")
     try:
         yield
     finally:
-        driver.execute(f"PRAGMA wal_autocheckpoint={int(previous)}")  # type: ignore[union-attr]
+        driver.execute(f"PRAGMA wal_autocheckpoint={int(previous)}")
 
 
 class CommittingSink:

@@ -164,9 +164,9 @@ def _base_dims(org: Org, tagged: dict[str | None, str], r: UsageRecord, actor: t
 def day_facts(data: SimulatorData, org_index: int, day: date) -> tuple[list[Fact], list[Fact]]:
     """(cost facts, usage facts) of one day, cached on the generated day."""
     day_data: DayData = data.day(org_index, day)
-    cached = day_data.fragments.get("analytics")
+    cached: tuple[list[Fact], list[Fact]] | None = day_data.fragments.get("analytics")  # put there below
     if cached is not None:
-        return cached  # type: ignore[no-any-return]
+        return cached
     org = data.org(org_index)
     tagged = _tagged_workspaces(org)
     discount = org.discount_pct

@@ -7,8 +7,10 @@ read-then-write transaction that started deferred could not upgrade its lock whe
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -119,20 +121,35 @@ def upgrade(engine: Engine) -> None:
             if engine.dialect.name == "postgresql":
                 # Replicas starting together: one migrates, the others wait and then find nothing to do.
                 conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
-            command.upgrade(_alembic_config(conn), "head")
+            if _revision(conn) != head_revision():  # at head: skip loading env.py and every script again
+                command.upgrade(_alembic_config(conn), "head")
     except OperationalError as exc:
         raise DatabaseError(f"database {safe_url(str(engine.url))} is not reachable: {_first_line(exc)}") from None
     except SQLAlchemyError as exc:
         raise DatabaseError(f"migrating database {safe_url(str(engine.url))} failed: {_first_line(exc)}") from None
 
 
+def sqlite_driver(conn: Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under `conn`, for what SQLAlchemy does not pass through (executemany of plain
+    tuples, a PRAGMA outside a transaction)."""
+    driver = conn.connection.driver_connection
+    if not isinstance(driver, sqlite3.Connection):
+        raise TypeError(f"not an SQLite connection: {conn.dialect.name}")
+    return driver
+
+
 def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return _revision(conn)
+
+
+def _revision(conn: Connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    return MigrationContext.configure(conn).get_current_revision()
 
 
+@functools.cache  # the scripts are part of the installed package: reading them once per process is enough
 def head_revision() -> str | None:
     from alembic.script import ScriptDirectory
 

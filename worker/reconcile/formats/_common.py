@@ -356,7 +356,8 @@ def money(value: Any, field: str) -> Decimal | None:
             raise RecordError(f"{field} is not a number: {value!r}") from None
     if not amount.is_finite():
         raise RecordError(f"{field} is not finite: {value!r}")
-    if amount and (amount.adjusted() >= 18 or amount.as_tuple().exponent < -60):  # type: ignore[operator]
+    exponent = amount.as_tuple().exponent  # an int: the amount is finite
+    if amount and (amount.adjusted() >= 18 or (isinstance(exponent, int) and exponent < -60)):
         raise RecordError(f"{field} is out of range: {value!r}")
     return amount
 

@@ -32,6 +32,7 @@ from sqlalchemy import Connection, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from worker import __version__
+from worker.api.client import tls_context
 from worker.settings import Notify
 from worker.storage.tables import notifications
 
@@ -193,7 +194,8 @@ async def deliver(app: App, *, budget_seconds: float = 4.0,
     done = Delivery()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget_seconds
-    async with transport or httpx.AsyncHTTPTransport() as sender:
+    # The process's one TLS context: a new one per poll would load the CA bundle again (15-70 ms of CPU).
+    async with transport or httpx.AsyncHTTPTransport(verify=tls_context()) as sender:
         while loop.time() < deadline:
             batch = await app.db(_claim_due, app, BATCH)
             if not batch:

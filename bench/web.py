@@ -42,6 +42,7 @@ from worker.storage import repo
 from worker.storage.tables import (
     analytics_checkpoints,
     analytics_cost_rows,
+    analytics_daily_totals,
     analytics_names,
     analytics_state,
     analytics_usage_rows,
@@ -65,7 +66,7 @@ TOKEN = "bench-token-0123456789abcdef"
 # Every table the sync writes per integration: copied from the first to the others. Row tables have a
 # surrogate `id` (left to the database); the rest are keyed by integration and copied whole.
 ROW_TABLES = (cost_rows, usage_rows, analytics_cost_rows, analytics_usage_rows)
-KEYED_TABLES = (day_digests, daily_model_totals, analytics_names, analytics_state, analytics_checkpoints)
+KEYED_TABLES = (day_digests, daily_model_totals, analytics_daily_totals, analytics_names, analytics_state, analytics_checkpoints)
 
 
 def fill(app: App, integrations_n: int, days: int, source: str) -> int:
@@ -92,7 +93,7 @@ def fill(app: App, integrations_n: int, days: int, source: str) -> int:
                     select(func.cast(iid, table_.c.integration_id.type), *columns).where(
                         table_.c.integration_id == first)))
         counts = {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
-                  for t in (*ROW_TABLES, daily_model_totals)}
+                  for t in (*ROW_TABLES, daily_model_totals, analytics_daily_totals)}
         print(", ".join(f"{name}: {n:,}" for name, n in counts.items()), file=sys.stderr)
         return sum(counts[t.name] for t in ROW_TABLES)
 

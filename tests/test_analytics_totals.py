@@ -45,14 +45,14 @@ def from_rows(app: App) -> dict[tuple[Any, ...], tuple[Any, ...]]:
                 c.integration_id, c.day, c.model, c.api_key_id, c.actor_id, c.amount_usd, c.list_amount_usd).where(
                 c.grouping == "main")):
             for dimension, value in (("model", model), ("api_key", key), ("actor", actor)):
-                sums[(iid, day, dimension, value)][0] += amount
-                sums[(iid, day, dimension, value)][1] += listed
+                sums[(iid, day, dimension, value, "cost")][0] += amount
+                sums[(iid, day, dimension, value, "cost")][1] += listed
         u = analytics_usage_rows.c
         for r in conn.execute(select(u.integration_id, u.day, u.model, u.api_key_id, u.actor_id, u.uncached_input_tokens,
                                      u.output_tokens, u.cache_read_input_tokens, u.cache_creation_5m_input_tokens,
                                      u.cache_creation_1h_input_tokens).where(u.grouping == "main")):
             for dimension, value in (("model", r[2]), ("api_key", r[3]), ("actor", r[4])):
-                acc = sums[(r[0], r[1], dimension, value)]
+                acc = sums[(r[0], r[1], dimension, value, "usage")]
                 acc[2] += r[5]
                 acc[3] += r[6]
                 acc[4] += r[7]
@@ -63,8 +63,8 @@ def from_rows(app: App) -> dict[tuple[Any, ...], tuple[Any, ...]]:
 def stored(app: App) -> dict[tuple[Any, ...], tuple[Any, ...]]:
     t = analytics_daily_totals.c
     with app.engine.connect() as conn:
-        return {tuple(r[:4]): tuple(r[4:]) for r in conn.execute(select(
-            t.integration_id, t.day, t.dimension, t.key, t.cost_usd, t.list_cost_usd, t.input_tokens, t.output_tokens,
+        return {tuple(r[:5]): tuple(r[5:]) for r in conn.execute(select(
+            t.integration_id, t.day, t.dimension, t.key, t.part, t.cost_usd, t.list_cost_usd, t.input_tokens, t.output_tokens,
             t.cache_read_tokens, t.cache_write_tokens))}
 
 
@@ -94,6 +94,8 @@ def test_totals_follow_backfill_spike_and_removal(app: App) -> None:
     assert after != before and stored(app) == from_rows(app)
     assert sum(v[0] for k, v in after.items() if k[2] == "model") > 4 * sum(
         v[0] for k, v in before.items() if k[2] == "model")
+    assert sum(v[3] for k, v in after.items() if k[2] == "model") > 4 * sum(
+        v[3] for k, v in before.items() if k[2] == "model")  # the usage part too
     assert remove(app.engine, iid) and stored(app) == {}
 
 

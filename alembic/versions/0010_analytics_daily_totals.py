@@ -26,6 +26,7 @@ def upgrade() -> None:
     sa.Column('day', sa.Date(), nullable=False),
     sa.Column('dimension', sa.String(length=10), nullable=False),
     sa.Column('key', sa.String(length=500), nullable=False),
+    sa.Column('part', sa.String(length=5), nullable=False),
     sa.Column('cost_usd', worker.storage.types.ExactDecimal(), nullable=False),
     sa.Column('list_cost_usd', worker.storage.types.ExactDecimal(), nullable=False),
     sa.Column('input_tokens', sa.BigInteger(), nullable=False),
@@ -33,22 +34,22 @@ def upgrade() -> None:
     sa.Column('cache_read_tokens', sa.BigInteger(), nullable=False),
     sa.Column('cache_write_tokens', sa.BigInteger(), nullable=False),
     sa.ForeignKeyConstraint(['integration_id'], ['integrations.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('integration_id', 'day', 'dimension', 'key')
+    sa.PrimaryKeyConstraint('integration_id', 'day', 'dimension', 'key', 'part')
     )
     with op.batch_alter_table('analytics_daily_totals', schema=None) as batch_op:
-        batch_op.create_index('ix_analytics_daily_totals_day', ['dimension', 'day'], unique=False)
+        batch_op.create_index('ix_analytics_daily_totals_day', ['dimension', 'part', 'day'], unique=False)
 
     from worker.storage import analytics_totals  # the code that keeps the table in step from now on
 
     conn = op.get_bind()
-    days: dict = {}
-    for name in ('analytics_cost_rows', 'analytics_usage_rows'):
+    for name, part in (('analytics_cost_rows', 'cost'), ('analytics_usage_rows', 'usage')):
         rows = sa.table(name, sa.column('integration_id'), sa.column('day', sa.Date()), sa.column('grouping'))
+        days: dict = {}
         for iid, day in conn.execute(sa.select(rows.c.integration_id, rows.c.day).where(
                 rows.c.grouping == 'main').distinct()):
-            days.setdefault(iid, set()).add(day)
-    for iid in sorted(days):
-        analytics_totals.refresh(conn, iid, sorted(days[iid]))
+            days.setdefault(iid, []).append(day)
+        for iid in sorted(days):
+            analytics_totals.refresh(conn, iid, days[iid], part)
 
 
 def downgrade() -> None:

@@ -456,7 +456,8 @@ def _replace_days(conn: Connection, spec: _DayTable, integration_id: int, days: 
     if spec.table is cost_rows or spec.table is usage_rows:
         totals.refresh(conn, integration_id, list(days))  # the days that changed (unchanged ones returned above)
     elif (spec.table is analytics_cost_rows or spec.table is analytics_usage_rows) and scope_value == analytics_totals.MAIN:
-        analytics_totals.refresh(conn, integration_id, list(days))  # likewise, for the overview's analytics part
+        # Likewise, for the overview's analytics part: only the part of the totals this table sums.
+        analytics_totals.refresh(conn, integration_id, list(days), "cost" if spec.table is analytics_cost_rows else "usage")
     return len(new_rows)
 
 

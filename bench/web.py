@@ -54,6 +54,7 @@ from worker.storage.tables import (
 )
 from worker.sync.engine import sync_integration
 from worker.sync.scheduler import SyncService
+from worker.sync.streams import Source
 from worker.vault import MasterKey
 from worker.web.app import WebApp
 from worker.web.auth import UiToken
@@ -69,12 +70,12 @@ ROW_TABLES = (cost_rows, usage_rows, analytics_cost_rows, analytics_usage_rows)
 KEYED_TABLES = (day_digests, daily_model_totals, analytics_daily_totals, analytics_names, analytics_state, analytics_checkpoints)
 
 
-def fill(app: App, integrations_n: int, days: int, source: str) -> int:
+def fill(app: App, integrations_n: int, days: int, source: Source) -> int:
     """Sync one simulated organization for `days`, then copy its rows to more integrations; rows stored."""
     sim = in_process("https://api.test", orgs=1, seed=3, today=TODAY, requests_per_minute=0)
     key = AdminKey(sim.keys[0])
     org = asyncio.run(check_connection(app, key, transport=sim.transport()))
-    first = connect(app, key, org, label="Org 1", tier="pro", source=source)  # type: ignore[arg-type]
+    first = connect(app, key, org, label="Org 1", tier="pro", source=source)
     outcome = asyncio.run(sync_integration(app, first, "backfill", transport=sim.transport()))
     assert outcome.ok, outcome.message
     with app.engine.begin() as conn:
@@ -111,7 +112,7 @@ def measure(web: WebApp, path: str, query: dict[str, str], repeat: int) -> tuple
     return min(times), statistics.median(times), size
 
 
-def run(url: str, integrations_n: int, days: int, source: str, repeat: int) -> list[list[object]]:
+def run(url: str, integrations_n: int, days: int, source: Source, repeat: int) -> list[list[object]]:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings.model_validate({
             "data_dir": Path(tmp), "database_url": url, "master_key": MasterKey.generate().to_text(),

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from tests.conftest import fake_clock
 from tests.simulated import TODAY, make_sim
 from tests.test_sync import run
 from worker.app import App
@@ -25,15 +26,16 @@ from worker.sources.report import report_by
 from worker.storage.analytics_totals import per_key
 from worker.storage.db import _alembic_config, upgrade
 from worker.storage.tables import analytics_cost_rows, analytics_daily_totals, analytics_usage_rows
+from worker.sync.streams import Source
 from worker.web.views import _ranked, daily_by_model
 
 FIRST = TODAY - timedelta(days=29)  # the free tier's window
 
 
-def onboard(app: App, sim: SimulatorHandle, source: str = "both", org: int = 0) -> int:
+def onboard(app: App, sim: SimulatorHandle, source: Source = "both", org: int = 0) -> int:
     key = AdminKey(sim.keys[org])
     organization = asyncio.run(check_connection(app, key, transport=sim.transport()))
-    return connect(app, key, organization, label=None, tier="free", source=source)  # type: ignore[arg-type]
+    return connect(app, key, organization, label=None, tier="free", source=source)
 
 
 def from_rows(app: App) -> dict[tuple[Any, ...], tuple[Any, ...]]:
@@ -88,7 +90,7 @@ def test_totals_follow_backfill_spike_and_removal(app: App) -> None:
     day = TODAY - timedelta(days=1)
     before = {k: v for k, v in stored(app).items() if k[1] == day}
     sim.add_fault(f"spike:day={day.isoformat()},factor=5")
-    app.clock.advance(24 * 3600)  # type: ignore[attr-defined]
+    fake_clock(app).advance(24 * 3600)
     run(app, iid, "daily", sim)
     after = {k: v for k, v in stored(app).items() if k[1] == day}
     assert after != before and stored(app) == from_rows(app)
@@ -115,7 +117,8 @@ def test_overview_reads_equal_the_reports(app: App) -> None:
     """daily_by_model equals `report --by model` (each day's bill of record), the ranking `report --by
     api_key|actor --source analytics`, on a legacy integration beside one syncing both bills."""
     sim = make_sim(orgs=2, seed=6)
-    for org, source in ((0, "legacy"), (1, "both")):
+    fleet: tuple[tuple[int, Source], ...] = ((0, "legacy"), (1, "both"))
+    for org, source in fleet:
         run(app, onboard(app, sim, source, org), "backfill", sim)
     with app.engine.connect() as conn:
         want: dict[Any, Decimal] = defaultdict(Decimal)

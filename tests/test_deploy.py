@@ -148,6 +148,20 @@ class TestCompose:
         assert worker["command"] == ["run"]
         assert_real_command(worker["command"])
 
+    def test_ui_token_is_a_mounted_secret_file(self) -> None:
+        """The dashboard's token reaches `run` as COST_WORKER_UI_TOKEN_FILE, a compose secret read from a
+        git-ignored file under deploy/secrets/; no literal COST_WORKER_UI_TOKEN anywhere in the file."""
+        c = compose()
+        worker = c["services"]["worker"]
+        path = Path(worker["environment"]["COST_WORKER_UI_TOKEN_FILE"])
+        assert path.parent == Path("/run/secrets") and path.name in worker["secrets"]
+        source = DEPLOY / c["secrets"][path.name]["file"]
+        assert source.parent == DEPLOY / "secrets" and source.name != "master.key"
+        assert (DEPLOY / "secrets" / ".gitignore").read_text().split()[0] == "*"  # the token file is never committed
+        assert "COST_WORKER_UI_TOKEN:" not in (DEPLOY / "docker-compose.yml").read_text()
+        for service in c["services"].values():
+            assert "COST_WORKER_UI_TOKEN" not in service.get("environment", {})
+
     def test_every_environment_name_is_a_setting(self) -> None:
         """Each service's COST_WORKER_* variables are real settings."""
         for service in compose()["services"].values():
@@ -216,6 +230,25 @@ class TestKubernetes:
         assert str(key_file.parent) == mounts[name]
         assert key_file.name in [item["path"] for item in secret["items"]]
         assert env["COST_WORKER_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == secret["secretName"]
+
+    def test_ui_token_is_a_file_of_the_mounted_secret(self) -> None:
+        """COST_WORKER_UI_TOKEN_FILE names a file of the mounted Secret volume (its own item, not the master
+        key); no COST_WORKER_UI_TOKEN in the env, by value or otherwise; no token in the ConfigMap."""
+        (dep,) = of_kind("Deployment")
+        pod = dep["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert "COST_WORKER_UI_TOKEN" not in env
+        token_file = Path(env["COST_WORKER_UI_TOKEN_FILE"]["value"])
+        key_file = Path(env["COST_WORKER_MASTER_KEY_FILE"]["value"])
+        assert token_file != key_file
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volume = next(v for v in pod["volumes"] if v["name"] == mounts[str(token_file.parent)])
+        items = {item["path"]: item["key"] for item in volume["secret"]["items"]}
+        assert token_file.name in items and not volume["secret"].get("optional")
+        assert f"--from-file={items[token_file.name]}=" in (DEPLOY / "kubernetes" / "kustomization.yaml").read_text()
+        (cm,) = of_kind("ConfigMap")
+        assert "ui_token" not in tomllib.loads(cm["data"]["config.toml"])
 
     def test_configmap_is_the_example_config_and_is_mounted(self) -> None:
         """The ConfigMap holds config.example.toml unchanged; COST_WORKER_CONFIG points at its mount; it loads."""

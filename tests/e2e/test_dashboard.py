@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow
 
 TOKEN = "e2e-dashboard-token-3b9f27c1d5"
 HOSTILE = "<img src=x onerror=alert(1)>"
-SCREENSHOT = ROOT / "docs" / "dashboard.png"  # rewritten when WRITE_DASHBOARD_SCREENSHOT=1
+SCREENSHOT = ROOT / "docs" / "dashboard.png"  # rewritten by test_overview_screenshot when WRITE_DASHBOARD_SCREENSHOT=1
+ORGANIZATION = "Acme Research"  # the screenshot's organization: an ordinary name
 
 
 @contextmanager
@@ -107,9 +108,6 @@ def test_dashboard_in_a_browser(make_worker: Callable[..., Worker], tmp_path: Pa
             # The hostile name is text: no image element was made, no dialog opened.
             assert b.evaluate("document.querySelector('.card[data-id=\"1\"] .org').textContent") == HOSTILE
             assert b.evaluate("document.images.length") == 0 and b.dialogs() == []
-            b.screenshot(tmp_path / "overview.png")
-            if os.environ.get("WRITE_DASHBOARD_SCREENSHOT"):
-                b.screenshot(SCREENSHOT)
 
             # Force Sync on the integration's page: a new run appears and ends ok.
             b.click(".card[data-id=\"1\"]")
@@ -126,6 +124,49 @@ def test_dashboard_in_a_browser(make_worker: Callable[..., Worker], tmp_path: Pa
             assert b.evaluate("document.images.length") == 0 and b.dialogs() == []
     logs = log_path.read_text()
     assert TOKEN not in logs and sim.keys[0] not in logs
+
+
+def panel_rows(b: Browser, panel: str) -> int:
+    return int(b.evaluate(f"document.querySelectorAll('#{panel} tbody tr').length"))
+
+
+@pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_overview_screenshot(make_worker: Callable[..., Worker], tmp_path: Path) -> None:
+    """The overview as docs/dashboard.png shows it: an ordinary organization syncing both bills (steady
+    traffic, yesterday restated to 5x), a month budget, so every panel has rows: the chart, the card, top API
+    keys and users, the budget and the anomaly `run` recorded. WRITE_DASHBOARD_SCREENSHOT=1 writes the PNG
+    to docs/; without it the screenshot goes to the test's tmp_path (the panels are checked either way)."""
+    with Simulator("--requests-per-minute", "900", "--traffic", "steady") as sim:
+        sim.control("POST", "/_sim/faults", json={"kind": "rename", "name": ORGANIZATION})
+        yesterday = sim.today() - timedelta(days=1)
+        sim.fault(f"spike:day={yesterday.isoformat()},factor=5")
+        worker = make_worker(sim, http_port=free_port(), http_host="127.0.0.1", poll_seconds=1, ui_token=TOKEN,
+                             budgets=json.dumps([{"name": "claude-monthly", "limit_usd": "25000"},
+                                                 {"name": "production-daily", "limit_usd": "900", "period": "day",
+                                                  "integration": "Production"}]))
+        worker.run("connect", "--tier", "free", "--source", "both", "--label", "Production", key=sim.keys[0])
+        with running(worker, tmp_path) as (url, log_path), Browser(tmp_path / "profile", height=1700) as b:
+            b.send("Page.navigate", url=url)
+            b.wait_for("location.pathname === '/login' && document.readyState === 'complete'")
+            b.type("#token", TOKEN)
+            b.click("#login")
+            b.wait_for("location.pathname === '/' && document.readyState === 'complete'")
+            deadline = time.monotonic() + 120
+            while True:  # the backfill of both bills, then run's evaluation records the 5x day
+                b.navigate(url)
+                b.wait_for("document.readyState === 'complete' && !!document.querySelector('#total')")
+                status = b.evaluate("(document.querySelector('.card[data-id=\"1\"] [data-role=status]') || {}).textContent")
+                if status == "ok" and panel_rows(b, "anomalies") and panel_rows(b, "top-users"):
+                    break
+                assert status != "error" and time.monotonic() < deadline, (status, log_path.read_text()[-2000:])
+                time.sleep(0.5)
+            assert b.evaluate("document.querySelector('.card[data-id=\"1\"] .org').textContent") == ORGANIZATION
+            assert b.evaluate("document.querySelectorAll('.chart-box svg rect').length") > 0
+            assert panel_rows(b, "top-api-keys") > 0 and panel_rows(b, "top-users") > 0
+            assert panel_rows(b, "budgets") == 2 and not b.evaluate("document.querySelector('#budgets .error-text')")
+            anomaly_days = b.evaluate("[...document.querySelectorAll('#anomalies tbody tr td:first-child')].map(td => td.textContent)")
+            assert yesterday.isoformat() in anomaly_days, anomaly_days
+            b.screenshot(SCREENSHOT if os.environ.get("WRITE_DASHBOARD_SCREENSHOT") else tmp_path / "overview.png")
 
 
 def test_newcomer_sees_the_truth(tmp_path: Path) -> None:

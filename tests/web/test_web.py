@@ -287,6 +287,55 @@ async def test_connect_force_sync_409_and_remove(web_app: App, sim: SimulatorHan
     assert removed.status_code == 200 and gone.status_code == 404 and again.status_code == 404
 
 
+class Gated(httpx.AsyncBaseTransport):
+    """The simulator behind a gate: every request waits until the test opens it (a sync held mid-run)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner, self.entered, self.gate = inner, asyncio.Event(), asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.entered.set()
+        await self.gate.wait()
+        return await self.inner.handle_async_request(request)
+
+
+@synchronous
+async def test_force_sync_409_while_another_process_holds_the_run(
+        web_app: App, sim: SimulatorHandle, db_url: str, tmp_path: Path, master_key: MasterKey) -> None:
+    """Another App on the same database (another process: its own claims, a file lock on SQLite, an advisory
+    lock on PostgreSQL) syncs the integration and holds it mid-request: POST integrations/{id}/sync answers
+    409 with that process's running run, page and API alike, and starts nothing; once it ends, 202."""
+    other = App(make_settings(db_url, tmp_path, master_key, ui_token=TOKEN), clock=web_app.clock)
+    gated = Gated(sim.transport())
+    theirs = SyncService(other, transport=gated)
+    try:
+        async with serving(web_app, sim) as c:
+            iid = await c.connect(sim.keys[0], label="Prod", tier="free")
+            their_run = await theirs.force_sync(iid)
+            await asyncio.wait_for(gated.entered.wait(), 30)  # their sync is inside a request now
+            refused = await c.post(f"/api/v1/integrations/{iid}/sync")
+            await c.idle()
+            page = await c.post(f"/integrations/{iid}/sync", headers={"sec-fetch-site": "same-origin"})
+            await c.idle()
+            runs_while_held = [r["id"] for r in (await c.get(f"/api/v1/integrations/{iid}")).json()["runs"]]
+            gated.gate.set()
+            await asyncio.gather(*theirs.tasks.values())
+            after = await c.post(f"/api/v1/integrations/{iid}/sync")
+            await c.idle()
+            record = (await c.get(f"/api/v1/integrations/{iid}")).json()
+    finally:
+        gated.gate.set()
+        await theirs.shutdown()
+        other.close()
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["run"]["id"] == their_run and refused.json()["run"]["outcome"] == "running"
+    assert refused.json()["error"] == f"integration {iid} is syncing already"
+    assert page.status_code == 409 and f"integration {iid} is syncing already (run {their_run})" in page.text
+    assert runs_while_held == [their_run]  # the refused requests recorded no run of their own
+    assert after.status_code == 202 and after.json()["run_id"] > their_run
+    assert [(r["id"], r["outcome"]) for r in record["runs"]] == [(after.json()["run_id"], "ok"), (their_run, "ok")]
+
+
 # --- the browser's way in: login, cookie, CSRF, cross-site ----------------------------------------
 
 async def login(c: Client) -> tuple[str, str]:

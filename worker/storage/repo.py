@@ -18,7 +18,7 @@ from sqlalchemy import Connection, case, delete, func, insert, literal_column, o
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from worker.storage import totals
+from worker.storage import analytics_totals, totals
 from worker.storage.rows import (
     COST_COLUMNS,
     COST_GRAIN,
@@ -31,6 +31,7 @@ from worker.storage.rows import (
 from worker.storage.tables import (
     analytics_checkpoints,
     analytics_cost_rows,
+    analytics_daily_totals,
     analytics_names,
     analytics_state,
     analytics_usage_rows,
@@ -47,7 +48,8 @@ from worker.storage.types import exact_money, money_text, sqlite_date
 
 STATUSES = ("pending", "backfilling", "ok", "error")
 SOURCES = ("legacy", "analytics", "both")
-ANALYTICS_TABLES = (analytics_cost_rows, analytics_usage_rows, analytics_names, analytics_state, analytics_checkpoints)
+ANALYTICS_TABLES = (analytics_cost_rows, analytics_usage_rows, analytics_daily_totals, analytics_names, analytics_state,
+                    analytics_checkpoints)
 
 
 @dataclass(frozen=True)
@@ -453,6 +455,9 @@ def _replace_days(conn: Connection, spec: _DayTable, integration_id: int, days: 
             f"VALUES ({', '.join([mark] * len(spec.columns))})", params)
     if spec.table is cost_rows or spec.table is usage_rows:
         totals.refresh(conn, integration_id, list(days))  # the days that changed (unchanged ones returned above)
+    elif (spec.table is analytics_cost_rows or spec.table is analytics_usage_rows) and scope_value == analytics_totals.MAIN:
+        # Likewise, for the overview's analytics part: only the part of the totals this table sums.
+        analytics_totals.refresh(conn, integration_id, list(days), "cost" if spec.table is analytics_cost_rows else "usage")
     return len(new_rows)
 
 

@@ -393,7 +393,29 @@ analytics_checkpoints = Table(
     Column("synced_until", Date, nullable=False),
 )
 
-__all__ = ["analytics_checkpoints", "analytics_cost_rows", "analytics_names", "analytics_state",
+# The Analytics API's bill of grouping 'main' summed per integration, UTC day and one dimension
+# (`dimension`: model | api_key | actor; `key` its value, '' when the rows have none), the cost rows' sums and
+# the usage rows' sums apart (`part`), kept in step with analytics_cost_rows and analytics_usage_rows by every
+# replacement of their days
+# (worker.storage.analytics_totals): what the dashboard's overview reads, a few rows a day instead of dozens.
+analytics_daily_totals = Table(
+    "analytics_daily_totals",
+    metadata,
+    Column("integration_id", Integer, ForeignKey("integrations.id", ondelete="CASCADE"), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("dimension", String(10), primary_key=True),
+    Column("key", String(500), primary_key=True),
+    Column("part", String(5), primary_key=True),  # cost (the money columns) | usage (the tokens): each refreshed alone
+    Column("cost_usd", ExactDecimal, nullable=False),
+    Column("list_cost_usd", ExactDecimal, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),  # uncached input
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cache_read_tokens", BigInteger, nullable=False),
+    Column("cache_write_tokens", BigInteger, nullable=False),  # 5 minute and 1 hour cache writes together
+    Index("ix_analytics_daily_totals_day", "dimension", "part", "day"),
+)
+
+__all__ = ["analytics_checkpoints", "analytics_cost_rows", "analytics_daily_totals", "analytics_names", "analytics_state",
            "analytics_usage_rows", "budget_states", "cost_rows", "day_digests", "integrations", "metadata",
            "notifications", "rate_buckets", "reconcile_runs", "revisions", "spend_anomalies", "sync_runs",
            "usage_rows", "watch_states"]

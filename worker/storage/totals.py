@@ -60,11 +60,7 @@ def read_grouped(conn: Connection, since: date, until: date, integration_id: int
     back as one text list and are added here with Decimal. `exclude` leaves out, per integration, the days
     `[first, end)` (what another bill covers)."""
     t = daily_model_totals.c
-    if conn.dialect.name == "sqlite":
-        cost = func.group_concat(_text(t.cost_usd), " ")
-    else:
-        cost = func.sum(t.cost_usd)
-    q = select(t.day, t.model, cost, func.sum(t.input_tokens), func.sum(t.output_tokens),
+    q = select(t.day, t.model, exact_sum(conn, t.cost_usd), func.sum(t.input_tokens), func.sum(t.output_tokens),
                func.sum(t.cache_read_tokens), func.sum(t.cache_write_tokens)).where(
         t.day >= since, t.day <= until).group_by(t.day, t.model)
     if integration_id is not None:
@@ -73,13 +69,26 @@ def read_grouped(conn: Connection, since: date, until: date, integration_id: int
         q = q.where(~and_(t.integration_id == iid, t.day >= first, t.day < end))
     out: list[Grouped] = []
     for day, model, amount, a, b, cr, cw in conn.execute(q):
-        if isinstance(amount, str):
-            total = Decimal(0)
-            for part in amount.split(" "):
-                total = EXACT.add(total, Decimal(part))
-            amount = total
-        out.append((day, model, amount, int(a), int(b), int(cr), int(cw)))
+        out.append((day, model, summed(amount), int(a), int(b), int(cr), int(cw)))
     return out
+
+
+def exact_sum(conn: Connection, column: Any) -> Any:
+    """SUM of an ExactDecimal column in a GROUP BY, exact on both backends: PostgreSQL's SUM of NUMERIC;
+    on SQLite (whose SUM is float) the group's decimal texts as one string, for `summed`."""
+    if conn.dialect.name == "sqlite":
+        return func.group_concat(_text(column), " ")
+    return func.sum(column)
+
+
+def summed(value: Decimal | str) -> Decimal:
+    """An `exact_sum` as read: PostgreSQL's Decimal as it is, SQLite's decimal texts added with Decimal."""
+    if not isinstance(value, str):
+        return Decimal(value)
+    total = Decimal(0)
+    for part in value.split(" "):
+        total = EXACT.add(total, Decimal(part))
+    return total
 
 
 def _text(column: Any) -> Any:

@@ -18,9 +18,11 @@ from worker.integrations import integration_records
 from worker.money import money_sum, money_text
 from worker.settings import Settings
 from worker.sources.compare import compare
+from worker.sources.report import _name as key_name
 from worker.sources.report import report_by
 from worker.storage import analytics as astore
-from worker.storage import repo
+from worker.storage import analytics_totals, repo
+from worker.storage import totals as legacy_totals
 from worker.storage.tables import reconcile_runs, spend_anomalies
 from worker.watch.anomalies import Thresholds, find
 from worker.watch.budgets import BudgetError, evaluate
@@ -104,32 +106,42 @@ class Overview:
     integrations: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _ranked(conn: Connection, since: date, until: date, by: str, source: str | None) -> list[Ranked]:
+def _ranked(conn: Connection, since: date, until: date, by: str) -> list[Ranked]:
+    """The TOP API keys (by=api_key) or actors (by=actor) of the Analytics API's bill, as `report --by BY
+    --source analytics` sums them over days, models and integrations, read from its daily totals."""
     totals: dict[str | None, Decimal] = defaultdict(Decimal)
     names: dict[str | None, str | None] = {}
-    for row in report_by(conn, since, until, by, source):
-        if row.key is None:
-            continue  # not attributed (legacy rows): no one to rank
-        totals[row.key] = money_sum((totals[row.key], row.cost_usd))
-        names[row.key] = names.get(row.key) or row.name
+    known = astore.names(conn)
+    for iid, key, cost in analytics_totals.per_key(conn, since, until, by):
+        totals[key] = money_sum((totals[key], cost))
+        names[key] = names.get(key) or key_name(known, by, iid, key)
     order = sorted(totals, key=lambda k: (-totals[k], k or ""))[:TOP]
     return [Ranked(k, names.get(k), totals[k]) for k in order]
+
+
+def daily_by_model(conn: Connection, since: date, until: date) -> list[tuple[date, str | None, Decimal]]:
+    """(day, model, cost) of each day's bill of record, as `report --by model` reads it (the Analytics API's
+    bill on the days it covers, the legacy reports elsewhere), from the two daily totals tables."""
+    spans = {iid: (c.first, c.until) for iid, c in astore.coverage(conn).items()}
+    legacy = [(day, model, cost) for day, model, cost, *_ in legacy_totals.read_grouped(conn, since, until, None, spans)]
+    return [(day, model or None, cost)
+            for day, model, cost in [*legacy, *analytics_totals.daily_by_model(conn, since, until, spans)]]
 
 
 def overview(conn: Connection, settings: Settings, since: date, until: date, today: date) -> Overview:
     daily: dict[date, dict[str | None, Decimal]] = defaultdict(dict)
     per_model: dict[str | None, Decimal] = defaultdict(Decimal)
-    for row in report_by(conn, since, until, "model"):
-        models = daily[row.date]
-        models[row.model] = money_sum((models.get(row.model, Decimal(0)), row.cost_usd))
-        per_model[row.model] = money_sum((per_model[row.model], row.cost_usd))
+    for day, model, cost in daily_by_model(conn, since, until):
+        models = daily[day]
+        models[model] = money_sum((models.get(model, Decimal(0)), cost))
+        per_model[model] = money_sum((per_model[model], cost))
     synced = any(s.refreshed_at is not None for s in astore.states(conn).values())
     return Overview(
         since, until, money_sum(per_model.values()), dict(daily),
         sorted(per_model, key=lambda m: (-per_model[m], m is None, m or "")),
         # Only the Analytics API attributes cost to API keys and users (legacy rows have no key).
-        _ranked(conn, since, until, "api_key", "analytics") if synced else [],
-        _ranked(conn, since, until, "actor", "analytics") if synced else None,
+        _ranked(conn, since, until, "api_key") if synced else [],
+        _ranked(conn, since, until, "actor") if synced else None,
         budgets(conn, settings, today), recent_anomalies(conn), latest_drift(conn),
         integration_summaries(conn))
 

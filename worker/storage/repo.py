@@ -6,7 +6,6 @@ Every query of the `integrations` table is here; rows come back as this module's
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime
@@ -18,6 +17,7 @@ from sqlalchemy import Connection, case, delete, func, insert, literal_column, o
 
 from worker.storage import analytics_totals, totals
 from worker.storage.rows import (
+    CANONICAL_JSON,
     COST_COLUMNS,
     COST_GRAIN,
     USAGE_COLUMNS,
@@ -356,9 +356,14 @@ def _driver_rows(spec: _DayTable, rows: list[dict[str, Any]], sqlite: bool) -> l
     if sqlite:
         dates = {day: sqlite_date(day) for day in {t[1] for t in out}}
         if spec.money:
-            money = set(spec.money)
-            return [tuple(dates[v] if i == 1 else format(v, "f") if i in money else v for i, v in enumerate(t))
-                    for t in out]
+            converted = []
+            for t in out:
+                row = list(t)
+                row[1] = dates[row[1]]
+                for m in spec.money:
+                    row[m] = format(row[m], "f")
+                converted.append(tuple(row))
+            return converted
         out = [(t[0], dates[t[1]], *t[2:]) for t in out]
     return out
 
@@ -379,8 +384,7 @@ def _revision_text(spec: _DayTable, values: tuple[Any, ...]) -> str:
         return f"{money_text(values[0])} {values[1]}"
     if spec.kind == "usage":
         return usage_value(dict(zip(spec.values, values, strict=True)))
-    return json.dumps(dict(zip(spec.values, _comparable(spec, values), strict=True)), sort_keys=True,
-                      separators=(",", ":"))
+    return CANONICAL_JSON.encode(dict(zip(spec.values, _comparable(spec, values), strict=True)))
 
 
 def _replace_days(conn: Connection, spec: _DayTable, integration_id: int, days: Sequence[date],

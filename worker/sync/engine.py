@@ -2,8 +2,8 @@
 
 Every fetched page is stored in one transaction that replaces its days, advances the endpoint's
 checkpoint (backfill only), updates the run record and reserves the next request's rate-budget slot,
-after checking this process still holds the integration's lease. A crash or restart therefore resumes at the page that was in flight and skips
-nothing; re-reading a day is idempotent.
+after checking this process still holds the integration's lease. A crash or restart therefore resumes
+at the page that was in flight and skips nothing; re-reading a day is idempotent.
 
 A run opens with one transaction (lease, daily-slot claim, run record) and closes with one (run
 record and status). Its database calls run on the app's database threads (`App.db`: small

@@ -21,7 +21,8 @@ x 60 s, the time one organization needing R = 2 requests takes at 1/min (the fir
 once, the second one interval later); wall = the latest `finished_at` of the N `ok` daily runs
 (sync_runs) minus the slot time; all 1st by = when every organization's first request had reached
 the simulator, from the slot; min gap = the closest two requests of one key (>= 60 s, or 429s);
-CPU = CPU seconds of the `run` process(es) from the slot to the end; idle RSS = its VmRSS just
+CPU = CPU seconds of the `run` process(es) from the slot to the end, CPU ms/org = that per organization,
+x legacy = CPU ms/org over the legacy-only row's of the same N in this run; idle RSS = its VmRSS just
 before the slot, peak RSS = its VmHWM (/proc; the largest replica's); exact = for every organization, day and model of the
 re-read window, the stored cost (Decimal) and token sums equal the simulator's /_sim/truth.
 """
@@ -291,10 +292,17 @@ def main() -> None:
     if args.replicas > 1 and not args.database_url:
         parser.error("--replicas needs --database-url (PostgreSQL): SQLite allows one `run` process")
     rows = []
+    sources = sorted(set(args.source or ["legacy"]), key=lambda s: s != "legacy")  # legacy first: the yardstick
     for n in args.orgs or [100, 1000]:
-        for source in args.source or ["legacy"]:
-            rows.append(measure(n, args.database_url, args.backfill_days, args.lead, args.timeout, args.keep_log,
-                                args.replicas, source))
+        legacy_ms = None
+        for source in sources:
+            row = measure(n, args.database_url, args.backfill_days, args.lead, args.timeout, args.keep_log,
+                          args.replicas, source)
+            ms = float(str(row[CPU_MS]))
+            legacy_ms = ms if source == "legacy" else legacy_ms
+            # CPU per organization against the legacy-only sync of the same run (issue 11: at most 1.00)
+            row.insert(CPU_MS + 1, f"{ms / legacy_ms:.2f}" if legacy_ms else "")
+            rows.append(row)
             print(table(HEADER, rows[-1:]), flush=True)
     backend = "PostgreSQL" if args.database_url else "SQLite"
     print(f"\n{backend}:")
@@ -302,7 +310,9 @@ def main() -> None:
 
 
 HEADER = ["orgs", "source", "run procs", "requests", "429s", "floor s", "wall s", "wall/floor", "all 1st by s",
-          "min gap s", "CPU s", "CPU ms/org", "idle RSS MiB", "peak RSS MiB", "exact", "daily runs", "exit", "setup s"]
+          "min gap s", "CPU s", "CPU ms/org", "x legacy", "idle RSS MiB", "peak RSS MiB", "exact", "daily runs", "exit",
+          "setup s"]
+CPU_MS = HEADER.index("CPU ms/org")
 
 
 if __name__ == "__main__":

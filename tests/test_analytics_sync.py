@@ -9,6 +9,7 @@ read at most daily; one rate budget for both sources. Time is a FakeClock: budge
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterator
 from datetime import date, timedelta
 from decimal import Decimal
@@ -17,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select, text
 
 from tests.conftest import make_settings
 from worker.api.client import tls_context
@@ -290,6 +291,29 @@ class TestSources:
         assert {"a_cost", "a_usage"} <= kinds and runs == 2
         start = TODAY - timedelta(days=29)
         assert stored(sim_app, iid, start, TODAY, "api_key") == expected(sim, 0, start, TODAY, "api_key")
+
+    def test_a_daily_sync_runs_one_transaction_per_page(self, sim_app: App, sim: SimulatorHandle) -> None:
+        """A daily sync of both sources (6 pages) commits its opening, its first request's rate-budget slot, one
+        transaction per page (days, checkpoint, run record and the next request's slot together), its close and
+        the lease's release: 10, where a transaction per reservation made 15. The slot the last page reserved
+        is given back."""
+        iid = onboard(sim_app, sim)
+        assert run(sim_app, iid).ok
+        with sim_app.engine.begin() as conn:
+            tat_before = conn.execute(text("SELECT tat FROM rate_buckets WHERE bucket LIKE 'org:%'")).scalar_one()
+        commits: list[int] = []
+        listen = functools.partial(event.listen, sim_app.engine, "commit")
+        listen(counter := lambda _conn: commits.append(1))
+        try:
+            outcome = run(sim_app, iid, "daily")
+        finally:
+            event.remove(sim_app.engine, "commit", counter)
+        assert outcome.ok and "6 pages" in outcome.message and "6 requests" in outcome.message
+        assert len(commits) == 10
+        with sim_app.engine.begin() as conn:
+            tat = conn.execute(text("SELECT tat FROM rate_buckets WHERE bucket LIKE 'org:%'")).scalar_one()
+        interval = 60 / sim_app.settings.requests_per_minute
+        assert tat_before < tat <= sim_app.clock.time() + interval  # six slots used, none held past the run
 
     def test_one_budget_for_both_sources(self, sim: SimulatorHandle, db_url: str, tmp_path: Path,
                                          master_key: MasterKey) -> None:

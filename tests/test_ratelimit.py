@@ -89,6 +89,62 @@ class TestGate:
         assert _acquire_many(gate, 1) == [pytest.approx(60)]
 
 
+class TestReservedAhead:
+    """A sync reserves the next request's slot in its page store's transaction (worker.sync.engine)."""
+
+    def test_a_slot_reserved_ahead_is_the_next_requests_slot(self, engine) -> None:
+        """The next `acquire` takes the committed reservation (no reservation of its own: a second one would
+        push the bucket a further interval) and waits exactly as long as it would have, settle included."""
+        clock = FakeClock(1_000_000.0)
+        budget = RateBudget(1.0, 1)
+        gate = OrgGate(engine, "org:a", budget, clock)
+
+        async def go() -> list[float]:
+            first = await gate.acquire()
+            clock.advance(0.7)
+            await gate.done()  # the answer: the next slot counts from here
+            with engine.begin() as conn:
+                ahead = gate.reserve_ahead(conn)
+            gate.hold(ahead)
+            return [first, await gate.acquire()]
+
+        assert asyncio.run(go()) == [0, pytest.approx(60)]
+        assert clock.time() == pytest.approx(1_000_000.0 + 0.7 + 60)
+        # one slot each: a third request (another process) queues one interval behind the second
+        assert reserve(engine, "org:a", budget, clock.time()) == pytest.approx(60)
+
+    def test_a_rolled_back_reservation_is_not_held(self, engine) -> None:
+        """A page store that rolls back takes its reservation with it: the gate reserves normally again."""
+        clock = FakeClock(1_000_000.0)
+        budget = RateBudget(1.0, 1)
+        gate = OrgGate(engine, "org:a", budget, clock)
+        with pytest.raises(RuntimeError), engine.begin() as conn:
+            gate.reserve_ahead(conn)
+            raise RuntimeError("the store failed")
+        assert _acquire_many(gate, 1) == [0]  # nothing was reserved: the bucket is full
+
+    def test_an_unused_slot_is_given_back_unless_reserved_since(self, engine) -> None:
+        """The run ended after its last page: its slot goes back to the bucket, unless another reservation came
+        after it (then it stays used: the polite side)."""
+        clock = FakeClock(1_000_000.0)
+        budget = RateBudget(1.0, 1)
+        gate = OrgGate(engine, "org:a", budget, clock)
+        assert _acquire_many(gate, 1) == [0]
+        clock.advance(60)
+        with engine.begin() as conn:
+            gate.hold(gate.reserve_ahead(conn))
+        with engine.begin() as conn:
+            gate.release_ahead(conn)
+        assert reserve(engine, "org:a", budget, clock.time()) == 0  # given back: the next request goes at once
+        clock.advance(60)
+        with engine.begin() as conn:
+            gate.hold(gate.reserve_ahead(conn))
+        assert reserve(engine, "org:a", budget, clock.time()) == pytest.approx(60)  # another process, after it
+        with engine.begin() as conn:
+            gate.release_ahead(conn)
+        assert reserve(engine, "org:a", budget, clock.time()) == pytest.approx(120)  # nothing was given back
+
+
 def test_budget_rejects_nonsense() -> None:
     """A non-positive rate or zero burst is refused."""
     with pytest.raises(ValueError):

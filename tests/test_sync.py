@@ -348,3 +348,51 @@ def test_response_too_large_shrinks_limit_for_the_rest_of_the_run(app: App, sim:
     # 31 -> 15 -> 7 once: later cost windows start at 7; the usage endpoint never had to shrink
     assert [r.param("limit") for r in costs] == ["31", "15"] + ["7"] * (len(costs) - 2)
     assert {r.param("limit") for r in usages} == {"31"}
+
+
+# --- the sync's own transport ----------------------------------------------------------------------
+
+
+def test_sync_transport_reuses_an_open_connection_and_replaces_a_closed_one() -> None:
+    """`api_transport` answers the pool's idle check from the socket (worker.sync.engine.SocketStream): a
+    connection the server keeps open is reused; one the server closed after its answer is noticed before the
+    next request, which goes on a new connection instead of failing."""
+    from worker.sync.engine import api_transport
+
+    connections: list[int] = []
+
+    async def go() -> list[int]:
+        closed = asyncio.Event()
+        handlers: list[asyncio.Task[Any]] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.append(len(connections))
+            handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+            close = False
+            try:
+                while not close:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    close = b"/close" in head.split(b"\r\n", 1)[0]
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: application/json\r\n\r\n{}")
+                    await writer.drain()
+            except asyncio.IncompleteReadError:  # the client closed it
+                pass
+            writer.close()  # after /close: without `connection: close`, the client only sees the socket end
+            await writer.wait_closed()
+            if close:
+                closed.set()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            async with httpx.AsyncClient(transport=api_transport(), base_url=f"http://127.0.0.1:{port}") as client:
+                statuses = [(await client.get("/keep")).status_code, (await client.get("/keep")).status_code]
+                assert len(connections) == 1  # reused: the idle connection was not taken for closed
+                statuses.append((await client.get("/close")).status_code)
+                await closed.wait()  # the server's end of the connection is sent (on loopback: arrived)
+                statuses.append((await client.get("/keep")).status_code)
+            await asyncio.gather(*handlers)  # each saw the client close its connection
+        return statuses
+
+    assert asyncio.run(go()) == [200, 200, 200, 200]
+    assert len(connections) == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, text
@@ -68,11 +69,16 @@ def reserve_slot(engine: Engine, bucket: str, budget: RateBudget, now: float,
     transaction: one transaction per request instead of two.
     """
     with engine.begin() as conn:
-        conn.execute(text(_INSERT[engine.dialect.name]), {"bucket": bucket})
-        if settled is not None:
-            conn.execute(_SETTLE, {"floor": settled, "bucket": bucket})
-        tat = float(conn.execute(_RESERVE, {"now": now, "interval": budget.interval, "bucket": bucket}
-                                 ).scalar_one())
+        return reserve_in(conn, bucket, budget, now, settled)
+
+
+def reserve_in(conn: Connection, bucket: str, budget: RateBudget, now: float,
+               settled: float | None = None) -> tuple[float, float]:
+    """`reserve_slot` in the caller's transaction (a sync's page store: one transaction fewer per request)."""
+    conn.execute(text(_INSERT[conn.dialect.name]), {"bucket": bucket})
+    if settled is not None:
+        conn.execute(_SETTLE, {"floor": settled, "bucket": bucket})
+    tat = float(conn.execute(_RESERVE, {"now": now, "interval": budget.interval, "bucket": bucket}).scalar_one())
     allowed_at = tat - budget.interval - budget.tolerance
     return max(0.0, allowed_at - now), tat
 
@@ -93,6 +99,16 @@ def release_unused(engine: Engine, bucket: str, budget: RateBudget, tat: float) 
     return bool(result.rowcount)
 
 
+@dataclass(frozen=True)
+class Ahead:
+    """A slot reserved before its request: when it opens (clock time), the bucket's state after it, and the
+    settle floor written with it."""
+
+    opens_at: float
+    tat: float
+    settled: float | None
+
+
 class OrgGate:
     """A RequestGate (see worker.api.client) over one bucket: waits for a reserved slot via the injected clock.
 
@@ -104,6 +120,7 @@ class OrgGate:
         self.engine, self.bucket, self.budget, self.clock, self.run = engine, bucket, budget, clock, run
         self._slot: float | None = None  # the bucket's state after the last reservation
         self._settled: float | None = None  # the last answer's settle floor, not yet written
+        self._ahead: Ahead | None = None  # the next request's slot, reserved in a caller's transaction
 
     @property
     def waits_for(self) -> str:
@@ -114,6 +131,13 @@ class OrgGate:
 
     async def acquire(self) -> float:
         wait: float
+        if self._ahead is not None:  # reserved with the last page's store: no transaction of its own
+            ahead, self._ahead = self._ahead, None
+            self._slot = ahead.tat
+            wait = max(0.0, ahead.opens_at - self.clock.time())
+            if wait > 0:
+                await self.clock.sleep(wait)
+            return wait
         settled, self._settled = self._settled, None
         wait, self._slot = await self.run(reserve_slot, self.engine, self.bucket, self.budget, self.clock.time(),
                                           settled)
@@ -125,6 +149,31 @@ class OrgGate:
         """Called when a request sent through this gate has its answer (or failed). Its settle is written with
         the next reservation (a sync's next request follows at once), or by `flush`/`close` at the end."""
         self._settled = self.clock.time() + self.budget.interval
+
+    def reserve_ahead(self, conn: Connection) -> Ahead | None:
+        """Reserve the next request's slot in `conn`'s transaction, with the pending settle, exactly as `acquire`
+        would (the next request follows at once). Nothing changes here until the caller, once that transaction
+        has committed, passes the result to `hold`. None when a slot is already held."""
+        if self._ahead is not None:
+            return None
+        now = self.clock.time()
+        wait, tat = reserve_in(conn, self.bucket, self.budget, now, self._settled)
+        return Ahead(now + wait, tat, self._settled)
+
+    def hold(self, ahead: Ahead | None) -> None:
+        """Keep a committed `reserve_ahead` for the next `acquire` (its settle is written)."""
+        if ahead is not None:
+            self._ahead = ahead
+            if self._settled == ahead.settled:
+                self._settled = None
+
+    def release_ahead(self, conn: Connection) -> None:
+        """Give back a slot reserved ahead and never used (the run ended), in `conn`'s transaction; like
+        `release_unused`, only if nobody reserved or settled since."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            conn.execute(_RELEASE, {"before": ahead.tat - self.budget.interval, "bucket": self.bucket,
+                                    "tat": ahead.tat})
 
     def flush(self, conn: Connection | None = None) -> None:
         """Write a pending settle (in `conn`'s transaction when given): the end of a sync."""

@@ -28,6 +28,7 @@ from worker.api import (
     SourceRefused,
 )
 from worker.api.analytics import AnalyticsCostRow, AnalyticsUsageRow, check_group_by
+from worker.api.models import cents_to_dollars
 from worker.clock import FakeClock
 from worker.secret import AdminKey
 from worker.simulator import SimulatorHandle, running_simulator
@@ -182,6 +183,22 @@ class TestScripted:
         (r,) = [r for p in result for b in p.buckets for r in b.rows]
         assert (r.amount_usd, r.list_amount_usd) == (Decimal("18.432075"), Decimal("20.480000000001"))
         assert str(r.amount_usd) == "18.432075"
+
+    @pytest.mark.parametrize("amount", ["0", "-0", "0.00", "007.50", "-12.5", "9999999999999", "1." + "0" * 29 + "1",
+                                        "1." + "0" * 30, "10000000000000", " 12.5", "1e3", "1.5E-4", "00000000000001"])
+    def test_amounts_read_fast_equal_the_general_parser(self, amount: str) -> None:
+        """The plain-text fast path gives the very Decimal (digits and exponent) `cents_to_dollars` gives, and
+        whatever it does not take (exponents, spaces, edges of the bounds) goes to that parser."""
+        result, _ = scripted([page([row("2026-03-01", amount=amount)])])
+        try:
+            want: Decimal | str = cents_to_dollars(amount)
+        except ProtocolViolation as exc:
+            want = str(exc)
+        if isinstance(result, Exception):
+            assert isinstance(want, str) and want in str(result)
+            return
+        (r,) = [r for p in result for b in p.buckets for r in b.rows]
+        assert isinstance(want, Decimal) and r.amount_usd.as_tuple() == want.as_tuple()
 
     def test_a_day_split_across_pages_is_held_until_complete(self) -> None:
         """A page ending inside a day yields only the days before it; the next page completes that day."""

@@ -376,3 +376,22 @@ def test_organization_shape_violation() -> None:
         with pytest.raises(ProtocolViolation):
             asyncio.run(main())
     assert route.call_count == 1
+
+
+def test_cookies_are_neither_kept_nor_sent() -> None:
+    """A `set-cookie` in an answer is not kept (the client's jar holds nothing: no per-answer header parsing)
+    and the next request carries no `cookie` header."""
+    async def main() -> None:
+        clock = FakeClock()
+        async with AdminApiClient(AdminKey("sk-ant-admin01-x"), base_url="https://h.test", gate=CountingGate(clock),
+                                  clock=clock) as api:  # fmt: skip
+            await api.organization()
+            await api.organization()
+
+    with respx.mock() as router:
+        route = router.get("https://h.test/v1/organizations/me").respond(
+            200, json={"id": "org_1", "name": "Org", "type": "organization"},
+            headers={"set-cookie": "session=abc; Path=/; Domain=h.test"})
+        asyncio.run(main())
+    assert route.call_count == 2
+    assert all("cookie" not in call.request.headers for call in route.calls)

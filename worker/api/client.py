@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http.cookiejar
 import logging
 import random
 import ssl
@@ -121,6 +122,17 @@ class AdminKeyAuth(httpx.Auth):
         return f"AdminKeyAuth({self._key!r})"
 
 
+class NoCookies(http.cookiejar.CookieJar):
+    """The Admin API sets no cookies and is sent none: a jar that keeps nothing. httpx reads every answer's
+    headers into its jar otherwise (building a header message per answer: ~7 % of the client's CPU)."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
+
+
 # JSON with exact numbers (fractions as Decimal, never float); msgspec decodes several times faster than the
 # standard library, which parsed pages on the event loop of every sync.
 _DECODER = msgspec.json.Decoder(float_hook=Decimal)
@@ -197,6 +209,7 @@ class AdminApiClient:
             transport=self._transport,
             verify=tls_context(),  # used when there is no transport of the caller's
             follow_redirects=False,
+            cookies=NoCookies(),
         )
         return self
 

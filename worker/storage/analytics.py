@@ -19,7 +19,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, case, func, select, update
+from sqlalchemy import Connection, Date, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from worker.storage import repo
@@ -295,12 +295,18 @@ def save_checkpoint(conn: Connection, integration_id: int, stream: str, cp: Chec
 def advance(conn: Connection, integration_id: int, stream: str, next_day: date, backfill: bool) -> None:
     """After storing days up to `next_day` (exclusive): move the backfill checkpoint (when backfilling) and the
     end of what is stored, never backwards. One UPDATE (the stream's row exists: the run's plan made it)."""
-    c = analytics_checkpoints.c
-    values: dict[str, Any] = {"synced_until": case((c.synced_until < next_day, next_day), else_=c.synced_until)}
-    if backfill:
-        values["checkpoint"] = case((c.checkpoint < next_day, next_day), else_=c.checkpoint)
-    conn.execute(update(analytics_checkpoints).where(c.integration_id == integration_id, c.stream == stream)
-                 .values(**values))
+    conn.execute(_ADVANCE_BACKFILL if backfill else _ADVANCE, {"day": next_day, "id": integration_id, "stream": stream})
+
+
+# As text: every stored analytics page runs one (a Core statement costs its cache key on every call).
+_SYNCED_UNTIL = "synced_until = CASE WHEN synced_until < :day THEN :day ELSE synced_until END"
+_WHERE_STREAM = " WHERE integration_id = :id AND stream = :stream"
+_ADVANCE = text(f"UPDATE analytics_checkpoints SET {_SYNCED_UNTIL}{_WHERE_STREAM}").bindparams(
+    bindparam("day", type_=Date))
+_ADVANCE_BACKFILL = text(
+    f"UPDATE analytics_checkpoints SET {_SYNCED_UNTIL}, "
+    f"checkpoint = CASE WHEN checkpoint < :day THEN :day ELSE checkpoint END{_WHERE_STREAM}").bindparams(
+    bindparam("day", type_=Date))
 
 
 # --- queries ----------------------------------------------------------------------------------------------

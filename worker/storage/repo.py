@@ -6,7 +6,6 @@ Every query of the `integrations` table is here; rows come back as this module's
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime
@@ -14,12 +13,11 @@ from decimal import Decimal
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, case, delete, func, insert, literal_column, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, case, delete, func, insert, literal_column, or_, select, text, update
 
 from worker.storage import analytics_totals, totals
 from worker.storage.rows import (
+    CANONICAL_JSON,
     COST_COLUMNS,
     COST_GRAIN,
     USAGE_COLUMNS,
@@ -247,11 +245,20 @@ def holds_lease(conn: Connection, integration_id: int, owner: str) -> bool:
     return row is not None and row[0] == owner
 
 
+# Statements every stored page runs, as text: a Core statement costs its cache key on every call (~50-80 us,
+# several times the statement itself on SQLite).
+_LOCK_OWNER = text("SELECT lease_owner FROM integrations WHERE id = :id")
+_LOCK_OWNER_PG = text("SELECT lease_owner FROM integrations WHERE id = :id FOR UPDATE")
+_RUN_COUNTERS = ("requests", "pages", "rows", "rate_limited", "retries", "waited_seconds")
+_UPDATE_RUN_COUNTERS = text(f"UPDATE sync_runs SET {', '.join(f'{chr(34)}{c}{chr(34)} = :{c}' for c in _RUN_COUNTERS)} "
+                            "WHERE id = :id")
+
+
 def lock_lease_owner(conn: Connection, integration_id: int) -> str | None:
     """The lease's owner, the row locked until the transaction ends (SELECT ... FOR UPDATE on PostgreSQL;
     SQLite's BEGIN IMMEDIATE already serializes writers)."""
-    owner: str | None = conn.execute(select(integrations.c.lease_owner).where(integrations.c.id == integration_id)
-                                     .with_for_update()).scalar_one_or_none()
+    statement = _LOCK_OWNER_PG if conn.dialect.name == "postgresql" else _LOCK_OWNER
+    owner: str | None = conn.execute(statement, {"id": integration_id}).scalar_one_or_none()
     return owner
 
 
@@ -349,9 +356,14 @@ def _driver_rows(spec: _DayTable, rows: list[dict[str, Any]], sqlite: bool) -> l
     if sqlite:
         dates = {day: sqlite_date(day) for day in {t[1] for t in out}}
         if spec.money:
-            money = set(spec.money)
-            return [tuple(dates[v] if i == 1 else format(v, "f") if i in money else v for i, v in enumerate(t))
-                    for t in out]
+            converted = []
+            for t in out:
+                row = list(t)
+                row[1] = dates[row[1]]
+                for m in spec.money:
+                    row[m] = format(row[m], "f")
+                converted.append(tuple(row))
+            return converted
         out = [(t[0], dates[t[1]], *t[2:]) for t in out]
     return out
 
@@ -372,8 +384,7 @@ def _revision_text(spec: _DayTable, values: tuple[Any, ...]) -> str:
         return f"{money_text(values[0])} {values[1]}"
     if spec.kind == "usage":
         return usage_value(dict(zip(spec.values, values, strict=True)))
-    return json.dumps(dict(zip(spec.values, _comparable(spec, values), strict=True)), sort_keys=True,
-                      separators=(",", ":"))
+    return CANONICAL_JSON.encode(dict(zip(spec.values, _comparable(spec, values), strict=True)))
 
 
 def _replace_days(conn: Connection, spec: _DayTable, integration_id: int, days: Sequence[date],
@@ -441,13 +452,15 @@ def _replace_days(conn: Connection, spec: _DayTable, integration_id: int, days: 
                 f"INSERT INTO {prep.format_table(revisions)} ({', '.join(quote(c) for c in columns)}) "
                 f"VALUES ({', '.join([mark] * len(columns))})", changes)
         if not kept:
-            where = [table.c.integration_id == integration_id, table.c.day.in_(list(days))]
-            if spec.scope:
-                where.append(table.c[spec.scope] == scope_value)
-            conn.execute(delete(table).where(*where))
+            conn.exec_driver_sql(
+                f"DELETE FROM {name} WHERE {quote('integration_id')} = {mark} AND {quote('day')} IN "
+                f"({', '.join([mark] * len(day_params))}){scoped}",
+                (integration_id, *day_params, *((scope_value,) if spec.scope else ())))
         else:
             for i in range(0, len(gone), _DELETE_CHUNK):
-                conn.execute(delete(table).where(table.c.id.in_(gone[i:i + _DELETE_CHUNK])))
+                ids = gone[i:i + _DELETE_CHUNK]
+                conn.exec_driver_sql(f"DELETE FROM {name} WHERE {quote('id')} IN ({', '.join([mark] * len(ids))})",
+                                     tuple(ids))
             params = [t for t in params if t[1:g] not in kept]
     if params:
         conn.exec_driver_sql(
@@ -472,11 +485,14 @@ def _digests(params: list[tuple[Any, ...]], day_params: list[Any], g: int) -> di
 
 def _unchanged_days(conn: Connection, spec: _DayTable, integration_id: int, scope_value: str | None,
                     digests: dict[Any, str]) -> set[Any]:
-    c = day_digests.c
-    stored = conn.execute(select(c.day, c.digest).where(
-        c.integration_id == integration_id, c.kind == spec.kind, c.scope == (scope_value or ""),
-        c.day.in_([d if isinstance(d, date) else date.fromisoformat(d) for d in digests])))
-    found = {(sqlite_date(day) if conn.dialect.name == "sqlite" else day): digest for day, digest in stored}
+    # Driver SQL, like the row statements: a Core statement's cache key is rebuilt on every call, and this runs
+    # for every page stored. Days go in and come back in the driver's form (ISO text on SQLite), as `digests`.
+    prep, mark = conn.dialect.identifier_preparer, _marker(conn)
+    stored = conn.exec_driver_sql(
+        f"SELECT day, digest FROM {prep.format_table(day_digests)} WHERE integration_id = {mark} AND kind = {mark} "
+        f"AND scope = {mark} AND day IN ({', '.join([mark] * len(digests))})",
+        (integration_id, spec.kind, scope_value or "", *digests))
+    found: dict[Any, str] = dict(stored.fetchall())
     return {d for d, digest in digests.items() if found.get(d) == digest}
 
 
@@ -484,13 +500,12 @@ def _save_digests(conn: Connection, spec: _DayTable, integration_id: int, scope_
                   digests: dict[Any, str]) -> None:
     if not digests:
         return
-    insert_ = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
-    statement = insert_(day_digests)
-    conn.execute(statement.on_conflict_do_update(
-        index_elements=["integration_id", "kind", "scope", "day"], set_={"digest": statement.excluded.digest}),
-        [{"integration_id": integration_id, "kind": spec.kind, "scope": scope_value or "",
-          "day": d if isinstance(d, date) else date.fromisoformat(d), "digest": digest}
-         for d, digest in digests.items()])
+    prep, mark = conn.dialect.identifier_preparer, _marker(conn)
+    conn.exec_driver_sql(
+        f"INSERT INTO {prep.format_table(day_digests)} (integration_id, kind, scope, day, digest) "
+        f"VALUES ({', '.join([mark] * 5)}) ON CONFLICT (integration_id, kind, scope, day) "
+        "DO UPDATE SET digest = excluded.digest",
+        [(integration_id, spec.kind, scope_value or "", d, digest) for d, digest in digests.items()])
 
 
 def replace_cost_days(conn: Connection, integration_id: int, days: Sequence[date], rows: list[dict[str, Any]],
@@ -518,6 +533,14 @@ def start_run(conn: Connection, integration_id: int, kind: str, window_start: da
 
 def update_run(conn: Connection, run_id: int, **values: Any) -> None:
     conn.execute(update(sync_runs).where(sync_runs.c.id == run_id).values(**values))
+
+
+def update_run_counters(conn: Connection, run_id: int, counters: dict[str, Any]) -> None:
+    """`update_run` of exactly the counters (requests, pages, rows, rate_limited, retries, waited_seconds):
+    what every stored page writes."""
+    if counters.keys() != set(_RUN_COUNTERS):
+        raise ValueError(f"run counters are {_RUN_COUNTERS}, got {sorted(counters)}")
+    conn.execute(_UPDATE_RUN_COUNTERS, {**counters, "id": run_id})
 
 
 def interrupt_runs(conn: Connection, integration_id: int, now: datetime, error: str) -> int:

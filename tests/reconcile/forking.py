@@ -11,9 +11,10 @@ from worker.reconcile import importer
 
 
 def require_fork() -> None:
-    """Skip unless `events import` may fork here. Threads an earlier test started (a pool, a server) may still be
-    winding down on a loaded machine: wait a little for them, and name any that stay."""
-    deadline = time.monotonic() + 10
+    """Skip unless `events import` may fork here. Threads an earlier test started may still be winding down on a
+    loaded machine (an App's database threads exit within 2 s of its close, or 30 s idle): wait for them (35 s at
+    most), and name any that stay."""
+    deadline = time.monotonic() + 35
     while not importer.can_fork() and time.monotonic() < deadline:
         for thread in threading.enumerate():
             if thread is not threading.current_thread():

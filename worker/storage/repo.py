@@ -652,6 +652,13 @@ def data_version(conn: Connection) -> tuple[int, datetime | None, int | None, in
     return int(count), updated, run, revision
 
 
+def syncs_running(conn: Connection, now: datetime) -> bool:
+    """Whether any integration's lease is held now (a sync of it is writing pages)."""
+    c = integrations.c
+    held = select(c.id).where(c.lease_owner.is_not(None), c.lease_expires_at >= now).limit(1)
+    return conn.execute(held).first() is not None
+
+
 def integration_accounts(conn: Connection) -> list[tuple[int, str, str]]:
     """(id, organization id, organization name) of every integration: the billing account of its rows."""
     c = integrations.c

@@ -40,6 +40,7 @@ from worker.api import (
     SourceRefused,
 )
 from worker.api.analytics import MAX_WINDOW_DAYS
+from worker.api.client import tls_context
 from worker.app import App
 from worker.logs import bind, bound
 from worker.ratelimit import OrgGate, org_bucket
@@ -248,12 +249,6 @@ class PageGate:
         if self.holding and self.slots is not None:
             self.holding = False
             self.slots.release()
-
-
-@functools.cache
-def tls_context() -> ssl.SSLContext:
-    """The process's one TLS context for the Admin API (the CA bundle loaded once)."""
-    return httpx.create_ssl_context()
 
 
 def api_transport() -> httpx.AsyncHTTPTransport:

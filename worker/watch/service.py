@@ -2,7 +2,9 @@
 
 1. Evaluate when something changed: a sync started or ended, a re-read restated a day, an integration
    came or went, a reconcile run was recorded, the UTC day turned, or the budgets/notify/anomaly
-   settings differ from the last evaluation's; and at least every `REEVALUATE_SECONDS` anyway. One
+   settings differ from the last evaluation's; and at least every `REEVALUATE_SECONDS` anyway. While any
+   sync holds its lease (it writes pages, each a change) the evaluation waits for the syncs to end, or for
+   `REEVALUATE_SECONDS` since the last one: once per change of the settled bill, not once per poll. One
    replica evaluates at a time: it claims the `watch:evaluation` row of `watch_states` (a conditional
    UPDATE; a dead claimer's claim expires after `CLAIM_SECONDS`). An evaluation
    - stores each budget's state (`budget_states`, for /metrics and the dashboard) and queues a
@@ -92,7 +94,12 @@ def evaluate_if_due(app: App) -> bool:
         _insert_ignore(conn, watch_states, {"subject": EVALUATION, "state": "", "seq": 0, "changed_at": now},
                        ["subject"])
         state, changed_at = conn.execute(select(w.state, w.changed_at).where(w.subject == EVALUATION)).one()
-        if state == current and changed_at > now - timedelta(seconds=REEVALUATE_SECONDS):
+        recent = changed_at > now - timedelta(seconds=REEVALUATE_SECONDS)
+        if state == current and recent:
+            return False
+        if state and recent and repo.syncs_running(conn, now):
+            # Every stored page changes the marker: while syncs write, evaluate once they end (or after
+            # REEVALUATE_SECONDS), not at every poll (a fleet's sync window would re-read weeks of rows each time).
             return False
         claimed = conn.execute(update(watch_states).where(
             w.subject == EVALUATION,

@@ -404,6 +404,9 @@ class IntegrationSync:
 
     def _store(self, stream: Stream, page: Page[Any], checkpoint: bool) -> int:
         """One page in one transaction: its days replaced, the stream's checkpoint, the run record."""
+        run_id = self.run_id
+        if run_id is None:  # the run record opens before the first request: a page without one is a bug
+            raise RuntimeError(f"{self.label}: a page arrived before its sync run was recorded")
         days = [b.day for b in page.buckets]
         all_rows = [r for b in page.buckets for r in b.rows]
         now = self.app.clock.now()
@@ -420,7 +423,7 @@ class IntegrationSync:
                 repo.advance_checkpoint(conn, self.id, stream.endpoint, max(days) + ONE_DAY)
             self.pages += 1
             self.rows += count
-            repo.update_run_counters(conn, self.run_id, self._run_counters())  # type: ignore[arg-type]
+            repo.update_run_counters(conn, run_id, self._run_counters())
             # The next request's rate-budget slot, in this transaction rather than one of its own (given back
             # at the run's end if no request follows).
             ahead = self.gate.gate.reserve_ahead(conn) if self.gate is not None else None

@@ -45,7 +45,9 @@ def _plain(value: object) -> str:
 
 
 def json_response(status: int, value: Any, headers: list[tuple[str, str]] | None = None) -> Response:
-    body = json.dumps(value, indent=2, default=_plain, ensure_ascii=False).encode() + b"\n"
+    # Compact: with `indent` json falls back to its pure-Python encoder (a year of spend by API key, 1.7 MB,
+    # took ~130 ms to encode that way, ~10 ms in C). `python -m json.tool` pretty-prints it for a person.
+    body = json.dumps(value, separators=(",", ":"), default=_plain, ensure_ascii=False).encode() + b"\n"
     return Response(status, body, "application/json", headers or [])
 
 

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -35,6 +34,7 @@ import h11
 from worker.storage.db import current_revision, head_revision
 from worker.sync.scheduler import SyncService, poll_database
 from worker.web.auth import load_ui_token
+from worker.web.messages import Request, Response
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -53,13 +53,9 @@ PROBES = ("/healthz", "/readyz", "/metrics")
 
 # --- the server -----------------------------------------------------------------------------------
 
-@dataclass
-class Reply:
-    status: int
-    body: str
-    content_type: str = "text/plain; charset=utf-8"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    raw: bytes | None = None  # sent instead of `body` (the dashboard's answers are bytes already)
+def _plain(status: int, text: str) -> Response:
+    """A probe's (or an error's) one-line text answer."""
+    return Response(status, text.encode(), "text/plain; charset=utf-8")
 
 
 class _TooLarge(Exception):
@@ -111,24 +107,24 @@ class HealthServer:
 
     # --- endpoints -------------------------------------------------------------------------------
 
-    def healthz(self) -> Reply:
+    def healthz(self) -> Response:
         ok, detail = self.service.health()
-        return Reply(200 if ok else 503, ("ok: " if ok else "unhealthy: ") + detail + "\n")
+        return _plain(200 if ok else 503, ("ok: " if ok else "unhealthy: ") + detail + "\n")
 
-    async def readyz(self) -> Reply:
+    async def readyz(self) -> Response:
         try:
             current = await asyncio.wait_for(asyncio.to_thread(self._check_database), DB_TIMEOUT)
         except TimeoutError:
-            return Reply(503, f"not ready: the database did not answer within {DB_TIMEOUT:.0f}s\n")
+            return _plain(503, f"not ready: the database did not answer within {DB_TIMEOUT:.0f}s\n")
         except Exception as exc:
             from worker.logs import scrub
 
             first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
-            return Reply(503, f"not ready: database unavailable: {scrub(first)[:300]}\n")
+            return _plain(503, f"not ready: database unavailable: {scrub(first)[:300]}\n")
         if current != self._head:
-            return Reply(503, f"not ready: database schema at {current}, this build expects {self._head} "
+            return _plain(503, f"not ready: database schema at {current}, this build expects {self._head} "
                               "(`cost-worker db upgrade`)\n")
-        return Reply(200, f"ready: database at {current}\n")
+        return _plain(200, f"ready: database at {current}\n")
 
     def _check_database(self) -> str | None:
         """What a poll reads (and writes), in a transaction rolled back: a database that answers `SELECT 1`
@@ -138,7 +134,7 @@ class HealthServer:
             transaction.rollback()
         return current_revision(self.app.engine)
 
-    async def metrics(self) -> Reply:
+    async def metrics(self) -> Response:
         from worker import metrics
 
         database: list[Metric] | None
@@ -148,7 +144,7 @@ class HealthServer:
             # The process series are still worth serving.
             log.warning("metrics: could not read the database", exc_info=True)
             database = None
-        return Reply(200, metrics.render(self.service, database).decode(), metrics.CONTENT_TYPE)
+        return Response(200, metrics.render(self.service, database), metrics.CONTENT_TYPE)
 
     def _database_metrics(self) -> list[Metric]:
         from worker import metrics
@@ -164,16 +160,16 @@ class HealthServer:
             try:
                 request, body = await asyncio.wait_for(self._read(conn, reader), _READ_SECONDS)
             except h11.RemoteProtocolError:
-                request, reply = None, Reply(400, "bad request\n")
+                request, reply = None, _plain(400, "bad request\n")
             except _TooLarge:
-                request, reply = None, Reply(413, "request body too large\n")
+                request, reply = None, _plain(413, "request body too large\n")
             method = "GET"
             if request is not None:
                 method = request.method.decode("ascii", "replace")
                 reply = await self._route(method, request.target.decode("ascii", "replace"),
                                           {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers},
                                           body)
-            data = reply.raw if reply.raw is not None else reply.body.encode()
+            data = reply.body
             headers = [("content-type", reply.content_type), ("content-length", str(len(data))),
                        *reply.headers, ("connection", "close")]
             if not any(name == "cache-control" for name, _ in reply.headers):
@@ -215,19 +211,16 @@ class HealthServer:
                     raise ConnectionError("closed before a request")
                 raise h11.RemoteProtocolError("the body ended early")
 
-    async def _route(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
+    async def _route(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Response:
         parts = urlsplit(target)
         path = parts.path
         if path not in PROBES:
             if self.web is None:
-                return Reply(404, "not found: try /healthz, /readyz or /metrics\n")
-            from worker.web.messages import Request
-
+                return _plain(404, "not found: try /healthz, /readyz or /metrics\n")
             query = dict(parse_qsl(parts.query, keep_blank_values=True))
-            answer = await self.web.handle(Request(method, unquote(path), query, headers, body))
-            return Reply(answer.status, "", answer.content_type, answer.headers, raw=answer.body)
+            return await self.web.handle(Request(method, unquote(path), query, headers, body))
         if method not in ("GET", "HEAD"):
-            return Reply(405, "only GET\n")
+            return _plain(405, "only GET\n")
         if path == "/healthz":
             return self.healthz()
         if path == "/readyz":

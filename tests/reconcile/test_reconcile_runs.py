@@ -46,7 +46,7 @@ def metrics(app: App) -> dict[tuple[str, str], float]:
     reply = asyncio.run(HealthServer(app, SyncService(app), 0).metrics())
     assert reply.status == 200
     found = {}
-    for line in reply.body.splitlines():
+    for line in reply.body.decode().splitlines():
         if line.startswith("cost_worker_reconcile_"):
             name, rest = line.split("{", 1)
             labels, number = rest.rsplit("} ", 1)

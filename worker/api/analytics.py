@@ -55,7 +55,9 @@ class Actor(msgspec.Struct, frozen=True, gc=False):
 
 # Rows are msgspec structs, not frozen dataclasses: a frozen dataclass sets each of its 18 fields through
 # object.__setattr__, a measurable part of parsing a page (hundreds of rows per daily sync).
-class AnalyticsCostRow(msgspec.Struct, frozen=True, gc=False):
+class _AnalyticsRow(msgspec.Struct, frozen=True, gc=False):
+    """The day and dimensions both endpoints' rows have (positional, in this order, before their own fields)."""
+
     day: date
     model: str | None
     workspace_id: str | None
@@ -68,12 +70,6 @@ class AnalyticsCostRow(msgspec.Struct, frozen=True, gc=False):
     speed: str | None
     product: str | None
     other: str  # canonical JSON of further non-null dimensions, '' if none
-    cost_type: str | None
-    token_type: str | None
-    amount_usd: Decimal  # post-discount, pre-credit
-    list_amount_usd: Decimal  # pre-discount
-    currency: str
-    requests: int | None  # null when grouped by cost_type/token_type
 
     @property
     def base_key(self) -> tuple[Any, ...]:
@@ -82,19 +78,16 @@ class AnalyticsCostRow(msgspec.Struct, frozen=True, gc=False):
                 self.service_tier, self.context_window, self.inference_geo, self.speed, self.product, self.other)
 
 
-class AnalyticsUsageRow(msgspec.Struct, frozen=True, gc=False):
-    day: date
-    model: str | None
-    workspace_id: str | None
-    api_key_id: str | None
-    actor_type: str | None
-    actor: Actor | None
-    service_tier: str | None
-    context_window: str | None
-    inference_geo: str | None
-    speed: str | None
-    product: str | None
-    other: str
+class AnalyticsCostRow(_AnalyticsRow, frozen=True, gc=False):
+    cost_type: str | None
+    token_type: str | None
+    amount_usd: Decimal  # post-discount, pre-credit
+    list_amount_usd: Decimal  # pre-discount
+    currency: str
+    requests: int | None  # null when grouped by cost_type/token_type
+
+
+class AnalyticsUsageRow(_AnalyticsRow, frozen=True, gc=False):
     uncached_input_tokens: int
     cache_read_input_tokens: int
     cache_creation_5m_input_tokens: int
@@ -102,11 +95,6 @@ class AnalyticsUsageRow(msgspec.Struct, frozen=True, gc=False):
     output_tokens: int
     web_search_requests: int
     requests: int | None
-
-    @property
-    def base_key(self) -> tuple[Any, ...]:
-        return (self.model, self.workspace_id, self.api_key_id, self.actor_type, self.actor.id if self.actor else None,
-                self.service_tier, self.context_window, self.inference_geo, self.speed, self.product, self.other)
 
 
 # --- the wire shapes --------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, case, delete, func, insert, literal_column, or_, select, text, update
+from sqlalchemy.sql import Select
 
 from worker.storage import analytics_totals, totals
 from worker.storage.rows import (
@@ -559,8 +560,7 @@ def reap_abandoned_runs(conn: Connection, now: datetime, error: str) -> int:
     A live sync holds its integration's lease from before its run record starts until after it is
     finished, so a `running` record without a live lease belongs to a process that was killed.
     """
-    held = select(integrations.c.id).where(integrations.c.lease_owner.is_not(None),
-                                           integrations.c.lease_expires_at >= now)
+    held = _leases_held(now)
     result = conn.execute(update(sync_runs)
                           # A literal, not a parameter: PostgreSQL's generic plan for a prepared statement
                           # cannot use the partial index ix_sync_runs_running for `outcome = $1`.
@@ -652,11 +652,15 @@ def data_version(conn: Connection) -> tuple[int, datetime | None, int | None, in
     return int(count), updated, run, revision
 
 
+def _leases_held(now: datetime) -> Select[tuple[int]]:
+    """The ids of the integrations whose lease is held at `now` (a sync of each is running)."""
+    c = integrations.c
+    return select(c.id).where(c.lease_owner.is_not(None), c.lease_expires_at >= now)
+
+
 def syncs_running(conn: Connection, now: datetime) -> bool:
     """Whether any integration's lease is held now (a sync of it is writing pages)."""
-    c = integrations.c
-    held = select(c.id).where(c.lease_owner.is_not(None), c.lease_expires_at >= now).limit(1)
-    return conn.execute(held).first() is not None
+    return conn.execute(_leases_held(now).limit(1)).first() is not None
 
 
 def integration_accounts(conn: Connection) -> list[tuple[int, str, str]]:

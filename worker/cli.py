@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -405,6 +405,15 @@ def report_cmd(ctx: click.Context, since: date, until: date, integration_id: int
             fail(f"no integration {integration_id}", EXIT_USAGE)
         records = report_records(conn, since, until, integration_id=integration_id)
     fields = REPORT_FIELDS
+    if not _print_records(records, fields, fmt):
+        total = money_sum(Decimal(r["cost_usd"]) for r in records)
+        body = [[str(r["date"]), str(r["model"] or "(no model: fees)"), str(r["cost_usd"]),
+                 *(f"{r[f]:,}" for f in fields[3:])] for r in records]
+        _table(body + [["total", "", money_text(total), "", "", "", ""]], fields, right_from=2)
+
+
+def _print_records(records: list[dict[str, Any]], fields: Sequence[str], fmt: str) -> bool:
+    """`report`'s json and csv formats (True when printed); the table is the caller's."""
     if fmt == "json":
         click.echo(json.dumps(records, indent=2))
     elif fmt == "csv":
@@ -415,10 +424,8 @@ def report_cmd(ctx: click.Context, since: date, until: date, integration_id: int
         for record in records:
             writer.writerecord(record)
     else:
-        total = money_sum(Decimal(r["cost_usd"]) for r in records)
-        body = [[str(r["date"]), str(r["model"] or "(no model: fees)"), str(r["cost_usd"]),
-                 *(f"{r[f]:,}" for f in fields[3:])] for r in records]
-        _table(body + [["total", "", money_text(total), "", "", "", ""]], fields, right_from=2)
+        return False
+    return True
 
 
 def _report_by(ctx: click.Context, since: date, until: date, integration_id: int | None, by: str,
@@ -435,16 +442,7 @@ def _report_by(ctx: click.Context, since: date, until: date, integration_id: int
         if integration_id is not None and repo.get_integration(conn, integration_id) is None:
             fail(f"no integration {integration_id}", EXIT_USAGE)
         records = report_records(conn, since, until, by=by, source=source, integration_id=integration_id)
-    if fmt == "json":
-        click.echo(json.dumps(records, indent=2))
-    elif fmt == "csv":
-        from worker.csvsafe import csv_writer
-
-        writer = csv_writer(sys.stdout, REPORT_BY_FIELDS)
-        writer.writeheader()
-        for record in records:
-            writer.writerecord(record)
-    else:
+    if not _print_records(records, REPORT_BY_FIELDS, fmt):
         total = money_sum(Decimal(r["cost_usd"]) for r in records)
         listed = [r["list_cost_usd"] for r in records]
         list_total = None if any(v is None for v in listed) else money_sum(Decimal(v) for v in listed)

@@ -288,3 +288,21 @@ def test_sqlite_file_created_in_new_directory(tmp_path: Path) -> None:
     upgrade(eng)
     eng.dispose()
     assert (tmp_path / "a" / "b" / "cw.db").exists()
+
+
+def test_canonical_json_is_the_standard_librarys_text_for_any_value() -> None:
+    """Revision and grain texts are compared and kept: the fast encoder must give json.dumps' very text."""
+    import json
+    import random
+
+    from worker.storage.rows import CANONICAL_JSON
+
+    rng = random.Random(7)
+    alphabet = [chr(i) for i in range(128)] + ["é", "ü", "中", "\u2028", "\ufeff", "😀", "\udc80"]
+    values: list[object] = [{}, {"a": None, "b": True, "c": False}, {"n": -(10 ** 40), "m": 0, "l": [1, "x", None]},
+                         {"z": {"y": {"x": "deep"}}, "a": ""}]
+    for _ in range(2000):
+        values.append({"".join(rng.choices(alphabet, k=rng.randint(0, 4))): "".join(rng.choices(alphabet, k=rng.randint(0, 12)))
+                       for _ in range(rng.randint(1, 5))})
+    for value in values:
+        assert CANONICAL_JSON.encode(value) == json.dumps(value, sort_keys=True, separators=(",", ":")), value

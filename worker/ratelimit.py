@@ -13,18 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy import Connection, Engine, text
 
 from worker.clock import Clock
-
-_INSERT = {
-    "sqlite": "INSERT INTO rate_buckets (bucket, tat) VALUES (:bucket, 0) ON CONFLICT (bucket) DO NOTHING",
-    "postgresql": "INSERT INTO rate_buckets (bucket, tat) VALUES (:bucket, 0) ON CONFLICT (bucket) DO NOTHING",
-}
-_RESERVE = text(
-    "UPDATE rate_buckets SET tat = (CASE WHEN tat > :now THEN tat ELSE :now END) + :interval "
-    "WHERE bucket = :bucket RETURNING tat"
-).bindparams(bindparam("now"), bindparam("interval"), bindparam("bucket"))
+from worker.storage.types import driver_marker
 
 
 def org_bucket(organization_id: str) -> str:
@@ -74,11 +66,25 @@ def reserve_slot(engine: Engine, bucket: str, budget: RateBudget, now: float,
 
 def reserve_in(conn: Connection, bucket: str, budget: RateBudget, now: float,
                settled: float | None = None) -> tuple[float, float]:
-    """`reserve_slot` in the caller's transaction (a sync's page store: one transaction fewer per request)."""
-    conn.execute(text(_INSERT[conn.dialect.name]), {"bucket": bucket})
+    """`reserve_slot` in the caller's transaction (a sync's page store: one transaction fewer per request).
+
+    Driver SQL, the bucket's row made only when the reservation finds none: every stored page runs this."""
+    mark = driver_marker(conn)
+    settle_floor = f"UPDATE rate_buckets SET tat = {mark} WHERE bucket = {mark} AND tat < {mark}"  # as _SETTLE
     if settled is not None:
-        conn.execute(_SETTLE, {"floor": settled, "bucket": bucket})
-    tat = float(conn.execute(_RESERVE, {"now": now, "interval": budget.interval, "bucket": bucket}).scalar_one())
+        conn.exec_driver_sql(settle_floor, (settled, bucket, settled))
+    reserve = (f"UPDATE rate_buckets SET tat = (CASE WHEN tat > {mark} THEN tat ELSE {mark} END) + {mark} "
+               f"WHERE bucket = {mark} RETURNING tat")
+    args = (now, now, budget.interval, bucket)
+    found = conn.exec_driver_sql(reserve, args).fetchone()
+    if found is None:  # the bucket's first request ever (its settle, if any, had no row to move either)
+        conn.exec_driver_sql(f"INSERT INTO rate_buckets (bucket, tat) VALUES ({mark}, 0) ON CONFLICT (bucket) "
+                             "DO NOTHING", (bucket,))
+        if settled is not None:
+            conn.exec_driver_sql(settle_floor, (settled, bucket, settled))
+        tat = float(conn.exec_driver_sql(reserve, args).scalar_one())
+    else:
+        tat = float(found[0])
     allowed_at = tat - budget.interval - budget.tolerance
     return max(0.0, allowed_at - now), tat
 

@@ -11,36 +11,52 @@ integration instead of every row of every workspace, tier and token type.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, false, func, insert, or_, select
+from sqlalchemy import Connection, and_, false, or_, select
 
 from worker.storage.tables import analytics_cost_rows, analytics_daily_totals, analytics_usage_rows
-from worker.storage.totals import exact_sum, summed
-from worker.storage.types import EXACT
+from worker.storage.totals import DriverDays, exact_sum, summed
+from worker.storage.types import EXACT, driver_marker
 
 MAIN = "main"  # the grouping summed here (worker.storage.analytics.MAIN)
 _CHUNK = 400  # days per IN (...)
 
 
-def refresh(conn: Connection, integration_id: int, days: Sequence[date], part: str) -> None:
+def refresh(conn: Connection, integration_id: int, days: Sequence[date], part: str,
+            rows: Sequence[Mapping[str, Any]] | None = None) -> None:
     """Recompute the integration's totals of `days` of one part from its stored analytics rows of grouping
     'main': part `cost` from analytics_cost_rows (cost, list cost), `usage` from analytics_usage_rows (tokens).
-    Each replacement refreshes only the part of the table it replaced."""
+    Each replacement refreshes only the part of the table it replaced, and passes the rows it has just
+    written (`rows`: table rows of grouping 'main', of those days and perhaps others), summed instead of
+    read back. Driver SQL: every page's store runs this."""
+    d = DriverDays(conn)
+    prep, mark = conn.dialect.identifier_preparer, driver_marker(conn)
+    name, quote = prep.format_table, prep.quote
     wanted = sorted(set(days))
     for start in range(0, len(wanted), _CHUNK):
-        chunk = wanted[start:start + _CHUNK]
+        chunk = d.days(wanted[start:start + _CHUNK])
+        within, marks = set(chunk), ", ".join([mark] * len(chunk))
         # (day, dimension, key) -> [cost, list cost, input, output, cache read, cache write]
-        sums: dict[tuple[date, str, str], list[Any]] = {}
+        sums: dict[tuple[Any, str, str], list[Any]] = {}
         if part == "cost":
-            c = analytics_cost_rows.c
             add = EXACT.add
-            for day, model, api_key, actor, amount, listed in conn.execute(select(
-                    c.day, c.model, c.api_key_id, c.actor_id, c.amount_usd, c.list_amount_usd).where(
-                    c.integration_id == integration_id, c.grouping == MAIN, c.day.in_(chunk))):
+            amounts: Iterable[tuple[Any, ...]]
+            if rows is None:
+                amounts = ((day, model, key, actor, d.money_read(a), d.money_read(b)) for day, model, key, actor, a, b
+                           in conn.exec_driver_sql(
+                               f"SELECT day, model, api_key_id, actor_id, amount_usd, list_amount_usd FROM "
+                               f"{name(analytics_cost_rows)} WHERE integration_id = {mark} AND {quote('grouping')} = {mark} "
+                               f"AND day IN ({marks})", (integration_id, MAIN, *chunk)).fetchall())
+            else:
+                amounts = ((d.day(r["day"]), r["model"], r["api_key_id"], r["actor_id"], r["amount_usd"],
+                            r["list_amount_usd"]) for r in rows)
+            for day, model, api_key, actor, amount, listed in amounts:
+                if day not in within:
+                    continue
                 for key in ((day, "model", model), (day, "api_key", api_key), (day, "actor", actor)):
                     acc = sums.get(key)
                     if acc is None:
@@ -49,28 +65,36 @@ def refresh(conn: Connection, integration_id: int, days: Sequence[date], part: s
                         acc[0] = add(acc[0], amount)
                         acc[1] = add(acc[1], listed)
         else:
-            u = analytics_usage_rows.c
-            for day, model, api_key, actor, a, b, cr, cw5, cw1 in conn.execute(select(
-                    u.day, u.model, u.api_key_id, u.actor_id, func.sum(u.uncached_input_tokens),
-                    func.sum(u.output_tokens), func.sum(u.cache_read_input_tokens),
-                    func.sum(u.cache_creation_5m_input_tokens), func.sum(u.cache_creation_1h_input_tokens)).where(
-                    u.integration_id == integration_id, u.grouping == MAIN, u.day.in_(chunk)).group_by(
-                    u.day, u.model, u.api_key_id, u.actor_id)):
+            tokens: Iterable[tuple[Any, ...]]
+            if rows is None:
+                tokens = conn.exec_driver_sql(
+                    f"SELECT day, model, api_key_id, actor_id, sum(uncached_input_tokens), sum(output_tokens), "
+                    f"sum(cache_read_input_tokens), sum(cache_creation_5m_input_tokens) + "
+                    f"sum(cache_creation_1h_input_tokens) FROM {name(analytics_usage_rows)} WHERE integration_id = "
+                    f"{mark} AND {quote('grouping')} = {mark} AND day IN ({marks}) GROUP BY day, model, api_key_id, actor_id",
+                    (integration_id, MAIN, *chunk)).fetchall()
+            else:
+                tokens = ((d.day(r["day"]), r["model"], r["api_key_id"], r["actor_id"], r["uncached_input_tokens"],
+                           r["output_tokens"], r["cache_read_input_tokens"],
+                           r["cache_creation_5m_input_tokens"] + r["cache_creation_1h_input_tokens"]) for r in rows)
+            for day, model, api_key, actor, a, b, cr, cw in tokens:
+                if day not in within:
+                    continue
                 for key in ((day, "model", model), (day, "api_key", api_key), (day, "actor", actor)):
                     acc = sums.setdefault(key, [Decimal(0), Decimal(0), 0, 0, 0, 0])
                     acc[2] += int(a)
                     acc[3] += int(b)
                     acc[4] += int(cr)
-                    acc[5] += int(cw5) + int(cw1)
-        t = analytics_daily_totals.c
-        conn.execute(delete(analytics_daily_totals).where(t.integration_id == integration_id, t.part == part,
-                                                          t.day.in_(chunk)))
+                    acc[5] += int(cw)
+        table = name(analytics_daily_totals)
+        conn.exec_driver_sql(f"DELETE FROM {table} WHERE integration_id = {mark} AND part = {mark} AND day IN ({marks})",
+                             (integration_id, part, *chunk))
         if sums:
-            conn.execute(insert(analytics_daily_totals), [
-                {"integration_id": integration_id, "day": day, "dimension": dimension, "key": key, "part": part,
-                 "cost_usd": v[0], "list_cost_usd": v[1], "input_tokens": v[2], "output_tokens": v[3],
-                 "cache_read_tokens": v[4], "cache_write_tokens": v[5]}
-                for (day, dimension, key), v in sums.items()])
+            conn.exec_driver_sql(
+                f"INSERT INTO {table} (integration_id, day, dimension, {quote('key')}, part, cost_usd, list_cost_usd, "
+                f"input_tokens, output_tokens, cache_read_tokens, cache_write_tokens) VALUES ({', '.join([mark] * 11)})",
+                [(integration_id, day, dimension, key, part, d.money(v[0]), d.money(v[1]), *v[2:])
+                 for (day, dimension, key), v in sums.items()])
 
 
 Span = tuple[date, date]  # days [first, end) of an integration

@@ -13,7 +13,8 @@ from decimal import Decimal
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, case, delete, func, insert, literal_column, or_, select, text, update
+import msgspec
+from sqlalchemy import Connection, case, delete, func, insert, literal_column, or_, select, update
 from sqlalchemy.sql import Select
 
 from worker.storage import analytics_totals, totals
@@ -43,7 +44,7 @@ from worker.storage.tables import (
     sync_runs,
     usage_rows,
 )
-from worker.storage.types import exact_money, money_text, sqlite_date
+from worker.storage.types import driver_marker, exact_money, money_text, sqlite_date
 
 STATUSES = ("pending", "backfilling", "ok", "error")
 SOURCES = ("legacy", "analytics", "both")
@@ -248,19 +249,20 @@ def holds_lease(conn: Connection, integration_id: int, owner: str) -> bool:
 
 # Statements every stored page runs, as text: a Core statement costs its cache key on every call (~50-80 us,
 # several times the statement itself on SQLite).
-_LOCK_OWNER = text("SELECT lease_owner FROM integrations WHERE id = :id")
-_LOCK_OWNER_PG = text("SELECT lease_owner FROM integrations WHERE id = :id FOR UPDATE")
+_LOCK_OWNER = "SELECT lease_owner FROM integrations WHERE id = {mark}"
+_LOCK_OWNER_PG = "SELECT lease_owner FROM integrations WHERE id = {mark} FOR UPDATE"
 _RUN_COUNTERS = ("requests", "pages", "rows", "rate_limited", "retries", "waited_seconds")
-_UPDATE_RUN_COUNTERS = text(f"UPDATE sync_runs SET {', '.join(f'{chr(34)}{c}{chr(34)} = :{c}' for c in _RUN_COUNTERS)} "
-                            "WHERE id = :id")
+_UPDATE_RUN_COUNTERS = (f"UPDATE sync_runs SET {', '.join(f'{chr(34)}{c}{chr(34)} = {{mark}}' for c in _RUN_COUNTERS)} "
+                        "WHERE id = {mark}")
 
 
 def lock_lease_owner(conn: Connection, integration_id: int) -> str | None:
     """The lease's owner, the row locked until the transaction ends (SELECT ... FOR UPDATE on PostgreSQL;
     SQLite's BEGIN IMMEDIATE already serializes writers)."""
+    # Driver SQL: every stored page runs this.
     statement = _LOCK_OWNER_PG if conn.dialect.name == "postgresql" else _LOCK_OWNER
-    owner: str | None = conn.execute(statement, {"id": integration_id}).scalar_one_or_none()
-    return owner
+    row = conn.exec_driver_sql(statement.format(mark=driver_marker(conn)), (integration_id,)).fetchone()
+    return None if row is None else row[0]
 
 
 def advance_checkpoint(conn: Connection, integration_id: int, endpoint: str, next_day: date) -> None:
@@ -310,15 +312,6 @@ class _DayTable:
 _COST = _DayTable(cost_rows, "cost", COST_GRAIN, COST_COLUMNS, COST_COLUMNS.index("amount_usd"))
 _USAGE = _DayTable(usage_rows, "usage", USAGE_GRAIN, USAGE_COLUMNS, None)
 _DELETE_CHUNK = 500  # ids per DELETE ... IN (...)
-
-
-def _marker(conn: Connection) -> str:
-    style = conn.dialect.paramstyle
-    if style == "qmark":
-        return "?"
-    if style in ("format", "pyformat"):
-        return "%s"
-    raise NotImplementedError(f"driver paramstyle {style!r} is not supported")  # pragma: no cover
 
 
 def _sqlite_cost_rows(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -395,7 +388,7 @@ def _replace_days(conn: Connection, spec: _DayTable, integration_id: int, days: 
         return 0
     table, sqlite = spec.table, conn.dialect.name == "sqlite"
     prep = conn.dialect.identifier_preparer
-    name, quote, mark = prep.format_table(table), prep.quote, _marker(conn)
+    name, quote, mark = prep.format_table(table), prep.quote, driver_marker(conn)
     params = _driver_rows(spec, new_rows, sqlite)
     day_params = [sqlite_date(d) if sqlite else d for d in days]
     # A stored row read back is (id, day, *grain, *values) and a new one (integration_id, day, *grain,
@@ -403,7 +396,7 @@ def _replace_days(conn: Connection, spec: _DayTable, integration_id: int, days: 
     g = 2 + len(spec.grain)
     # Days whose rows are exactly what was stored (their digest) need neither a read nor a write: most of
     # a daily re-read.
-    digests = _digests(params, day_params, g)
+    digests = _digests(params, day_params)
     unchanged = _unchanged_days(conn, spec, integration_id, scope_value, digests)
     if unchanged:
         day_params = [d for d in day_params if d not in unchanged]
@@ -467,20 +460,29 @@ def _replace_days(conn: Connection, spec: _DayTable, integration_id: int, days: 
         conn.exec_driver_sql(
             f"INSERT INTO {name} ({', '.join(quote(c) for c in spec.columns)}) "
             f"VALUES ({', '.join([mark] * len(spec.columns))})", params)
-    if spec.table is cost_rows or spec.table is usage_rows:
-        totals.refresh(conn, integration_id, list(days))  # the days that changed (unchanged ones returned above)
+    # The totals of the days that changed (unchanged ones returned above), summed from the rows they now hold:
+    # `new_rows`, so nothing is read back.
+    if spec.table is cost_rows:
+        totals.refresh(conn, integration_id, days, cost=new_rows)
+    elif spec.table is usage_rows:
+        totals.refresh(conn, integration_id, days, usage=new_rows)
     elif (spec.table is analytics_cost_rows or spec.table is analytics_usage_rows) and scope_value == analytics_totals.MAIN:
         # Likewise, for the overview's analytics part: only the part of the totals this table sums.
-        analytics_totals.refresh(conn, integration_id, list(days), "cost" if spec.table is analytics_cost_rows else "usage")
+        analytics_totals.refresh(conn, integration_id, days, "cost" if spec.table is analytics_cost_rows else "usage",
+                                 rows=new_rows)
     return len(new_rows)
 
 
-def _digests(params: list[tuple[Any, ...]], day_params: list[Any], g: int) -> dict[Any, str]:
-    """Per day, a digest of its rows as the driver gets them (grain and values, in grain order)."""
+_DIGEST_ENCODER = msgspec.msgpack.Encoder()  # several times cheaper than repr() of the rows (Decimal's above all)
+
+
+def _digests(params: list[tuple[Any, ...]], day_params: list[Any]) -> dict[Any, str]:
+    """Per day, a digest of its rows as the driver gets them (grain and values, in grain order: a day's grains
+    are unique, so sorting whole rows orders them by grain and never compares values)."""
     by_day: dict[Any, list[tuple[Any, ...]]] = {d: [] for d in day_params}
     for t in params:
         by_day[t[1]].append(t[2:])
-    return {d: hashlib.blake2b(repr(sorted(rows, key=lambda r: r[:g - 2])).encode(), digest_size=16).hexdigest()
+    return {d: hashlib.blake2b(_DIGEST_ENCODER.encode(sorted(rows)), digest_size=16).hexdigest()
             for d, rows in by_day.items()}
 
 
@@ -488,7 +490,7 @@ def _unchanged_days(conn: Connection, spec: _DayTable, integration_id: int, scop
                     digests: dict[Any, str]) -> set[Any]:
     # Driver SQL, like the row statements: a Core statement's cache key is rebuilt on every call, and this runs
     # for every page stored. Days go in and come back in the driver's form (ISO text on SQLite), as `digests`.
-    prep, mark = conn.dialect.identifier_preparer, _marker(conn)
+    prep, mark = conn.dialect.identifier_preparer, driver_marker(conn)
     stored = conn.exec_driver_sql(
         f"SELECT day, digest FROM {prep.format_table(day_digests)} WHERE integration_id = {mark} AND kind = {mark} "
         f"AND scope = {mark} AND day IN ({', '.join([mark] * len(digests))})",
@@ -501,7 +503,7 @@ def _save_digests(conn: Connection, spec: _DayTable, integration_id: int, scope_
                   digests: dict[Any, str]) -> None:
     if not digests:
         return
-    prep, mark = conn.dialect.identifier_preparer, _marker(conn)
+    prep, mark = conn.dialect.identifier_preparer, driver_marker(conn)
     conn.exec_driver_sql(
         f"INSERT INTO {prep.format_table(day_digests)} (integration_id, kind, scope, day, digest) "
         f"VALUES ({', '.join([mark] * 5)}) ON CONFLICT (integration_id, kind, scope, day) "
@@ -541,7 +543,8 @@ def update_run_counters(conn: Connection, run_id: int, counters: dict[str, Any])
     what every stored page writes."""
     if counters.keys() != set(_RUN_COUNTERS):
         raise ValueError(f"run counters are {_RUN_COUNTERS}, got {sorted(counters)}")
-    conn.execute(_UPDATE_RUN_COUNTERS, {**counters, "id": run_id})
+    mark = driver_marker(conn)  # driver SQL: every stored page runs this
+    conn.exec_driver_sql(_UPDATE_RUN_COUNTERS.format(mark=mark), (*(counters[c] for c in _RUN_COUNTERS), run_id))
 
 
 def interrupt_runs(conn: Connection, integration_id: int, now: datetime, error: str) -> int:

@@ -12,6 +12,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, Protocol
 
+import msgspec
+
 from worker.storage.types import EXACT
 
 COST_GRAIN = ("workspace_id", "model", "cost_type", "token_type", "service_tier", "context_window",
@@ -159,9 +161,30 @@ def usage_table_rows(integration_id: int, rows: Iterable[UsageRecord]) -> list[d
     ]
 
 
-# json.dumps with options builds a new encoder on every call: a measurable part of storing a restated day
-# (a revision per row). The same options, one encoder: the very same text.
-CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+class CanonicalJson:
+    """`json.dumps(value, sort_keys=True, separators=(",", ":"))`, the text of every revision and grain.
+
+    A restated day writes a revision per row, and the standard library's pure-Python encoder (the C one
+    does not sort keys) was a measurable part of storing it. msgspec gives the very same bytes for ASCII
+    other than DEL; for anything else (the standard library escapes it as \\uXXXX) the standard library
+    encodes it, so stored texts stay equal whatever encoded them.
+    """
+
+    def __init__(self) -> None:
+        self._fast = msgspec.json.Encoder(order="sorted")
+        self._exact = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+    def encode(self, value: Any) -> str:
+        try:
+            out = self._fast.encode(value)
+        except UnicodeEncodeError:  # a lone surrogate, which only the standard library escapes
+            return self._exact.encode(value)
+        if out.isascii() and b"\x7f" not in out:
+            return out.decode("ascii")
+        return self._exact.encode(value)
+
+
+CANONICAL_JSON = CanonicalJson()
 
 
 def grain_json(rec: Mapping[str, Any], grain: tuple[str, ...]) -> str:

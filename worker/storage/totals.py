@@ -8,45 +8,101 @@ Removing an integration removes its totals. `report`, the API's `spend` and the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, String, and_, delete, func, insert, select, type_coerce
+from sqlalchemy import Connection, String, and_, func, select, type_coerce
 
 from worker.storage.tables import cost_rows, daily_model_totals, usage_rows
-from worker.storage.types import EXACT
+from worker.storage.types import EXACT, driver_marker, exact_money, money_text, sqlite_date
 
 _CHUNK = 400  # days per IN (...)
 
 
-def refresh(conn: Connection, integration_id: int, days: Sequence[date]) -> None:
-    """Recompute the integration's totals of `days` from its stored cost and usage rows."""
+def refresh(conn: Connection, integration_id: int, days: Sequence[date], *,
+            cost: Sequence[Mapping[str, Any]] | None = None, usage: Sequence[Mapping[str, Any]] | None = None) -> None:
+    """Recompute the integration's totals of `days` from its stored cost and usage rows.
+
+    A replacement that has just written a table's rows passes them (`cost` or `usage`: rows of those days and
+    perhaps others, as table rows): they are summed as they are instead of being read back. Every page's
+    store runs this, so it is driver SQL (no statement built per call)."""
+    d = DriverDays(conn)
+    mark, name = driver_marker(conn), conn.dialect.identifier_preparer.format_table
     wanted = sorted(set(days))
     for start in range(0, len(wanted), _CHUNK):
-        chunk = wanted[start:start + _CHUNK]
-        sums: dict[tuple[date, str], list[Any]] = {}
-        c = cost_rows.c
-        for day, model, amount in conn.execute(select(c.day, c.model, c.amount_usd).where(
-                c.integration_id == integration_id, c.day.in_(chunk))):
-            acc = sums.setdefault((day, model), [Decimal(0), 0, 0, 0, 0])
-            acc[0] = EXACT.add(acc[0], amount)
-        u = usage_rows.c
-        for day, model, a, b, cr, cw5, cw1 in conn.execute(select(
-                u.day, u.model, func.sum(u.uncached_input_tokens), func.sum(u.output_tokens),
-                func.sum(u.cache_read_input_tokens), func.sum(u.cache_creation_5m_input_tokens),
-                func.sum(u.cache_creation_1h_input_tokens)).where(
-                u.integration_id == integration_id, u.day.in_(chunk)).group_by(u.day, u.model)):
-            acc = sums.setdefault((day, model), [Decimal(0), 0, 0, 0, 0])
-            acc[1:] = [int(a), int(b), int(cr), int(cw5) + int(cw1)]
-        t = daily_model_totals.c
-        conn.execute(delete(daily_model_totals).where(t.integration_id == integration_id, t.day.in_(chunk)))
+        chunk = d.days(wanted[start:start + _CHUNK])
+        within, marks = set(chunk), ", ".join([mark] * len(chunk))
+        sums: dict[tuple[Any, str], list[Any]] = {}
+        if cost is None:
+            amounts: Iterable[tuple[Any, str, Any]] = conn.exec_driver_sql(
+                f"SELECT day, model, amount_usd FROM {name(cost_rows)} WHERE integration_id = {mark} "
+                f"AND day IN ({marks})", (integration_id, *chunk)).fetchall()
+            read = d.money_read
+        else:
+            amounts = ((d.day(r["day"]), r["model"], r["amount_usd"]) for r in cost)
+            read = _same
+        for day, model, amount in amounts:
+            if day in within:
+                acc = sums.setdefault((day, model), [Decimal(0), 0, 0, 0, 0])
+                acc[0] = EXACT.add(acc[0], read(amount))
+        tokens: Iterable[tuple[Any, ...]]
+        if usage is None:
+            tokens = conn.exec_driver_sql(
+                f"SELECT day, model, sum(uncached_input_tokens), sum(output_tokens), sum(cache_read_input_tokens), "
+                f"sum(cache_creation_5m_input_tokens) + sum(cache_creation_1h_input_tokens) FROM {name(usage_rows)} "
+                f"WHERE integration_id = {mark} AND day IN ({marks}) GROUP BY day, model",
+                (integration_id, *chunk)).fetchall()
+        else:
+            tokens = ((d.day(r["day"]), r["model"], r["uncached_input_tokens"], r["output_tokens"],
+                       r["cache_read_input_tokens"],
+                       r["cache_creation_5m_input_tokens"] + r["cache_creation_1h_input_tokens"]) for r in usage)
+        for day, model, a, b, cr, cw in tokens:
+            if day in within:
+                acc = sums.setdefault((day, model), [Decimal(0), 0, 0, 0, 0])
+                acc[1] += int(a)
+                acc[2] += int(b)
+                acc[3] += int(cr)
+                acc[4] += int(cw)
+        table = name(daily_model_totals)
+        conn.exec_driver_sql(f"DELETE FROM {table} WHERE integration_id = {mark} AND day IN ({marks})",
+                             (integration_id, *chunk))
         if sums:
-            conn.execute(insert(daily_model_totals), [
-                {"integration_id": integration_id, "day": day, "model": model, "cost_usd": v[0], "input_tokens": v[1],
-                 "output_tokens": v[2], "cache_read_tokens": v[3], "cache_write_tokens": v[4]}
-                for (day, model), v in sums.items()])
+            conn.exec_driver_sql(
+                f"INSERT INTO {table} (integration_id, day, model, cost_usd, input_tokens, output_tokens, "
+                f"cache_read_tokens, cache_write_tokens) VALUES ({', '.join([mark] * 8)})",
+                [(integration_id, day, model, d.money(v[0]), *v[1:]) for (day, model), v in sums.items()])
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+class DriverDays:
+    """Days and money in the driver's own form, for the totals' driver SQL: on SQLite ISO day text and exact
+    decimal text (what SQLAlchemy's types store there), on PostgreSQL dates and Decimal as they are."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.sqlite = conn.dialect.name == "sqlite"
+        self._days: dict[date, Any] = {}
+
+    def day(self, value: date) -> Any:
+        if not self.sqlite:
+            return value
+        text = self._days.get(value)
+        if text is None:
+            text = self._days[value] = sqlite_date(value)
+        return text
+
+    def days(self, values: Sequence[date]) -> list[Any]:
+        return [self.day(v) for v in values]
+
+    def money(self, value: Decimal) -> Any:
+        return money_text(value) if self.sqlite else exact_money(value)
+
+    def money_read(self, value: Any) -> Decimal:
+        return Decimal(value) if isinstance(value, str) else exact_money(value)
 
 
 Grouped = tuple[date, str, Decimal, int, int, int, int]

@@ -6,12 +6,12 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, Numeric, String
+from sqlalchemy import Connection, DateTime, Dialect, Numeric, String
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from worker.money import EXACT  # adds money without rounding whatever its digits
 
-__all__ = ["EXACT", "ExactDecimal", "UTCDateTime", "exact_money", "money_text", "sqlite_date"]
+__all__ = ["EXACT", "ExactDecimal", "UTCDateTime", "driver_marker", "exact_money", "money_text", "sqlite_date"]
 
 
 def exact_money(value: Any) -> Decimal:
@@ -26,6 +26,16 @@ def exact_money(value: Any) -> Decimal:
 def money_text(value: Any) -> str:
     """The exact decimal text of money as SQLite stores it (PostgreSQL's NUMERIC comes back as Decimal)."""
     return value if isinstance(value, str) else format(exact_money(value), "f")
+
+
+def driver_marker(conn: Connection) -> str:
+    """The DB-API parameter marker of the connection's driver, for driver SQL (`exec_driver_sql`)."""
+    style = conn.dialect.paramstyle
+    if style == "qmark":
+        return "?"
+    if style in ("format", "pyformat"):
+        return "%s"
+    raise NotImplementedError(f"driver paramstyle {style!r} is not supported")  # pragma: no cover
 
 
 def sqlite_date(value: Any) -> str:

@@ -229,11 +229,14 @@ def user_names(rows: Iterable[AnalyticsCostRow | AnalyticsUsageRow]) -> list[Nam
     return list(out.values())
 
 
-def names(conn: Connection, integration_id: int | None = None) -> dict[tuple[int, str, str], Name]:
-    """Every stored name, by (integration, kind, id)."""
+def names(conn: Connection, integration_id: int | None = None, kind: str | None = None,
+          ) -> dict[tuple[int, str, str], Name]:
+    """Every stored name (of one integration, of one kind), by (integration, kind, id)."""
     q = select(analytics_names)
     if integration_id is not None:
         q = q.where(analytics_names.c.integration_id == integration_id)
+    if kind is not None:
+        q = q.where(analytics_names.c.kind == kind)
     return {(r.integration_id, r.kind, r.id): Name(r.kind, r.id, r.name, r.email, r.workspace_id, r.deleted)
             for r in conn.execute(q)}
 

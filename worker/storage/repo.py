@@ -24,7 +24,6 @@ from worker.storage.rows import (
     COST_GRAIN,
     USAGE_COLUMNS,
     USAGE_GRAIN,
-    grain_json,
     none_if_empty,
     usage_value,
 )
@@ -425,7 +424,7 @@ def _replace_days(conn: Connection, spec: _DayTable, integration_id: int, days: 
         def change(key: tuple[Any, ...], before: tuple[Any, ...] | None, after: tuple[Any, ...] | None) -> None:
             changes.append((
                 integration_id, spec.kind, key[0],
-                grain_json(dict(zip(spec.grain, key[1:], strict=True)), spec.grain),
+                CANONICAL_JSON.encode(dict(zip(spec.grain, key[1:], strict=True))),
                 None if before is None else _revision_text(spec, before),
                 None if after is None else _revision_text(spec, after),
                 stamp, run_id))

@@ -187,10 +187,6 @@ class CanonicalJson:
 CANONICAL_JSON = CanonicalJson()
 
 
-def grain_json(rec: Mapping[str, Any], grain: tuple[str, ...]) -> str:
-    return CANONICAL_JSON.encode({c: rec[c] for c in grain})
-
-
 def usage_value(rec: Mapping[str, Any]) -> str:
     return CANONICAL_JSON.encode({c: rec[c] for c in USAGE_COUNTS}
                                  | ({"extra": rec["extra_counts"]} if rec["extra_counts"] else {}))

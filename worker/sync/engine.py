@@ -448,7 +448,7 @@ class IntegrationSync:
                 astore.advance(conn, self.id, stream.name, next_day, backfill=checkpoint)
                 self.synced_until[stream.name] = max(next_day, self.synced_until.get(stream.name, date.min))
         if self.users is None:
-            self.users = {(n.id): n for (_, kind, _), n in astore.names(conn, self.id).items() if kind == "user"}
+            self.users = {n.id: n for n in astore.names(conn, self.id, kind="user").values()}
         new = [u for u in astore.user_names(rows) if self.users.get(u.id) != u]
         if new:  # users seen for the first time, or renamed: names are otherwise written once
             astore.save_names(conn, self.id, new, now)

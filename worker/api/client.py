@@ -427,14 +427,14 @@ class AdminApiClient:
 
     def _request(self, path: str, params: Sequence[tuple[str, str | int]],
                  headers: Mapping[str, str] | None) -> httpx.Request:
-        """The GET `AsyncClient.build_request` would make, built with one URL parse instead of its four (merging
-        the base URL, the params and the client's defaults each re-parse it) and no query parse: the query is
-        encoded as httpx encodes params (urlencode: quote_plus), so the server sees the same bytes."""
+        """The GET `AsyncClient.build_request` would make, with one URL parse instead of its three (the path,
+        the merge with the base URL and the params each parse one): the query is encoded as httpx encodes
+        params (urlencode: quote_plus), so the server sees the same bytes."""
         assert self._http is not None
         url = self._prefix + path.lstrip("/")
         if params:
             url += "?" + "&".join(f"{_quote(k)}={_quote(_param_text(v))}" for k, v in params)
-        merged = self._http.headers  # the client's defaults; Request copies them (the auth adds the key to the copy)
+        merged = self._http.headers  # the defaults: Request copies them, and the auth adds the key there
         if headers:
             merged = httpx.Headers(merged)
             merged.update(headers)

@@ -15,6 +15,7 @@ import http.cookiejar
 import logging
 import random
 import ssl
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -186,6 +187,7 @@ class AdminApiClient:
         self._max_bytes = max_response_bytes
         self._retry_unreachable = retry_unreachable
         self._http: httpx.AsyncClient | None = None
+        self._prefix = ""  # the client's base URL as httpx normalised it, with its "/" (set when opened)
 
     def __repr__(self) -> str:
         return f"AdminApiClient(base_url={self._base_url!r}, key={self._key_hint!r})"
@@ -211,6 +213,8 @@ class AdminApiClient:
             follow_redirects=False,
             cookies=NoCookies(),
         )
+        base = str(self._http.base_url.copy_with(query=None, fragment=None))
+        self._prefix = base if base.endswith("/") else base + "/"  # a root path prints as ""
         return self
 
     async def __aexit__(
@@ -395,7 +399,8 @@ class AdminApiClient:
         received = 0
         try:
             async with asyncio.timeout(self._timeout):
-                async with self._http.stream("GET", path, params=list(params), headers=headers) as response:
+                response = await self._http.send(self._request(path, params, headers), stream=True)
+                try:
                     head = response
                     declared = response.headers.get("content-length", "")
                     if declared.isdigit() and int(declared) > self._max_bytes:
@@ -407,6 +412,8 @@ class AdminApiClient:
                             return response, None
                         chunks.append(chunk)
                     return response, b"".join(chunks)
+                finally:
+                    await response.aclose()
         except TimeoutError:
             declared = head.headers.get("content-length") if head is not None else None
             progress = (
@@ -417,6 +424,21 @@ class AdminApiClient:
                 f"the answer did not arrive whole within {self._timeout:g}s (COST_WORKER_HTTP_TIMEOUT): {progress}",
                 head.headers.get("request-id") if head is not None else None,
             ) from None
+
+    def _request(self, path: str, params: Sequence[tuple[str, str | int]],
+                 headers: Mapping[str, str] | None) -> httpx.Request:
+        """The GET `AsyncClient.build_request` would make, with one URL parse instead of its three (the path,
+        the merge with the base URL and the params each parse one): the query is encoded as httpx encodes
+        params (urlencode: quote_plus), so the server sees the same bytes."""
+        assert self._http is not None
+        url = self._prefix + path.lstrip("/")
+        if params:
+            url += "?" + "&".join(f"{_quote(k)}={_quote(_param_text(v))}" for k, v in params)
+        merged = self._http.headers  # the defaults: Request copies them, and the auth adds the key there
+        if headers:
+            merged = httpx.Headers(merged)
+            merged.update(headers)
+        return httpx.Request("GET", httpx.URL(url), headers=merged)
 
     async def _request_done(self) -> None:
         # Gates that pace from answers (worker.ratelimit.OrgGate) learn when each request finished.
@@ -457,6 +479,17 @@ class _Deadline(Exception):
     def __init__(self, message: str, request_id: str | None) -> None:
         super().__init__(message)
         self.request_id = request_id
+
+
+# urlencode's quoting (its quote_plus, per name and value), remembered: the names and most values repeat.
+_quote = functools.lru_cache(maxsize=4096)(urllib.parse.quote_plus)
+
+
+def _param_text(value: str | int) -> str:
+    # As httpx writes a param value (True as "true", where str() would say "True").
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _retry_reason(outcome: Retryable, attempt: int, max_attempts: int) -> str:

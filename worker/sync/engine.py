@@ -18,10 +18,12 @@ import contextlib
 import enum
 import functools
 import logging
+import re
 import select
 import socket
 import ssl
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -195,8 +197,8 @@ class ObservedTransport(httpx.AsyncBaseTransport):
                     "analytics_cost" if path.endswith("analytics/cost") else
                     "analytics_usage" if path.endswith("analytics/usage") else
                     "names" if path.endswith(("api_keys", "workspaces")) else "other")
-        params = request.url.params
-        window = f"{params.get('starting_at', '')[:10]}..{params.get('ending_at', '')[:10]}"
+        query = request.url.query
+        window = f"{_query_value(query, b'starting_at')[:10]}..{_query_value(query, b'ending_at')[:10]}"
         bind(endpoint=endpoint, window=window, request_id=None)
         try:
             response = await self.inner.handle_async_request(request)
@@ -215,6 +217,17 @@ class ObservedTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         if self.owned:
             await self.inner.aclose()
+
+
+_QUERY_FIELDS = {name: re.compile(rb"(?:^|&)" + name + rb"=([^&]*)")
+                 for name in (b"starting_at", b"ending_at")}
+
+
+def _query_value(query: bytes, name: bytes) -> str:
+    """The first value of `name` in a raw query, as `url.params.get(name, "")` reads it, without parsing the
+    whole query into a multi-dict (which cost more than the rest of this transport's work per request)."""
+    match = _QUERY_FIELDS[name].search(query)
+    return urllib.parse.unquote_plus(match.group(1).decode("ascii")) if match else ""
 
 
 KEEPALIVE_SECONDS = 90.0
@@ -272,35 +285,67 @@ def api_transport() -> httpx.AsyncHTTPTransport:
 
 
 class SocketStream(httpcore.AsyncNetworkStream):
-    """A connection's stream that answers the pool's "has the server closed it?" check from its socket.
+    """A connection on asyncio's own streams, for httpcore.
 
-    httpcore asks that of every pooled connection before and after each request; its anyio stream answers
-    by rebuilding a table of the socket's attributes (a `getpeername` call among them) every time: about an
-    eighth of the client's CPU per request in `bench/fleet.py`. The socket is the same for the connection's
-    life, so it is looked up once and polled directly.
+    httpcore's anyio stream costs per request: every read and write opens an anyio cancel scope for its
+    timeout and passes through anyio's stream layers (about 15 % of a request's CPU in a local benchmark),
+    and its answer to the pool's "has the server closed it?" check, asked of every pooled connection before
+    and after each request, rebuilds a table of the socket's attributes (a `getpeername` call among them).
+    Here the timeouts are asyncio's, and the check polls the socket, looked up once.
     """
 
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self.inner = inner
-        self.socket = inner.get_extra_info("socket")
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.socket: Any = writer.get_extra_info("socket")
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self.inner.read(max_bytes, timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.reader.read(max_bytes)
+        except TimeoutError as exc:
+            raise httpcore.ReadTimeout(exc) from exc
+        except OSError as exc:  # a reset, or a TLS error (ssl.SSLError is an OSError)
+            raise httpcore.ReadError(exc) from exc
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self.inner.write(buffer, timeout)
+        if not buffer:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                self.writer.write(buffer)
+                await self.writer.drain()
+        except TimeoutError as exc:
+            raise httpcore.WriteTimeout(exc) from exc
+        except OSError as exc:
+            raise httpcore.WriteError(exc) from exc
 
     async def aclose(self) -> None:
-        await self.inner.aclose()
+        # As httpcore's anyio stream closes: at once, without waiting for the peer (nor a TLS close_notify).
+        self.writer.transport.abort()
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                         timeout: float | None = None) -> httpcore.AsyncNetworkStream:
-        return SocketStream(await self.inner.start_tls(ssl_context, server_hostname, timeout))
+        try:
+            async with asyncio.timeout(timeout):
+                await self.writer.start_tls(ssl_context, server_hostname=server_hostname)
+        except TimeoutError as exc:
+            await self.aclose()
+            raise httpcore.ConnectTimeout(exc) from exc
+        except OSError as exc:
+            await self.aclose()
+            raise httpcore.ConnectError(exc) from exc
+        return self
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":
             return socket_readable(self.socket)
-        return self.inner.get_extra_info(info)
+        if info == "client_addr":
+            return self.writer.get_extra_info("sockname")
+        if info == "server_addr":
+            return self.writer.get_extra_info("peername")
+        if info in ("ssl_object", "socket"):
+            return self.writer.get_extra_info(info)
+        return None
 
 
 def socket_readable(sock: socket.socket | None) -> bool:
@@ -314,21 +359,38 @@ def socket_readable(sock: socket.socket | None) -> bool:
 
 
 class SocketBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's asyncio backend (anyio), its streams wrapped in SocketStream."""
-
-    def __init__(self) -> None:
-        self.inner = httpcore.AnyIOBackend()
+    """httpcore's network backend on asyncio's streams (SocketStream)."""
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
-        return SocketStream(await self.inner.connect_tcp(host, port, timeout, local_address, socket_options))
+        try:
+            async with asyncio.timeout(timeout):
+                # asyncio sets TCP_NODELAY, as anyio does
+                reader, writer = await asyncio.open_connection(
+                    host, port, local_addr=(local_address, 0) if local_address else None)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(exc) from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(exc) from exc
+        for option in socket_options or ():
+            writer.get_extra_info("socket").setsockopt(*option)
+        return SocketStream(reader, writer)
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
-        return SocketStream(await self.inner.connect_unix_socket(path, timeout, socket_options))
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_unix_connection(path)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(exc) from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(exc) from exc
+        for option in socket_options or ():
+            writer.get_extra_info("socket").setsockopt(*option)
+        return SocketStream(reader, writer)
 
     async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
+        await asyncio.sleep(seconds)
 
 
 class IntegrationSync:

@@ -11,6 +11,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, NoReturn
 
+import msgspec
 import pytest
 
 from worker.api import CostRow, ProtocolViolation, UsageRow, cents_to_dollars, models
@@ -257,14 +258,16 @@ def _page(rows: list[Any], *, days: int = 1, has_more: object = False, next_page
 
 
 def _outcome(decode: Callable[[], ReportBody[Any]]) -> object:
-    """What decoding gives: the page (its repr shows every digit and exponent), or the error."""
+    """What decoding gives: the page, each row's repr (every Decimal digit and exponent) and its `extra` by key
+    (the key order is not kept: storage reads it sorted), or the error."""
     try:
         body = decode()
     except ProtocolViolation as exc:
         return ("violation", str(exc))
     except ValueError as exc:
         return ("not JSON", str(exc))
-    return body, repr(body), [[type(r.extra) for r in b.rows] for b in body.buckets]
+    return body, [[(repr(msgspec.structs.replace(r, extra={})), sorted(r.extra.items()), type(r.extra))
+                   for r in b.rows] for b in body.buckets]
 
 
 def _both(content: bytes, fast: Callable[[bytes, int], ReportBody[Any]], parse_row: Any,
@@ -303,7 +306,8 @@ class TestTypedPages:
 
     def test_the_usual_page_takes_the_typed_path(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Documented fields only: the general parser is not used, and the rows are what it would give."""
-        cost, usage = _json(_page([_cost(), _cost(workspace_id=None, model=None)], days=3)), _json(_page([_usage()]))
+        cost = _json(_page([_cost(), _cost(workspace_id=None, model=None)], days=3))
+        usage = _json(_page([_usage(), _usage(account_id=None, service_account_id=None), _usage(speed="fast")]))
         want = _both(cost, decode_cost_report, parse_cost_row)[1], _both(usage, decode_usage_report, parse_usage_row)[1]
 
         def general(*_: object) -> NoReturn:
@@ -314,6 +318,8 @@ class TestTypedPages:
         assert got == want
         row = decode_cost_report(cost, 31).buckets[0].rows[0]
         assert str(row.amount_usd) == "18.432075" and row.extra == {}
+        rows = decode_usage_report(usage, 31).buckets[0].rows
+        assert [dict(r.extra) for r in rows] == [{}, {"account_id": None, "service_account_id": None}, {"speed": "fast"}]
 
     @pytest.mark.parametrize(("body", "extra"), [
         (_page([_cost(billing={"x": [1]})]), {"billing": {"x": [1]}}),
@@ -398,7 +404,7 @@ class TestTypedPages:
             **dict.fromkeys(usage_strings, _STRINGS), **dict.fromkeys(usage_counts, _COUNTS),
             "cache_creation": [*_NESTED, {"ephemeral_5m_input_tokens": 3, "ephemeral_1h_input_tokens": None}],
             "server_tool_use": [*_NESTED, {"web_search_requests": 2, "code_execution_requests": 1}],
-            "speed": ["fast", None],
+            **dict.fromkeys(("speed", "account_id", "service_account_id"), [None, "fast", "user_1", 5]),
         }  # fmt: skip
         for _ in range(10):
             cost = _json(_page([_mutate(_cost(), rng, cost_choices) for _ in range(rng.randrange(1, 4))], days=2))

@@ -401,6 +401,13 @@ class _UsageResult(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     context_window: str | None = None
     api_key_id: str | None = None
     inference_geo: str | None = None
+    # Dimensions the rows have no column for, sent (as null) when not grouped by: kept in `extra` as before.
+    speed: str | None | msgspec.UnsetType = msgspec.UNSET
+    account_id: str | None | msgspec.UnsetType = msgspec.UNSET
+    service_account_id: str | None | msgspec.UnsetType = msgspec.UNSET
+
+
+_USAGE_EXTRA = ("speed", "account_id", "service_account_id")  # in the order the API sends them
 
 
 class _Bucket(msgspec.Struct, Generic[_WireRowT], forbid_unknown_fields=True, gc=False):
@@ -458,16 +465,22 @@ def decode_usage_report(content: bytes, limit: int) -> ReportBody[UsageRow]:
     if body is None:
         return parse_report(decode_json(content), limit, parse_usage_row)
     _check_limit(len(body.data), limit)
+    extras: dict[tuple[object, ...], Mapping[str, Any]] = {}  # one (read-only) mapping per distinct content
     buckets = []
     for bucket in body.data:
         day = _bucket_day(bucket.starting_at, bucket.ending_at)
         rows = []
         for r in bucket.results or ():
             cache, tools = r.cache_creation or _NO_CACHE, r.server_tool_use or _NO_TOOLS
+            sent = (r.speed, r.account_id, r.service_account_id)
+            extra = extras.get(sent)
+            if extra is None:
+                extra = extras[sent] = MappingProxyType(
+                    {k: v for k, v in zip(_USAGE_EXTRA, sent, strict=True) if v is not msgspec.UNSET})
             rows.append(UsageRow(
                 day, r.workspace_id, r.model, r.service_tier, r.context_window, r.api_key_id, r.inference_geo,
                 r.uncached_input_tokens or 0, r.cache_read_input_tokens or 0, cache.ephemeral_5m_input_tokens or 0,
-                cache.ephemeral_1h_input_tokens or 0, r.output_tokens or 0, tools.web_search_requests or 0))
+                cache.ephemeral_1h_input_tokens or 0, r.output_tokens or 0, tools.web_search_requests or 0, extra))
         buckets.append(DayBucket(day, tuple(rows)))
     return ReportBody(tuple(buckets), body.has_more, body.next_page)
 

@@ -19,12 +19,10 @@ import urllib.parse
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from decimal import Decimal
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import httpx
-import msgspec
 
 from worker import USER_AGENT
 from worker.api.analytics import (
@@ -55,9 +53,10 @@ from worker.api.models import (
     Organization,
     Page,
     UsageRow,
-    parse_cost_row,
+    decode_cost_report,
+    decode_json,
+    decode_usage_report,
     parse_organization,
-    parse_usage_row,
 )
 from worker.api.names import API_KEYS_PATH, WORKSPACES_PATH, Named, parse_api_key, parse_workspace
 from worker.api.pagination import BucketPaging, ListPage, ListPaging, Paging, Params, RowPaging
@@ -132,18 +131,6 @@ class NoCookies(http.cookiejar.CookieJar):
 
     def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
         return None
-
-
-# JSON with exact numbers (fractions as Decimal, never float); msgspec decodes several times faster than the
-# standard library, which parsed pages on the event loop of every sync.
-_DECODER = msgspec.json.Decoder(float_hook=Decimal)
-
-
-def _decode(content: bytes) -> Any:
-    try:
-        return _DECODER.decode(content)
-    except msgspec.DecodeError:
-        raise ValueError("body is not valid JSON") from None
 
 
 class AdminApiClient:
@@ -240,8 +227,8 @@ class AdminApiClient:
         """Daily cost pages for days `[start, end)`, grouped by workspace and description."""
         _check_window(start, end, limit)
         base: Params = [("bucket_width", "1d"), *(("group_by[]", g) for g in COST_GROUP_BY)]
-        paging = BucketPaging(base, start, end, utc_today(self._clock), limit, parse_cost_row)
-        return self._pages(COST_PATH, paging)
+        paging = BucketPaging(base, start, end, utc_today(self._clock), limit, decode_cost_report)
+        return self._pages(COST_PATH, paging, decode=paging.decode)
 
     def usage_pages(
         self, start: date, end: date, *, limit: int = MAX_DAILY_LIMIT
@@ -249,8 +236,8 @@ class AdminApiClient:
         """Daily message usage pages for days `[start, end)`, grouped by the five documented dimensions."""
         _check_window(start, end, limit)
         base: Params = [("bucket_width", "1d"), *(("group_by[]", g) for g in USAGE_GROUP_BY)]
-        paging = BucketPaging(base, start, end, utc_today(self._clock), limit, parse_usage_row)
-        return self._pages(USAGE_PATH, paging)
+        paging = BucketPaging(base, start, end, utc_today(self._clock), limit, decode_usage_report)
+        return self._pages(USAGE_PATH, paging, decode=paging.decode)
 
     def analytics_cost_pages(
         self, start: date, end: date, group_by: Sequence[str], *, limit: int = MAX_ROW_LIMIT
@@ -356,7 +343,7 @@ class AdminApiClient:
                             status=response.status_code, request_id=request_id,
                         )
                     try:
-                        return (decode or _decode)(content), request_id
+                        return (decode or decode_json)(content), request_id
                     except ProtocolViolation as exc:
                         raise _violation(exc, path, request_id) from None
                     except ValueError:

@@ -5,9 +5,9 @@ A strategy says what a (re)start of its window asks for (`start`), how a cursor 
 returns the page to yield or raises ProtocolViolation), whether a rejected request can be recovered by
 restarting the window (`restart`), and what must hold once the API says it is done (`finish`).
 
-- `BucketPaging`: the legacy reports. One bucket per day, empty days included, `limit` days a page;
-  `CursorPaginator` follows `next_page`, `DayCoverage` checks the days. "Response too large" halves
-  `limit` and restarts from the first day not yet delivered.
+- `BucketPaging`: the legacy reports. One bucket per day, empty days included, `limit` days a page,
+  decoded by its `decode` (worker.api.models); `CursorPaginator` follows `next_page`, `DayCoverage`
+  checks the days. "Response too large" halves `limit` and restarts from the first day not yet delivered.
 - `RowPaging`: the Analytics API. Rows, not buckets, `limit` rows a page (fan-out rows do not count),
   asked in time order (`order_by=time&order=asc`) so each page completes the days before its last
   row's day: a page yields exactly those days (empty ones included) and holds the last day's rows back
@@ -24,7 +24,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
 from worker.api.errors import CursorRejected, ProtocolViolation, RequestRejected, ResponseTooLarge
-from worker.api.models import DayBucket, Page, parse_bucket
+from worker.api.models import DayBucket, Page, ReportBody
 
 Params = list[tuple[str, str | int]]
 RowT = TypeVar("RowT")
@@ -136,12 +136,16 @@ class BucketPaging(Generic[RowT]):
     """The legacy reports' daily buckets over `[start, end)`."""
 
     def __init__(self, base: Params, start: date, end: date, today: date, limit: int,
-                 parse_row: Callable[[object, date], RowT]) -> None:
-        self.base, self.end, self.limit, self.parse_row = base, end, limit, parse_row
+                 decode_page: Callable[[bytes, int], ReportBody[RowT]]) -> None:
+        self.base, self.end, self.limit, self.decode_page = base, end, limit, decode_page
         self.coverage = DayCoverage(start, end, today)
         self.paginator = CursorPaginator()
         self.has_next_page = True
         self._idle = 0
+
+    def decode(self, content: bytes) -> ReportBody[RowT]:
+        """A page body, at most `limit` buckets (the client's `decode=`)."""
+        return self.decode_page(content, self.limit)
 
     def start(self) -> Params:
         # A restart never reuses a cursor: it asks again from the first day not yet yielded.
@@ -154,17 +158,10 @@ class BucketPaging(Generic[RowT]):
     def update_request(self, params: Params) -> Params:
         return self.paginator.update_request(params)
 
-    def update_state(self, body: Any, request_id: str | None) -> Page[RowT]:
-        if not isinstance(body, Mapping):
-            raise ProtocolViolation("report body must be a JSON object")
-        data = body.get("data")
-        if not isinstance(data, list):
-            raise ProtocolViolation("report body has no data list")
-        if len(data) > self.limit:
-            raise ProtocolViolation(f"page holds {len(data)} buckets, more than limit={self.limit}")
-        buckets = tuple(parse_bucket(item, self.parse_row) for item in data)
+    def update_state(self, body: ReportBody[RowT], request_id: str | None) -> Page[RowT]:
+        buckets = body.buckets
         self.coverage.accept([b.day for b in buckets])
-        self.paginator.update_state(body)
+        self.paginator.advance(body.has_more, body.next_page)
         self.has_next_page = self.paginator.has_next_page
         self._idle = 0 if buckets else self._idle + 1
         if self._idle > MAX_IDLE_PAGES:

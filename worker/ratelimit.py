@@ -33,7 +33,12 @@ class RateBudget:
         self.tolerance = (burst - 1) * self.interval
 
 
-_SETTLE = text("UPDATE rate_buckets SET tat = :floor WHERE bucket = :bucket AND tat < :floor")
+def _settle_in(conn: Connection, bucket: str, floor: float) -> None:
+    """Push the bucket's next slot to at least `floor` (see `settle`), in `conn`'s transaction; driver SQL, as
+    every stored page's reservation runs it."""
+    mark = driver_marker(conn)
+    conn.exec_driver_sql(f"UPDATE rate_buckets SET tat = {mark} WHERE bucket = {mark} AND tat < {mark}",
+                         (floor, bucket, floor))
 
 
 def settle(engine: Engine, bucket: str, budget: RateBudget, finished_at: float) -> None:
@@ -45,7 +50,7 @@ def settle(engine: Engine, bucket: str, budget: RateBudget, finished_at: float) 
     pushing the next slot to at least `finished_at + interval` keeps arrivals an interval apart.
     """
     with engine.begin() as conn:
-        conn.execute(_SETTLE, {"floor": finished_at + budget.interval, "bucket": bucket})
+        _settle_in(conn, bucket, finished_at + budget.interval)
 
 
 def reserve(engine: Engine, bucket: str, budget: RateBudget, now: float, settled: float | None = None) -> float:
@@ -70,9 +75,8 @@ def reserve_in(conn: Connection, bucket: str, budget: RateBudget, now: float,
 
     Driver SQL, the bucket's row made only when the reservation finds none: every stored page runs this."""
     mark = driver_marker(conn)
-    settle_floor = f"UPDATE rate_buckets SET tat = {mark} WHERE bucket = {mark} AND tat < {mark}"  # as _SETTLE
     if settled is not None:
-        conn.exec_driver_sql(settle_floor, (settled, bucket, settled))
+        _settle_in(conn, bucket, settled)
     reserve = (f"UPDATE rate_buckets SET tat = (CASE WHEN tat > {mark} THEN tat ELSE {mark} END) + {mark} "
                f"WHERE bucket = {mark} RETURNING tat")
     args = (now, now, budget.interval, bucket)
@@ -81,7 +85,7 @@ def reserve_in(conn: Connection, bucket: str, budget: RateBudget, now: float,
         conn.exec_driver_sql(f"INSERT INTO rate_buckets (bucket, tat) VALUES ({mark}, 0) ON CONFLICT (bucket) "
                              "DO NOTHING", (bucket,))
         if settled is not None:
-            conn.exec_driver_sql(settle_floor, (settled, bucket, settled))
+            _settle_in(conn, bucket, settled)
         tat = float(conn.exec_driver_sql(reserve, args).scalar_one())
     else:
         tat = float(found[0])
@@ -187,10 +191,10 @@ class OrgGate:
         if floor is None:
             return
         if conn is not None:
-            conn.execute(_SETTLE, {"floor": floor, "bucket": self.bucket})
+            _settle_in(conn, self.bucket, floor)
         else:
             with self.engine.begin() as own:
-                own.execute(_SETTLE, {"floor": floor, "bucket": self.bucket})
+                _settle_in(own, self.bucket, floor)
 
     async def close(self) -> None:
         """`flush` on a database thread."""

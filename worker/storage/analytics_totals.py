@@ -20,10 +20,9 @@ from sqlalchemy import Connection, and_, false, or_, select
 
 from worker.storage.tables import analytics_cost_rows, analytics_daily_totals, analytics_usage_rows
 from worker.storage.totals import DriverDays, exact_sum, summed
-from worker.storage.types import EXACT, driver_marker
+from worker.storage.types import EXACT
 
 MAIN = "main"  # the grouping summed here (worker.storage.analytics.MAIN)
-_CHUNK = 400  # days per IN (...)
 
 
 def refresh(conn: Connection, integration_id: int, days: Sequence[date], part: str,
@@ -34,12 +33,9 @@ def refresh(conn: Connection, integration_id: int, days: Sequence[date], part: s
     written (`rows`: table rows of grouping 'main', of those days and perhaps others), summed instead of
     read back. Driver SQL: every page's store runs this."""
     d = DriverDays(conn)
-    prep, mark = conn.dialect.identifier_preparer, driver_marker(conn)
+    prep, mark = conn.dialect.identifier_preparer, d.mark
     name, quote = prep.format_table, prep.quote
-    wanted = sorted(set(days))
-    for start in range(0, len(wanted), _CHUNK):
-        chunk = d.days(wanted[start:start + _CHUNK])
-        within, marks = set(chunk), ", ".join([mark] * len(chunk))
+    for chunk, within, marks in d.chunks(days):
         # (day, dimension, key) -> [cost, list cost, input, output, cache read, cache write]
         sums: dict[tuple[Any, str, str], list[Any]] = {}
         if part == "cost":

@@ -8,7 +8,7 @@ Removing an integration removes its totals. `report`, the API's `spend` and the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -29,24 +29,20 @@ def refresh(conn: Connection, integration_id: int, days: Sequence[date], *,
     perhaps others, as table rows): they are summed as they are instead of being read back. Every page's
     store runs this, so it is driver SQL (no statement built per call)."""
     d = DriverDays(conn)
-    mark, name = driver_marker(conn), conn.dialect.identifier_preparer.format_table
-    wanted = sorted(set(days))
-    for start in range(0, len(wanted), _CHUNK):
-        chunk = d.days(wanted[start:start + _CHUNK])
-        within, marks = set(chunk), ", ".join([mark] * len(chunk))
+    mark, name = d.mark, conn.dialect.identifier_preparer.format_table
+    for chunk, within, marks in d.chunks(days):
         sums: dict[tuple[Any, str], list[Any]] = {}
+        amounts: Iterable[tuple[Any, str, Decimal]]
         if cost is None:
-            amounts: Iterable[tuple[Any, str, Any]] = conn.exec_driver_sql(
+            amounts = ((day, model, d.money_read(amount)) for day, model, amount in conn.exec_driver_sql(
                 f"SELECT day, model, amount_usd FROM {name(cost_rows)} WHERE integration_id = {mark} "
-                f"AND day IN ({marks})", (integration_id, *chunk)).fetchall()
-            read = d.money_read
+                f"AND day IN ({marks})", (integration_id, *chunk)).fetchall())
         else:
             amounts = ((d.day(r["day"]), r["model"], r["amount_usd"]) for r in cost)
-            read = _same
         for day, model, amount in amounts:
             if day in within:
                 acc = sums.setdefault((day, model), [Decimal(0), 0, 0, 0, 0])
-                acc[0] = EXACT.add(acc[0], read(amount))
+                acc[0] = EXACT.add(acc[0], amount)
         tokens: Iterable[tuple[Any, ...]]
         if usage is None:
             tokens = conn.exec_driver_sql(
@@ -75,17 +71,22 @@ def refresh(conn: Connection, integration_id: int, days: Sequence[date], *,
                 [(integration_id, day, model, d.money(v[0]), *v[1:]) for (day, model), v in sums.items()])
 
 
-def _same(value: Any) -> Any:
-    return value
-
-
 class DriverDays:
     """Days and money in the driver's own form, for the totals' driver SQL: on SQLite ISO day text and exact
     decimal text (what SQLAlchemy's types store there), on PostgreSQL dates and Decimal as they are."""
 
     def __init__(self, conn: Connection) -> None:
         self.sqlite = conn.dialect.name == "sqlite"
+        self.mark = driver_marker(conn)
         self._days: dict[date, Any] = {}
+
+    def chunks(self, days: Sequence[date]) -> Iterator[tuple[list[Any], set[Any], str]]:
+        """The distinct `days` in order, a chunk of at most `_CHUNK` at a time: (the chunk's days in the driver's
+        form, the same as a set, its `IN (...)` markers)."""
+        wanted = sorted(set(days))
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = [self.day(v) for v in wanted[start:start + _CHUNK]]
+            yield chunk, set(chunk), ", ".join([self.mark] * len(chunk))
 
     def day(self, value: date) -> Any:
         if not self.sqlite:
@@ -94,9 +95,6 @@ class DriverDays:
         if text is None:
             text = self._days[value] = sqlite_date(value)
         return text
-
-    def days(self, values: Sequence[date]) -> list[Any]:
-        return [self.day(v) for v in values]
 
     def money(self, value: Decimal) -> Any:
         return money_text(value) if self.sqlite else exact_money(value)

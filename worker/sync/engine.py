@@ -24,7 +24,7 @@ import socket
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
@@ -363,34 +363,31 @@ class SocketBackend(httpcore.AsyncNetworkBackend):
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
-        try:
-            async with asyncio.timeout(timeout):
-                # asyncio sets TCP_NODELAY, as anyio does
-                reader, writer = await asyncio.open_connection(
-                    host, port, local_addr=(local_address, 0) if local_address else None)
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(exc) from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(exc) from exc
-        for option in socket_options or ():
-            writer.get_extra_info("socket").setsockopt(*option)
-        return SocketStream(reader, writer)
+        # asyncio sets TCP_NODELAY, as anyio does
+        return await _connected(asyncio.open_connection(host, port, local_addr=(local_address, 0) if local_address
+                                                        else None), timeout, socket_options)
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
-        try:
-            async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_unix_connection(path)
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(exc) from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(exc) from exc
-        for option in socket_options or ():
-            writer.get_extra_info("socket").setsockopt(*option)
-        return SocketStream(reader, writer)
+        return await _connected(asyncio.open_unix_connection(path), timeout, socket_options)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+async def _connected(opening: Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]], timeout: float | None,
+                     socket_options: Iterable[Any] | None) -> SocketStream:
+    """A connection being opened, within `timeout`, its failures as httpcore's, with the socket options set."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await opening
+    except TimeoutError as exc:
+        raise httpcore.ConnectTimeout(exc) from exc
+    except OSError as exc:
+        raise httpcore.ConnectError(exc) from exc
+    for option in socket_options or ():
+        writer.get_extra_info("socket").setsockopt(*option)
+    return SocketStream(reader, writer)
 
 
 class IntegrationSync:

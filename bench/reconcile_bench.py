@@ -202,8 +202,8 @@ def main() -> None:
                      f"{result['seconds']:.2f} s", f"compare {result.get('compare_s', 0.0):.2f} s",
                      f"{result['peak_mb']:.0f} MiB", ""))
         print(f"{'measure':<52} {'time':>9} {'rate':>22} {'peak RSS':>9}  note")
-        for name, seconds, rate, peak, note in rows:
-            print(f"{name:<52} {seconds:>9} {rate:>22} {peak:>9}  {note}")
+        for name, took, rate, peak, note in rows:
+            print(f"{name:<52} {took:>9} {rate:>22} {peak:>9}  {note}")
 
 
 if __name__ == "__main__":

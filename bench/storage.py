@@ -200,7 +200,7 @@ def count(engine: Engine, name: str) -> int:
 
 
 def measure(kind: str, pg_url: str, reports: dict[str, list[Page[Any]]], repeat: int) -> list[list[object]]:
-    out = []
+    out: list[list[object]] = []
     with database(kind, pg_url) as url:
         engine = make_engine(url)
         upgrade(engine)
@@ -249,14 +249,14 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.perf_counter()
     cost_pages, usage_pages = build_report(args.days, args.models, args.workspaces)
-    reports = {"cost": cost_pages, "usage": usage_pages}
+    reports: dict[str, list[Page[Any]]] = {"cost": cost_pages, "usage": usage_pages}
     if args.only:
         reports = {args.only: reports[args.only]}
     n = {k: sum(len(b.rows) for p in v for b in p.buckets) for k, v in reports.items()}
     print(f"report: {args.days} days, {args.models} models, {args.workspaces} workspaces, "
           f"{len(cost_pages)} pages per endpoint; " + ", ".join(f"{k} {v:,} rows" for k, v in n.items())
           + f" (built in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
-    rows = []
+    rows: list[list[object]] = []
     for kind in args.db or ["sqlite", "postgresql"]:
         rows += measure(kind, args.pg_url, reports, args.repeat)
     print(table(["database", "table", "scenario", "rows", "worker s", "worker rows/s", "raw rows/s",

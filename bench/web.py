@@ -30,7 +30,7 @@ from pathlib import Path
 from _common import ROOT, private_pg_schema, table
 
 sys.path.insert(0, str(ROOT))
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, literal, select
 
 from worker.app import App
 from worker.clock import FakeClock
@@ -91,7 +91,7 @@ def fill(app: App, integrations_n: int, days: int, source: Source) -> int:
                 columns = [c for c in table_.c if c.name != "integration_id" and not (surrogate and c.name == "id")]
                 conn.execute(insert(table_).from_select(
                     ["integration_id", *[c.name for c in columns]],
-                    select(func.cast(iid, table_.c.integration_id.type), *columns).where(
+                    select(func.cast(literal(iid), table_.c.integration_id.type), *columns).where(
                         table_.c.integration_id == first)))
         counts = {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
                   for t in (*ROW_TABLES, daily_model_totals, analytics_daily_totals)}

@@ -12,7 +12,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from worker.app import App
 from worker.cli import cli
 from worker.simulator import SimulatorApp
 from worker.simulator.prices import LEGACY_COST_TIERS, TOKEN_TYPES
-from worker.simulator.truth import analytics_truth
+from worker.simulator.truth import PRIORITY_TIERS, analytics_truth, priority_cost
 from worker.storage.tables import cost_rows
 
 SPEC = json.loads((Path(__file__).parents[1] / "data" / "focus_1_2_columns.json").read_text())
@@ -72,6 +72,13 @@ def exported(year: tuple[App, SimulatorApp], tmp_path_factory: pytest.TempPathFa
         reader = csv.DictReader(f)
         records = list(reader)
     return list(reader.fieldnames or []), records, result.stderr
+
+
+def whole_bill(sim: SimulatorApp, first: date, last: date) -> Decimal:
+    """The simulator's bill of UTC days `first`..`last`: the legacy cost report's, plus the Priority Tier cost
+    the Analytics API bills alone (from its first day, as far as it has refreshed)."""
+    priority = priority_cost(sim.data, 0, max(first, A_FIRST), last) if last >= A_FIRST else {}
+    return sim.data.truth_total(0, first, last + timedelta(days=1)) + sum(priority.values(), Decimal(0))
 
 
 def is_null(value: str) -> bool:
@@ -211,28 +218,53 @@ def check(rule: dict[str, Any], r: dict[str, str], header: list[str]) -> None:
 @pytest.mark.slow  # a year of data
 class TestAgainstTheTruth:
     def test_billed_cost_sums_to_the_bill(self, exported: Any, year: tuple[App, SimulatorApp]) -> None:
-        """Over 365 days BilledCost sums exactly (Decimal) to the simulator's truth, and per (day, model) too."""
+        """Over 365 days BilledCost sums exactly (Decimal) to the simulator's truth, and per (day, model) too: the
+        legacy cost report's bill, plus the Priority Tier cost the Analytics API bills alone (from its first
+        day, 2026-01-01, as far as it has refreshed)."""
         _, records, stderr = exported
         _, sim = year
+        priority = priority_cost(sim.data, 0, A_FIRST, TODAY)
+        assert sum(priority.values()) > 0  # the year has Priority Tier calls: their rows are checked
         total = sum((Decimal(r["BilledCost"]) for r in records), Decimal(0))
-        assert total == sim.data.truth_total(0, FIRST, TODAY + timedelta(days=1)) > 0
+        assert total == whole_bill(sim, FIRST, TODAY) > 0
         by_day_model: dict[tuple[str, str | None], Decimal] = defaultdict(Decimal)
         for r in records:
             by_day_model[(r["ChargePeriodStart"][:10], r["x_Model"] or None)] += Decimal(r["BilledCost"])
-        # A (day, model) with tokens but no charge (only Priority Tier calls, absent from the legacy bill) has no row.
-        truth = {(t.date.isoformat(), t.model): t.cost_usd
-                 for t in sim.data.truth(0, FIRST, TODAY + timedelta(days=1)) if t.cost_usd}
+        truth: dict[tuple[str, str | None], Decimal] = defaultdict(Decimal)
+        for t in sim.data.truth(0, FIRST, TODAY + timedelta(days=1)):
+            if t.cost_usd:
+                truth[(t.date.isoformat(), t.model)] += t.cost_usd
+        for (day, model), amount in priority.items():
+            truth[(day.isoformat(), model)] += amount
         assert by_day_model == truth
+        priority_rows = [r for r in records if r["x_ServiceTier"] in PRIORITY_TIERS]
+        assert sum(Decimal(r["BilledCost"]) for r in priority_rows) == sum(priority.values())
+        assert min(r["ChargePeriodStart"][:10] for r in priority_rows) >= A_FIRST.isoformat()
         assert f"wrote {len(records)} FOCUS 1.2 rows (365 days {FIRST}..{TODAY}, BilledCost total {total} USD)" in stderr
 
     def test_one_row_per_day_and_charge(self, exported: Any, year: tuple[App, SimulatorApp]) -> None:
-        """As many rows as the simulator's cost report has (day, workspace, charge) lines, no two alike."""
+        """As many rows as the simulator's cost report has (day, workspace, charge) lines, plus one per day,
+        workspace, model, Priority tier and token type the Analytics API bills (as far as it has refreshed);
+        no two alike."""
         _, records, _ = exported
         _, sim = year
         lines = sum(len(sim.data.day(0, FIRST + timedelta(days=i)).cost) for i in range(365))
-        assert len(records) == lines > 5000
+        refreshed = sim.data.refreshed_at()
+        priority: set[tuple[date, str | None, str, str, str]] = set()
+        day = A_FIRST
+        while day <= TODAY:
+            midnight = datetime.combine(day, datetime.min.time(), UTC)
+            for rec in sim.data.day(0, day).usage:
+                if rec.service_tier in PRIORITY_TIERS and midnight + timedelta(minutes=rec.minute) < refreshed:
+                    priority.update((day, rec.workspace_id, rec.model, rec.service_tier, tt)
+                                    for tt in TOKEN_TYPES if rec.tokens(tt))
+            day += timedelta(days=1)
+        assert priority
+        assert len(records) == lines + len(priority) > 5000
+        assert sum(r["x_ServiceTier"] in PRIORITY_TIERS for r in records) == len(priority)
         keys = {(r["ChargePeriodStart"], r["SubAccountId"], r["SkuPriceId"], r["RegionId"]) for r in records}
         assert len(keys) == len(records)
+        assert [r["ChargePeriodStart"] for r in records] == sorted(r["ChargePeriodStart"] for r in records)
 
     def test_quantities_are_the_usage_truth(self, exported: Any, year: tuple[App, SimulatorApp]) -> None:
         """ConsumedQuantity per (day, model, token type) equals the simulator's token counts; web-search requests
@@ -250,12 +282,17 @@ class TestAgainstTheTruth:
             assert Decimal(r["PricingQuantity"]) * scale == Decimal(r["ConsumedQuantity"])
             assert r["PricingUnit"] == ("1000000 Tokens" if r["ConsumedUnit"] == "Tokens" else "1000 Requests")
         want: dict[tuple[str, str, str], int] = defaultdict(int)
+        refreshed = sim.data.refreshed_at()
         for i in range(365):
             day = FIRST + timedelta(days=i)
+            midnight = datetime.combine(day, datetime.min.time(), UTC)
             for rec in sim.data.day(0, day).usage:
-                # Tokens of Priority Tier calls are billed apart (not in the cost report, so no FOCUS row);
-                # web-search fees are one cost line per day whatever the tier.
-                billed_tokens = rec.service_tier in LEGACY_COST_TIERS
+                # Tokens of Priority Tier calls are billed by the Analytics API alone: rows (with its counts)
+                # from its first day, as far as it has refreshed. Web-search fees are one cost line per day
+                # whatever the tier.
+                billed_tokens = rec.service_tier in LEGACY_COST_TIERS or (
+                    rec.service_tier in PRIORITY_TIERS and day >= A_FIRST
+                    and midnight + timedelta(minutes=rec.minute) < refreshed)
                 for token_type in TOKEN_TYPES:
                     if billed_tokens and rec.tokens(token_type):
                         want[(day.isoformat(), rec.model, token_type)] += rec.tokens(token_type)
@@ -266,9 +303,10 @@ class TestAgainstTheTruth:
 
     def test_list_cost_is_the_analytics_truths_list_amount(self, exported: Any, year: tuple[App, SimulatorApp]) -> None:
         """Where the Analytics API's bill is synced and complete (2026-01-01 to yesterday), ListCost per (day,
-        model) of the token charges equals the simulator's analytics truth of `list_amount` over the tiers the
-        legacy bill has, and per day of the other charges (web search, code execution) their list amount,
-        exactly; below the (negotiated) discount, above BilledCost. Before it, ListCost is BilledCost."""
+        model) of the token charges equals the simulator's analytics truth of `list_amount` over every tier
+        (the legacy bill's, and Priority Tier's own rows), and per day of the other charges (web search, code
+        execution) their list amount, exactly; below the (negotiated) discount, above BilledCost. Before it,
+        ListCost is BilledCost."""
         _, records, _ = exported
         _, sim = year
         got: dict[tuple[str, str | None], Decimal] = defaultdict(Decimal)
@@ -282,7 +320,7 @@ class TestAgainstTheTruth:
         for t in analytics_truth(sim.data, 0, A_FIRST, TODAY - timedelta(days=1), "service_tier"):
             if t["key"] is None:  # web search (on its model here) and code execution: no tier
                 want[(t["date"], None)] += Decimal(t["list_cost_usd"])
-            elif t["key"] in LEGACY_COST_TIERS:  # Priority Tier is billed by the Analytics API alone: no row
+            else:  # every tier: the legacy charges' list costs, and the Priority Tier rows' own
                 want[(t["date"], t["model"])] += Decimal(t["list_cost_usd"])
         assert dict(got) == {k: v for k, v in want.items() if v}
         listed = [r for r in records if "2026-01-01" <= r["ChargePeriodStart"][:10] < TODAY.isoformat()
@@ -316,6 +354,58 @@ class TestListCost:
         assert sum(got[:3]) == Decimal("6.000003529411764705")
         assert got[0] == Decimal("2.000000000000") and got[2] == Decimal("0.000003529412")
         assert got[3:] == [Decimal("2.00"), Decimal("0.50"), Decimal("0.10")]
+
+
+class TestPriorityTier:
+    """The Priority Tier rows come from the Analytics API's bill alone, and only where it is the bill of record."""
+
+    def export(self, app: App, tmp_path: Path, first: date, last: date) -> list[dict[str, str]]:
+        result = CliRunner().invoke(cli, ["export", "--format", "focus", "--since", str(first), "--until", str(last)],
+                                    env=env(app, tmp_path))
+        assert result.exit_code == 0, result.output
+        return list(csv.DictReader(io.StringIO(result.stdout)))
+
+    def test_rows_per_tier_never_billed_twice_and_none_without_the_analytics_bill(self, tmp_path: Path) -> None:
+        """30 days (free tier) of varied traffic: the Priority Tier rows sum to the simulator's Priority Tier
+        truth, with the Analytics API's list amounts and token counts. A day whose legacy rows carry a priority
+        tier themselves keeps only those (no second charge), the other days keep theirs; an integration switched
+        to the legacy source alone has none."""
+        sim = make_sim("varied", seed=5)
+        app = watch_app(f"sqlite:///{tmp_path / 'p.db'}", tmp_path)
+        try:
+            iid = connect_sim(app, sim, tier="free")
+            first = TODAY - timedelta(days=29)
+            records = self.export(app, tmp_path, first, TODAY)
+            priority = [r for r in records if r["x_ServiceTier"] in PRIORITY_TIERS]
+            truth = priority_cost(sim.data, 0, first, TODAY)
+            days = sorted({d.isoformat() for d, _ in truth})
+            assert len(days) >= 2, "the window needs Priority Tier calls on two days at least"
+            assert sum(Decimal(r["BilledCost"]) for r in priority) == sum(truth.values())
+            for r in priority:
+                assert Decimal(r["ListCost"]) > Decimal(r["BilledCost"]) > 0  # list price, above the discount
+                assert r["ChargeDescription"] == f"Priority Tier {r['x_TokenType']}"
+                assert int(r["ConsumedQuantity"]) > 0 and r["ConsumedUnit"] == "Tokens"
+            # A legacy report that billed Priority Tier itself on one day: that day is its alone.
+            restated = date.fromisoformat(days[0])
+            with app.engine.begin() as conn:
+                conn.execute(insert(cost_rows).values(
+                    integration_id=iid, day=restated, workspace_id="", model="claude-sonnet-4-6",
+                    cost_type="tokens", token_type="output_tokens", service_tier="priority",
+                    context_window="0-200k", inference_geo="global", description="Priority Usage", extra="",
+                    amount_usd=Decimal("7.25"), currency="USD"))
+            again = [r for r in self.export(app, tmp_path, first, TODAY) if r["x_ServiceTier"] in PRIORITY_TIERS]
+            on_day = [r for r in again if r["ChargePeriodStart"].startswith(restated.isoformat())]
+            assert [(r["BilledCost"], r["ChargeDescription"]) for r in on_day] == [("7.25", "Priority Usage")]
+            assert ([r for r in again if r not in on_day]
+                    == [r for r in priority if not r["ChargePeriodStart"].startswith(restated.isoformat())])
+            assert CliRunner().invoke(cli, ["integrations", "set-source", str(iid), "legacy"],
+                                      env=env(app, tmp_path)).exit_code == 0
+            legacy_only = self.export(app, tmp_path, first, TODAY)
+            assert [r for r in legacy_only if r["x_ServiceTier"] in PRIORITY_TIERS] == on_day
+            assert (sum(Decimal(r["BilledCost"]) for r in legacy_only)
+                    == sim.data.truth_total(0, first, TODAY + timedelta(days=1)) + Decimal("7.25"))
+        finally:
+            app.close()
 
 
 class TestFile:
@@ -367,8 +457,7 @@ class TestFile:
         assert result.exit_code == 0
         records = list(csv.DictReader(io.StringIO(result.stdout)))
         assert {r["x_IntegrationId"] for r in records} == {"1"}
-        assert sum(Decimal(r["BilledCost"]) for r in records) == sim.data.truth_total(0, date(2026, 2, 1),
-                                                                                      date(2026, 3, 1))
+        assert sum(Decimal(r["BilledCost"]) for r in records) == whole_bill(sim, date(2026, 2, 1), date(2026, 2, 28))
 
 
 @pytest.mark.slow  # a year of data
@@ -392,7 +481,7 @@ class TestParquet:
         rows = table.to_pylist()
         assert len(rows) == len(csv_records) > 5000
         total = sum((r["BilledCost"] for r in rows), Decimal(0))
-        assert total == sim.data.truth_total(0, FIRST, TODAY + timedelta(days=1))
+        assert total == whole_bill(sim, FIRST, TODAY)
         assert f"wrote {len(rows)} FOCUS 1.2 Parquet rows (365 days {FIRST}..{TODAY}, BilledCost total " in result.stderr
         for got, want in zip(rows, csv_records, strict=True):
             for name, value in got.items():

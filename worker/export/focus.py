@@ -17,6 +17,11 @@ what it holds, are tabled in docs/export.md; in short:
   left empty where the source does not determine them: a cost type with no counted unit (code execution),
   or a charge split by inference geo, which the usage report (grouped by five dimensions at most) does
   not carry. Docs/export.md lists this deviation from the Usage rule.
+- Priority Tier charges, which the legacy cost report leaves out, come from the Analytics API's cost rows
+  on the days that bill is the integration's bill of record (`_priority_charges`): one row per day,
+  workspace, model, cost type, token type and tier, summed over API keys and actors, with its
+  `list_amount` as ListCost and the Analytics API's token counts as quantities. So on those days the file
+  sums to the whole bill.
 - Provider-specific facts are `x_` columns after the FOCUS ones.
 """
 
@@ -34,7 +39,8 @@ from sqlalchemy import Connection, func, select
 
 from worker.money import EXACT, decimal_text, money_sum
 from worker.storage import analytics, repo
-from worker.storage.tables import cost_rows, usage_rows
+from worker.storage.analytics import PRIORITY_TIERS
+from worker.storage.tables import analytics_cost_rows, analytics_usage_rows, cost_rows, usage_rows
 
 FOCUS_VERSION = "1.2"
 PROVIDER = "Anthropic"
@@ -146,6 +152,22 @@ def focus_rows(conn: Connection, first: date, end: date, integration_id: int | N
 
 def _month(conn: Connection, first: date, end: date, integration_id: int | None,
            accounts: dict[int, Account]) -> Iterator[Record]:
+    legacy = _legacy_month(conn, first, end, integration_id, accounts)
+    priority = _priority_charges(conn, first, end, integration_id, accounts)
+    # Each (day, integration)'s Priority Tier rows follow its legacy rows: the file stays in day order.
+    pending = next(priority, None)
+    for at, record in legacy:
+        while pending is not None and pending[0] < at:
+            yield pending[1]
+            pending = next(priority, None)
+        yield record
+    while pending is not None:
+        yield pending[1]
+        pending = next(priority, None)
+
+
+def _legacy_month(conn: Connection, first: date, end: date, integration_id: int | None,
+                  accounts: dict[int, Account]) -> Iterator[tuple[tuple[date, int, int], Record]]:
     c = cost_rows.c
     where = [c.day >= first, c.day < end]
     if integration_id is not None:
@@ -176,7 +198,81 @@ def _month(conn: Connection, first: date, end: date, integration_id: int | None,
                      else searches.get((r.integration_id, r.day, r.workspace_id)))
             if found is not None:
                 quantity, unit, scale = found, "Requests", REQUESTS_PER_PRICING_UNIT
-        yield _record(r, accounts.get(r.integration_id), quantity, unit, scale, list_cost)
+        yield (r.day, r.integration_id, 0), _record(r, accounts.get(r.integration_id), quantity, unit, scale,
+                                                    list_cost)
+
+
+@dataclass(frozen=True)
+class _Charge:
+    """A charge of the Analytics API's bill, with the attributes `_record` reads of a legacy cost row."""
+
+    day: date
+    integration_id: int
+    workspace_id: str
+    model: str
+    cost_type: str
+    token_type: str
+    service_tier: str
+    context_window: str
+    inference_geo: str
+    amount_usd: Decimal
+    currency: str
+    description: str
+    extra: str = ""
+
+
+def _priority_charges(conn: Connection, first: date, end: date, integration_id: int | None,
+                      accounts: dict[int, Account]) -> Iterator[tuple[tuple[date, int, int], Record]]:
+    """The Priority Tier charges of `[first, end)`, which only the Analytics API bills: its cost rows (grouping
+    'main') of a priority tier, on the days it is the integration's bill of record, summed exactly over API
+    keys and actors per (day, workspace, model, cost type, token type, tier, window, geo). A day whose legacy
+    rows already carry a priority tier is left to them (never billed twice)."""
+    covered = analytics.coverage(conn)
+    if integration_id is not None:
+        covered = {i: c for i, c in covered.items() if i == integration_id}
+    if not covered:
+        return
+    c, u, legacy = analytics_cost_rows.c, analytics_usage_rows.c, cost_rows.c
+    billed_by_legacy = set(conn.execute(
+        select(legacy.integration_id, legacy.day).distinct()
+        .where(legacy.day >= first, legacy.day < end, legacy.service_tier.in_(PRIORITY_TIERS),
+               legacy.integration_id.in_(list(covered)))).all())
+    grain = (c.day, c.integration_id, c.workspace_id, c.model, c.cost_type, c.token_type, c.service_tier,
+             c.context_window, c.inference_geo)
+    sums: dict[tuple[Any, ...], list[Any]] = {}
+    add = EXACT.add
+    for row in conn.execute(select(*grain, c.amount_usd, c.list_amount_usd, c.currency).where(
+            c.day >= first, c.day < end, c.grouping == analytics.MAIN, c.service_tier.in_(PRIORITY_TIERS),
+            c.integration_id.in_(list(covered)))):
+        key = tuple(row[:9])
+        if not covered[key[1]].covers(key[0]) or (key[1], key[0]) in billed_by_legacy:
+            continue
+        acc = sums.get(key)
+        if acc is None:
+            sums[key] = [row.amount_usd, row.list_amount_usd, row.currency]
+        else:
+            acc[0], acc[1] = add(acc[0], row.amount_usd), add(acc[1], row.list_amount_usd)
+    if not sums:
+        return
+    # The Analytics API's tokens of the same tier, per (day, integration, workspace, model, tier, window, geo).
+    token_cols = sorted(set(TOKEN_COLUMNS.values()))
+    usage_grain = (u.day, u.integration_id, u.workspace_id, u.model, u.service_tier, u.context_window,
+                   u.inference_geo)
+    tokens = {tuple(r[:7]): dict(zip(token_cols, (int(v) for v in r[7:]), strict=True)) for r in conn.execute(
+        select(*usage_grain, *(func.sum(u[col]) for col in token_cols)).where(
+            u.day >= first, u.day < end, u.grouping == analytics.MAIN, u.service_tier.in_(PRIORITY_TIERS),
+            u.integration_id.in_(list(covered))).group_by(*usage_grain))}
+    for key in sorted(sums):
+        day, iid, workspace, model, cost_type, token_type, tier, window, geo = key
+        amount, listed, currency = sums[key]
+        charge = _Charge(day, iid, workspace, model, cost_type, token_type, tier, window, geo, amount, currency,
+                         f"Priority Tier {token_type or cost_type}".strip())
+        quantity: int | None = None
+        unit, scale = None, 0
+        counts = tokens.get((day, iid, workspace, model, tier, window, geo))
+        if cost_type == "tokens" and token_type in TOKEN_COLUMNS and counts is not None:
+            quantity, unit, scale = counts[TOKEN_COLUMNS[token_type]], "Tokens", TOKENS_PER_PRICING_UNIT
+        yield (day, iid, 1), _record(charge, accounts.get(iid), quantity, unit, scale, listed)
 
 
 ListGrain = tuple[Any, ...]

@@ -25,9 +25,9 @@ from sqlalchemy import Connection
 
 from worker.storage import analytics as astore
 from worker.storage import repo
+from worker.storage.analytics import PRIORITY_TIERS
 from worker.storage.types import EXACT
 
-PRIORITY_TIERS = frozenset({"priority", "priority_on_demand"})
 _ZERO = Decimal(0)
 
 

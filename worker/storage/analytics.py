@@ -341,7 +341,7 @@ class Cell:
 
 
 CellKey = tuple[int, date, str | None, str | None]  # integration, day, model, key
-PRIORITY_TIERS = ("priority", "priority_on_demand")
+PRIORITY_TIERS = ("priority", "priority_on_demand")  # the tiers the legacy cost report leaves out
 
 
 def _key_of(by: str, values: Sequence[Any]) -> str | None:
@@ -571,7 +571,7 @@ def usage_lines(conn: Connection, since: date, until: date, integration_ids: Seq
         q = q.where(u.integration_id.in_(list(integration_ids)))
     return iter(conn.execute(q))
 
-__all__ = ["BY", "COST_COLUMNS", "Coverage", "SpendKey", "actor_ids", "complete_until", "cost_lines", "coverage",
+__all__ = ["BY", "COST_COLUMNS", "PRIORITY_TIERS", "Coverage", "SpendKey", "actor_ids", "complete_until", "cost_lines", "coverage",
            "daily_spend", "legacy_cost_lines", "legacy_usage_lines",
            "usage_lines", "MAIN", "PRODUCT", "USAGE_COLUMNS", "Cell", "CellKey", "Checkpoint", "Name",
            "State", "actor_types", "advance", "all_checkpoints", "checkpoints", "cost_cells", "cost_table_rows",

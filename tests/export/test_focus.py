@@ -365,47 +365,53 @@ class TestPriorityTier:
         assert result.exit_code == 0, result.output
         return list(csv.DictReader(io.StringIO(result.stdout)))
 
-    def test_rows_per_tier_never_billed_twice_and_none_without_the_analytics_bill(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_rows_per_tier_never_billed_twice_and_none_without_the_analytics_bill(self, tmp_path: Path,
+                                                                                 backend: str) -> None:
         """30 days (free tier) of varied traffic: the Priority Tier rows sum to the simulator's Priority Tier
         truth, with the Analytics API's list amounts and token counts. A day whose legacy rows carry a priority
         tier themselves keeps only those (no second charge), the other days keep theirs; an integration switched
         to the legacy source alone has none."""
         sim = make_sim("varied", seed=5)
-        app = watch_app(f"sqlite:///{tmp_path / 'p.db'}", tmp_path)
-        try:
-            iid = connect_sim(app, sim, tier="free")
-            first = TODAY - timedelta(days=29)
-            records = self.export(app, tmp_path, first, TODAY)
-            priority = [r for r in records if r["x_ServiceTier"] in PRIORITY_TIERS]
-            truth = priority_cost(sim.data, 0, first, TODAY)
-            days = sorted({d.isoformat() for d, _ in truth})
-            assert len(days) >= 2, "the window needs Priority Tier calls on two days at least"
-            assert sum(Decimal(r["BilledCost"]) for r in priority) == sum(truth.values())
-            for r in priority:
-                assert Decimal(r["ListCost"]) > Decimal(r["BilledCost"]) > 0  # list price, above the discount
-                assert r["ChargeDescription"] == f"Priority Tier {r['x_TokenType']}"
-                assert int(r["ConsumedQuantity"]) > 0 and r["ConsumedUnit"] == "Tokens"
-            # A legacy report that billed Priority Tier itself on one day: that day is its alone.
-            restated = date.fromisoformat(days[0])
-            with app.engine.begin() as conn:
-                conn.execute(insert(cost_rows).values(
-                    integration_id=iid, day=restated, workspace_id="", model="claude-sonnet-4-6",
-                    cost_type="tokens", token_type="output_tokens", service_tier="priority",
-                    context_window="0-200k", inference_geo="global", description="Priority Usage", extra="",
-                    amount_usd=Decimal("7.25"), currency="USD"))
-            again = [r for r in self.export(app, tmp_path, first, TODAY) if r["x_ServiceTier"] in PRIORITY_TIERS]
-            on_day = [r for r in again if r["ChargePeriodStart"].startswith(restated.isoformat())]
-            assert [(r["BilledCost"], r["ChargeDescription"]) for r in on_day] == [("7.25", "Priority Usage")]
-            assert ([r for r in again if r not in on_day]
-                    == [r for r in priority if not r["ChargePeriodStart"].startswith(restated.isoformat())])
-            assert CliRunner().invoke(cli, ["integrations", "set-source", str(iid), "legacy"],
-                                      env=env(app, tmp_path)).exit_code == 0
-            legacy_only = self.export(app, tmp_path, first, TODAY)
-            assert [r for r in legacy_only if r["x_ServiceTier"] in PRIORITY_TIERS] == on_day
-            assert (sum(Decimal(r["BilledCost"]) for r in legacy_only)
-                    == sim.data.truth_total(0, first, TODAY + timedelta(days=1)) + Decimal("7.25"))
-        finally:
-            app.close()
+        with contextlib.ExitStack() as stack:
+            url = f"sqlite:///{tmp_path / 'p.db'}" if backend == "sqlite" else stack.enter_context(
+                private_pg_schema(PG_URL or ""))
+            app = watch_app(url, tmp_path)
+            stack.callback(app.close)
+            self.check(app, sim, tmp_path)
+
+    def check(self, app: App, sim: SimulatorApp, tmp_path: Path) -> None:
+        iid = connect_sim(app, sim, tier="free")
+        first = TODAY - timedelta(days=29)
+        records = self.export(app, tmp_path, first, TODAY)
+        priority = [r for r in records if r["x_ServiceTier"] in PRIORITY_TIERS]
+        truth = priority_cost(sim.data, 0, first, TODAY)
+        days = sorted({d.isoformat() for d, _ in truth})
+        assert len(days) >= 2, "the window needs Priority Tier calls on two days at least"
+        assert sum(Decimal(r["BilledCost"]) for r in priority) == sum(truth.values())
+        for r in priority:
+            assert Decimal(r["ListCost"]) > Decimal(r["BilledCost"]) > 0  # list price, above the discount
+            assert r["ChargeDescription"] == f"Priority Tier {r['x_TokenType']}"
+            assert int(r["ConsumedQuantity"]) > 0 and r["ConsumedUnit"] == "Tokens"
+        # A legacy report that billed Priority Tier itself on one day: that day is its alone.
+        restated = date.fromisoformat(days[0])
+        with app.engine.begin() as conn:
+            conn.execute(insert(cost_rows).values(
+                integration_id=iid, day=restated, workspace_id="", model="claude-sonnet-4-6",
+                cost_type="tokens", token_type="output_tokens", service_tier="priority",
+                context_window="0-200k", inference_geo="global", description="Priority Usage", extra="",
+                amount_usd=Decimal("7.25"), currency="USD"))
+        again = [r for r in self.export(app, tmp_path, first, TODAY) if r["x_ServiceTier"] in PRIORITY_TIERS]
+        on_day = [r for r in again if r["ChargePeriodStart"].startswith(restated.isoformat())]
+        assert [(r["BilledCost"], r["ChargeDescription"]) for r in on_day] == [("7.25", "Priority Usage")]
+        assert ([r for r in again if r not in on_day]
+                == [r for r in priority if not r["ChargePeriodStart"].startswith(restated.isoformat())])
+        assert CliRunner().invoke(cli, ["integrations", "set-source", str(iid), "legacy"],
+                                  env=env(app, tmp_path)).exit_code == 0
+        legacy_only = self.export(app, tmp_path, first, TODAY)
+        assert [r for r in legacy_only if r["x_ServiceTier"] in PRIORITY_TIERS] == on_day
+        assert (sum(Decimal(r["BilledCost"]) for r in legacy_only)
+                == sim.data.truth_total(0, first, TODAY + timedelta(days=1)) + Decimal("7.25"))
 
 
 class TestFile:

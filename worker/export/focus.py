@@ -233,10 +233,10 @@ def _priority_charges(conn: Connection, first: date, end: date, integration_id: 
     if not covered:
         return
     c, u, legacy = analytics_cost_rows.c, analytics_usage_rows.c, cost_rows.c
-    billed_by_legacy = set(conn.execute(
+    billed_by_legacy = {(iid, day) for iid, day in conn.execute(
         select(legacy.integration_id, legacy.day).distinct()
         .where(legacy.day >= first, legacy.day < end, legacy.service_tier.in_(PRIORITY_TIERS),
-               legacy.integration_id.in_(list(covered)))).all())
+               legacy.integration_id.in_(list(covered))))}
     grain = (c.day, c.integration_id, c.workspace_id, c.model, c.cost_type, c.token_type, c.service_tier,
              c.context_window, c.inference_geo)
     sums: dict[tuple[Any, ...], list[Any]] = {}

@@ -27,12 +27,14 @@ what it holds, are tabled in docs/export.md; in short:
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, func, select
@@ -152,18 +154,11 @@ def focus_rows(conn: Connection, first: date, end: date, integration_id: int | N
 
 def _month(conn: Connection, first: date, end: date, integration_id: int | None,
            accounts: dict[int, Account]) -> Iterator[Record]:
-    legacy = _legacy_month(conn, first, end, integration_id, accounts)
-    priority = _priority_charges(conn, first, end, integration_id, accounts)
-    # Each (day, integration)'s Priority Tier rows follow its legacy rows: the file stays in day order.
-    pending = next(priority, None)
-    for at, record in legacy:
-        while pending is not None and pending[0] < at:
-            yield pending[1]
-            pending = next(priority, None)
+    # Both come sorted by (day, integration, 0 for legacy | 1 for Priority Tier): merged, each day and
+    # integration's Priority Tier rows follow its legacy rows and the file stays in day order.
+    for _, record in heapq.merge(_legacy_month(conn, first, end, integration_id, accounts),
+                                 _priority_charges(conn, first, end, integration_id, accounts), key=itemgetter(0)):
         yield record
-    while pending is not None:
-        yield pending[1]
-        pending = next(priority, None)
 
 
 def _legacy_month(conn: Connection, first: date, end: date, integration_id: int | None,

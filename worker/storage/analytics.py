@@ -571,8 +571,8 @@ def usage_lines(conn: Connection, since: date, until: date, integration_ids: Seq
         q = q.where(u.integration_id.in_(list(integration_ids)))
     return iter(conn.execute(q))
 
-__all__ = ["BY", "COST_COLUMNS", "PRIORITY_TIERS", "Coverage", "SpendKey", "actor_ids", "complete_until", "cost_lines", "coverage",
-           "daily_spend", "legacy_cost_lines", "legacy_usage_lines",
+__all__ = ["BY", "COST_COLUMNS", "PRIORITY_TIERS", "Coverage", "SpendKey", "actor_ids", "complete_until",
+           "cost_lines", "coverage", "daily_spend", "legacy_cost_lines", "legacy_usage_lines",
            "usage_lines", "MAIN", "PRODUCT", "USAGE_COLUMNS", "Cell", "CellKey", "Checkpoint", "Name",
            "State", "actor_types", "advance", "all_checkpoints", "checkpoints", "cost_cells", "cost_table_rows",
            "get_state", "grouping_for", "names", "replace_cost_days", "replace_usage_days", "save_checkpoint",

@@ -391,7 +391,7 @@ class TestPriorityTier:
         assert sum(Decimal(r["BilledCost"]) for r in priority) == sum(truth.values())
         for r in priority:
             assert Decimal(r["ListCost"]) > Decimal(r["BilledCost"]) > 0  # list price, above the discount
-            assert r["ChargeDescription"] == f"Priority Tier {r['x_TokenType']}"
+            assert r["ChargeDescription"].startswith("Priority Tier ") and r["x_TokenType"] in TOKEN_TYPES
             assert int(r["ConsumedQuantity"]) > 0 and r["ConsumedUnit"] == "Tokens"
         # A legacy report that billed Priority Tier itself on one day: that day is its alone.
         restated = date.fromisoformat(days[0])
@@ -412,6 +412,62 @@ class TestPriorityTier:
         assert [r for r in legacy_only if r["x_ServiceTier"] in PRIORITY_TIERS] == on_day
         assert (sum(Decimal(r["BilledCost"]) for r in legacy_only)
                 == sim.data.truth_total(0, first, TODAY + timedelta(days=1)) + Decimal("7.25"))
+
+
+    @pytest.mark.slow  # a year of data
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_source_analytics_is_billed_by_the_analytics_api_alone(self, tmp_path: Path, backend: str) -> None:
+        """An integration switched to source `analytics` keeps the legacy rows it had stored, but from
+        2026-01-01 on the Analytics API is its only bill: every charge comes from it. BilledCost, ListCost
+        and the token counts per (day, model) equal the simulator's legacy truth before that day and its
+        analytics truth from it, exactly, and no day is billed twice."""
+        sim = make_sim("varied", seed=5)
+        first = date(2025, 12, 1)
+        with contextlib.ExitStack() as stack:
+            url = f"sqlite:///{tmp_path / 'a.db'}" if backend == "sqlite" else stack.enter_context(
+                private_pg_schema(PG_URL or ""))
+            app = watch_app(url, tmp_path)
+            stack.callback(app.close)
+            iid = connect_sim(app, sim)
+            assert CliRunner().invoke(cli, ["integrations", "set-source", str(iid), "analytics"],
+                                      env=env(app, tmp_path)).exit_code == 0
+            records = self.export(app, tmp_path, first, TODAY)
+        got: dict[tuple[str, str | None], list[Any]] = defaultdict(lambda: [Decimal(0), Decimal(0), 0, 0, 0, 0])
+        for r in records:
+            acc = got[(r["ChargePeriodStart"][:10], r["x_Model"] or None)]
+            acc[0] += Decimal(r["BilledCost"])
+            acc[1] += Decimal(r["ListCost"])
+            if r["x_CostType"] == "tokens":
+                slot = {"uncached_input_tokens": 2, "output_tokens": 3, "cache_read_input_tokens": 4}.get(
+                    r["x_TokenType"], 5)
+                acc[slot] += int(r["ConsumedQuantity"])
+        want: dict[tuple[str, str | None], list[Any]] = defaultdict(lambda: [Decimal(0), Decimal(0), 0, 0, 0, 0])
+        for t in sim.data.truth(0, first, A_FIRST):  # the legacy bill, before the Analytics API's first day
+            if t.cost_usd:
+                want[(t.date.isoformat(), t.model)][0] += t.cost_usd
+                want[(t.date.isoformat(), t.model)][1] += t.cost_usd  # ListCost is BilledCost there
+        day = first
+        while day < A_FIRST:  # and the legacy usage report's tokens of the charges it bills
+            for rec in sim.data.day(0, day).usage:
+                if rec.service_tier in LEGACY_COST_TIERS:
+                    acc = want[(day.isoformat(), rec.model)]
+                    acc[2] += rec.uncached_input_tokens
+                    acc[3] += rec.output_tokens
+                    acc[4] += rec.cache_read_input_tokens
+                    acc[5] += rec.cache_creation_5m + rec.cache_creation_1h
+            day += timedelta(days=1)
+        for t in analytics_truth(sim.data, 0, A_FIRST, TODAY, "model"):
+            acc = want[(t["date"], t["model"])]
+            acc[0] += Decimal(t["cost_usd"])
+            acc[1] += Decimal(t["list_cost_usd"])
+            acc[2:] = [a + b for a, b in zip(acc[2:], (t["input_tokens"], t["output_tokens"], t["cache_read_tokens"],
+                                                         t["cache_write_tokens"]), strict=True)]
+        assert dict(got) == {k: v for k, v in want.items() if any(v)}
+        analytics_rows = [r for r in records if r["ChargePeriodStart"][:10] >= A_FIRST.isoformat()]
+        assert {r["ChargeDescription"] for r in analytics_rows} >= {"Output Tokens", "Web Search Requests"}
+        assert sum(r["x_ServiceTier"] in PRIORITY_TIERS for r in analytics_rows) > 0
+        keys = {(r["ChargePeriodStart"], r["SubAccountId"], r["SkuPriceId"], r["RegionId"]) for r in records}
+        assert len(keys) == len(records)
 
 
 class TestFile:

@@ -17,11 +17,11 @@ what it holds, are tabled in docs/export.md; in short:
   left empty where the source does not determine them: a cost type with no counted unit (code execution),
   or a charge split by inference geo, which the usage report (grouped by five dimensions at most) does
   not carry. Docs/export.md lists this deviation from the Usage rule.
-- Priority Tier charges, which the legacy cost report leaves out, come from the Analytics API's cost rows
-  on the days that bill is the integration's bill of record (`_priority_charges`): one row per day,
-  workspace, model, cost type, token type and tier, summed over API keys and actors, with its
-  `list_amount` as ListCost and the Analytics API's token counts as quantities. So on those days the file
-  sums to the whole bill.
+- On the days the Analytics API is an integration's bill of record, what it bills and the legacy rows do
+  not comes from its cost rows (`_analytics_charges`): every charge for source `analytics`, the Priority
+  Tier ones (which the legacy cost report leaves out) for source `both`. One row per day, workspace,
+  model, cost type, token type and tier, summed over API keys and actors, with its `list_amount` as
+  ListCost and its counts as quantities. So on those days too the file sums to the whole bill.
 - Provider-specific facts are `x_` columns after the FOCUS ones.
 """
 
@@ -152,24 +152,46 @@ def focus_rows(conn: Connection, first: date, end: date, integration_id: int | N
         yield from _month(conn, *piece, integration_id, accounts)
 
 
+@dataclass(frozen=True)
+class _Bills:
+    """Which bill gives an integration's charges on a day: the Analytics API's days (`coverage`), and which of
+    those it bills alone (source `analytics`: legacy rows stored there before a switch are not its bill)."""
+
+    covered: dict[int, analytics.Coverage]
+    alone: frozenset[int]
+
+    def analytics_alone(self, iid: int, day: date) -> bool:
+        return iid in self.alone and self.covered[iid].covers(day)
+
+
+def _bills(conn: Connection, integration_id: int | None) -> _Bills:
+    covered = analytics.coverage(conn)
+    if integration_id is not None:
+        covered = {i: c for i, c in covered.items() if i == integration_id}
+    alone = frozenset(i.id for i in repo.list_integrations(conn) if i.source == "analytics" and i.id in covered)
+    return _Bills(covered, alone)
+
+
 def _month(conn: Connection, first: date, end: date, integration_id: int | None,
            accounts: dict[int, Account]) -> Iterator[Record]:
-    # Both come sorted by (day, integration, 0 for legacy | 1 for Priority Tier): merged, each day and
-    # integration's Priority Tier rows follow its legacy rows and the file stays in day order.
-    for _, record in heapq.merge(_legacy_month(conn, first, end, integration_id, accounts),
-                                 _priority_charges(conn, first, end, integration_id, accounts), key=itemgetter(0)):
+    bills = _bills(conn, integration_id)
+    # Both come sorted by (day, integration, 0 for legacy | 1 for the Analytics API): merged, each day and
+    # integration's Analytics API rows follow its legacy rows and the file stays in day order.
+    for _, record in heapq.merge(_legacy_month(conn, first, end, integration_id, accounts, bills),
+                                 _analytics_charges(conn, first, end, accounts, bills), key=itemgetter(0)):
         yield record
 
 
 def _legacy_month(conn: Connection, first: date, end: date, integration_id: int | None,
-                  accounts: dict[int, Account]) -> Iterator[tuple[tuple[date, int, int], Record]]:
+                  accounts: dict[int, Account], bills: _Bills) -> Iterator[tuple[tuple[date, int, int], Record]]:
     c = cost_rows.c
     where = [c.day >= first, c.day < end]
     if integration_id is not None:
         where.append(c.integration_id == integration_id)
     order = (c.day, c.integration_id, c.workspace_id, c.model, c.cost_type, c.token_type, c.service_tier,
              c.context_window, c.inference_geo, c.description, c.extra)
-    charges = conn.execute(select(*order, c.amount_usd, c.currency).where(*where).order_by(*order)).all()
+    charges = [r for r in conn.execute(select(*order, c.amount_usd, c.currency).where(*where).order_by(*order))
+               if not bills.analytics_alone(r.integration_id, r.day)]
     tokens, searches_by_model, searches = _quantities(conn, first, end, integration_id)
     listed = list_costs(charges, _analytics_grains(conn, first, end, integration_id))
     # A quantity is attributed to a charge only when the charge is alone on its usage grain (one geo, one
@@ -216,15 +238,15 @@ class _Charge:
     extra: str = ""
 
 
-def _priority_charges(conn: Connection, first: date, end: date, integration_id: int | None,
-                      accounts: dict[int, Account]) -> Iterator[tuple[tuple[date, int, int], Record]]:
-    """The Priority Tier charges of `[first, end)`, which only the Analytics API bills: its cost rows (grouping
-    'main') of a priority tier, on the days it is the integration's bill of record, summed exactly over API
-    keys and actors per (day, workspace, model, cost type, token type, tier, window, geo). A day whose legacy
-    rows already carry a priority tier is left to them (never billed twice)."""
-    covered = analytics.coverage(conn)
-    if integration_id is not None:
-        covered = {i: c for i, c in covered.items() if i == integration_id}
+def _analytics_charges(conn: Connection, first: date, end: date, accounts: dict[int, Account],
+                       bills: _Bills) -> Iterator[tuple[tuple[date, int, int], Record]]:
+    """The charges of `[first, end)` the Analytics API bills and the legacy rows do not, from its cost rows
+    (grouping 'main') summed exactly over API keys and actors per (day, workspace, model, cost type, token
+    type, tier, window, geo), on the days it is the integration's bill of record:
+    - with source `analytics`, every charge (the legacy report is not read there);
+    - with source `both`, the Priority Tier ones, which the legacy cost report leaves out; a day whose legacy
+      rows carry a priority tier themselves is left to them (never billed twice)."""
+    covered = bills.covered
     if not covered:
         return
     c, u, legacy = analytics_cost_rows.c, analytics_usage_rows.c, cost_rows.c
@@ -237,10 +259,12 @@ def _priority_charges(conn: Connection, first: date, end: date, integration_id: 
     sums: dict[tuple[Any, ...], list[Any]] = {}
     add = EXACT.add
     for row in conn.execute(select(*grain, c.amount_usd, c.list_amount_usd, c.currency).where(
-            c.day >= first, c.day < end, c.grouping == analytics.MAIN, c.service_tier.in_(PRIORITY_TIERS),
-            c.integration_id.in_(list(covered)))):
+            c.day >= first, c.day < end, c.grouping == analytics.MAIN, c.integration_id.in_(list(covered)))):
         key = tuple(row[:9])
-        if not covered[key[1]].covers(key[0]) or (key[1], key[0]) in billed_by_legacy:
+        day, iid, tier = key[0], key[1], key[6]
+        if not covered[iid].covers(day):
+            continue
+        if not bills.analytics_alone(iid, day) and (tier not in PRIORITY_TIERS or (iid, day) in billed_by_legacy):
             continue
         acc = sums.get(key)
         if acc is None:
@@ -249,24 +273,37 @@ def _priority_charges(conn: Connection, first: date, end: date, integration_id: 
             acc[0], acc[1] = add(acc[0], row.amount_usd), add(acc[1], row.list_amount_usd)
     if not sums:
         return
-    # The Analytics API's tokens of the same tier, per (day, integration, workspace, model, tier, window, geo).
+    # The Analytics API's counts, per (day, integration, workspace, model, tier, window, geo): tokens of that
+    # grain; web-search requests per (day, integration, workspace, model), for a search charge alone there.
     token_cols = sorted(set(TOKEN_COLUMNS.values()))
     usage_grain = (u.day, u.integration_id, u.workspace_id, u.model, u.service_tier, u.context_window,
                    u.inference_geo)
-    tokens = {tuple(r[:7]): dict(zip(token_cols, (int(v) for v in r[7:]), strict=True)) for r in conn.execute(
-        select(*usage_grain, *(func.sum(u[col]) for col in token_cols)).where(
-            u.day >= first, u.day < end, u.grouping == analytics.MAIN, u.service_tier.in_(PRIORITY_TIERS),
-            u.integration_id.in_(list(covered))).group_by(*usage_grain))}
+    tokens: dict[tuple[Any, ...], dict[str, int]] = {}
+    searches: dict[tuple[Any, ...], int] = defaultdict(int)
+    for r in conn.execute(select(*usage_grain, *(func.sum(u[col]) for col in token_cols),
+                                 func.sum(u.web_search_requests)).where(
+            u.day >= first, u.day < end, u.grouping == analytics.MAIN,
+            u.integration_id.in_(list(covered))).group_by(*usage_grain)):
+        tokens[tuple(r[:7])] = dict(zip(token_cols, (int(v) for v in r[7:-1]), strict=True))
+        searches[tuple(r[:4])] += int(r[-1])
+    search_charges: dict[tuple[Any, ...], int] = defaultdict(int)
+    for key in sums:
+        if key[4] == "web_search":
+            search_charges[key[:4]] += 1
     for key in sorted(sums):
         day, iid, workspace, model, cost_type, token_type, tier, window, geo = key
         amount, listed, currency = sums[key]
+        kind = token_type or cost_type
+        description = ("Priority Tier " if tier in PRIORITY_TIERS else "") + METERS.get(kind, kind)
         charge = _Charge(day, iid, workspace, model, cost_type, token_type, tier, window, geo, amount, currency,
-                         f"Priority Tier {token_type or cost_type}".strip())
+                         description.strip())
         quantity: int | None = None
         unit, scale = None, 0
         counts = tokens.get((day, iid, workspace, model, tier, window, geo))
         if cost_type == "tokens" and token_type in TOKEN_COLUMNS and counts is not None:
             quantity, unit, scale = counts[TOKEN_COLUMNS[token_type]], "Tokens", TOKENS_PER_PRICING_UNIT
+        elif cost_type == "web_search" and search_charges[key[:4]] == 1 and key[:4] in searches:
+            quantity, unit, scale = searches[key[:4]], "Requests", REQUESTS_PER_PRICING_UNIT
         yield (day, iid, 1), _record(charge, accounts.get(iid), quantity, unit, scale, listed)
 
 

@@ -456,12 +456,12 @@ class TestPriorityTier:
                     acc[4] += rec.cache_read_input_tokens
                     acc[5] += rec.cache_creation_5m + rec.cache_creation_1h
             day += timedelta(days=1)
-        for t in analytics_truth(sim.data, 0, A_FIRST, TODAY, "model"):
-            acc = want[(t["date"], t["model"])]
-            acc[0] += Decimal(t["cost_usd"])
-            acc[1] += Decimal(t["list_cost_usd"])
-            acc[2:] = [a + b for a, b in zip(acc[2:], (t["input_tokens"], t["output_tokens"], t["cache_read_tokens"],
-                                                         t["cache_write_tokens"]), strict=True)]
+        for a in analytics_truth(sim.data, 0, A_FIRST, TODAY, "model"):
+            acc = want[(a["date"], a["model"])]
+            acc[0] += Decimal(a["cost_usd"])
+            acc[1] += Decimal(a["list_cost_usd"])
+            acc[2:] = [x + y for x, y in zip(acc[2:], (a["input_tokens"], a["output_tokens"], a["cache_read_tokens"],
+                                                         a["cache_write_tokens"]), strict=True)]
         assert dict(got) == {k: v for k, v in want.items() if any(v)}
         analytics_rows = [r for r in records if r["ChargePeriodStart"][:10] >= A_FIRST.isoformat()]
         assert {r["ChargeDescription"] for r in analytics_rows} >= {"Output Tokens", "Web Search Requests"}

@@ -22,13 +22,14 @@ from click.testing import CliRunner
 from sqlalchemy import insert
 
 from tests.conftest import BACKENDS, PG_URL, master_key_text, private_pg_schema
-from tests.watch.simbill import TODAY, connect_sim, make_sim, watch_app
+from tests.watch.simbill import NOW, TODAY, connect_sim, make_sim, watch_app
 from worker.app import App
 from worker.cli import cli
 from worker.simulator import SimulatorApp
 from worker.simulator.prices import LEGACY_COST_TIERS, TOKEN_TYPES
 from worker.simulator.truth import PRIORITY_TIERS, analytics_truth, priority_cost
-from worker.storage.tables import cost_rows
+from worker.storage import analytics as astore
+from worker.storage.tables import analytics_cost_rows, cost_rows
 
 SPEC = json.loads((Path(__file__).parents[1] / "data" / "focus_1_2_columns.json").read_text())
 COLUMNS = {c["column"]: c for c in SPEC["columns"]}
@@ -265,6 +266,10 @@ class TestAgainstTheTruth:
         keys = {(r["ChargePeriodStart"], r["SubAccountId"], r["SkuPriceId"], r["RegionId"]) for r in records}
         assert len(keys) == len(records)
         assert [r["ChargePeriodStart"] for r in records] == sorted(r["ChargePeriodStart"] for r in records)
+        tiers_by_day: dict[str, list[bool]] = defaultdict(list)
+        for r in records:  # a day's Priority Tier rows (the Analytics API's) follow its legacy rows
+            tiers_by_day[r["ChargePeriodStart"]].append(r["x_ServiceTier"] in PRIORITY_TIERS)
+        assert all(flags == sorted(flags) for flags in tiers_by_day.values())
 
     def test_quantities_are_the_usage_truth(self, exported: Any, year: tuple[App, SimulatorApp]) -> None:
         """ConsumedQuantity per (day, model, token type) equals the simulator's token counts; web-search requests
@@ -368,7 +373,7 @@ class TestPriorityTier:
     @pytest.mark.parametrize("backend", BACKENDS)
     def test_rows_per_tier_never_billed_twice_and_none_without_the_analytics_bill(self, tmp_path: Path,
                                                                                  backend: str) -> None:
-        """30 days (free tier) of varied traffic: the Priority Tier rows sum to the simulator's Priority Tier
+        """The Analytics API's days of a year of varied traffic: the Priority Tier rows sum to the simulator's Priority Tier
         truth, with the Analytics API's list amounts and token counts. A day whose legacy rows carry a priority
         tier themselves keeps only those (no second charge), the other days keep theirs; an integration switched
         to the legacy source alone has none."""
@@ -381,8 +386,8 @@ class TestPriorityTier:
             self.check(app, sim, tmp_path)
 
     def check(self, app: App, sim: SimulatorApp, tmp_path: Path) -> None:
-        iid = connect_sim(app, sim, tier="free")
-        first = TODAY - timedelta(days=29)
+        iid = connect_sim(app, sim)
+        first = A_FIRST  # the Analytics API's days of the year's backfill
         records = self.export(app, tmp_path, first, TODAY)
         priority = [r for r in records if r["x_ServiceTier"] in PRIORITY_TIERS]
         truth = priority_cost(sim.data, 0, first, TODAY)
@@ -393,26 +398,64 @@ class TestPriorityTier:
             assert Decimal(r["ListCost"]) > Decimal(r["BilledCost"]) > 0  # list price, above the discount
             assert r["ChargeDescription"].startswith("Priority Tier ") and r["x_TokenType"] in TOKEN_TYPES
             assert int(r["ConsumedQuantity"]) > 0 and r["ConsumedUnit"] == "Tokens"
-        # A legacy report that billed Priority Tier itself on one day: that day is its alone.
+        # A legacy report that billed one model's Priority Tier itself on one day: that charge is its alone,
+        # the day's other Priority Tier charges (another model, on demand: stored here) still come from the
+        # Analytics API.
         restated = date.fromisoformat(days[0])
+        [sample, *_] = [r for r in priority if r["ChargePeriodStart"].startswith(restated.isoformat())]
+        model, tier = sample["x_Model"], sample["x_ServiceTier"]
         with app.engine.begin() as conn:
             conn.execute(insert(cost_rows).values(
-                integration_id=iid, day=restated, workspace_id="", model="claude-sonnet-4-6",
-                cost_type="tokens", token_type="output_tokens", service_tier="priority",
+                integration_id=iid, day=restated, workspace_id="", model=model,
+                cost_type="tokens", token_type="output_tokens", service_tier=tier,
                 context_window="0-200k", inference_geo="global", description="Priority Usage", extra="",
                 amount_usd=Decimal("7.25"), currency="USD"))
+            conn.execute(insert(analytics_cost_rows).values(
+                integration_id=iid, day=restated, grouping="main", model="claude-other",
+                **dict.fromkeys(("workspace_id", "api_key_id", "actor_type", "actor_id", "context_window",
+                                 "inference_geo", "speed", "product", "other"), ""),
+                service_tier="priority_on_demand", cost_type="tokens", token_type="output_tokens",
+                amount_usd=Decimal("3.00"), list_amount_usd=Decimal("3.50"), currency="USD"))
         again = [r for r in self.export(app, tmp_path, first, TODAY) if r["x_ServiceTier"] in PRIORITY_TIERS]
-        on_day = [r for r in again if r["ChargePeriodStart"].startswith(restated.isoformat())]
-        assert [(r["BilledCost"], r["ChargeDescription"]) for r in on_day] == [("7.25", "Priority Usage")]
-        assert ([r for r in again if r not in on_day]
-                == [r for r in priority if not r["ChargePeriodStart"].startswith(restated.isoformat())])
-        assert CliRunner().invoke(cli, ["integrations", "set-source", str(iid), "legacy"],
-                                  env=env(app, tmp_path)).exit_code == 0
-        legacy_only = self.export(app, tmp_path, first, TODAY)
-        assert [r for r in legacy_only if r["x_ServiceTier"] in PRIORITY_TIERS] == on_day
-        assert (sum(Decimal(r["BilledCost"]) for r in legacy_only)
-                == sim.data.truth_total(0, first, TODAY + timedelta(days=1)) + Decimal("7.25"))
+        [billed_by_legacy] = [r for r in again if r["ChargeDescription"] == "Priority Usage"]
+        [other] = [r for r in again if r["x_Model"] == "claude-other"]
+        assert [Decimal(v) for v in (billed_by_legacy["BilledCost"], other["BilledCost"], other["ListCost"])] == [
+            Decimal("7.25"), Decimal("3.00"), Decimal("3.50")]
+        assert [r for r in again if r is not billed_by_legacy and r is not other] == [
+            r for r in priority if not (r["ChargePeriodStart"].startswith(restated.isoformat())
+                                        and r["x_Model"] == model and r["x_ServiceTier"] == tier)]
+        # Refused by the Analytics API (HIPAA readiness), or switched to the legacy source: the legacy bill.
+        for step in ("refused", "legacy"):
+            if step == "refused":
+                with app.engine.begin() as conn:
+                    astore.set_state(conn, iid, NOW, status="refused", detail="HIPAA readiness")
+            else:
+                with app.engine.begin() as conn:
+                    astore.set_state(conn, iid, NOW, status="ok", detail=None)
+                assert CliRunner().invoke(cli, ["integrations", "set-source", str(iid), "legacy"],
+                                          env=env(app, tmp_path)).exit_code == 0
+            legacy_only = self.export(app, tmp_path, first, TODAY)
+            assert [r for r in legacy_only if r["x_ServiceTier"] in PRIORITY_TIERS] == [billed_by_legacy], step
+            assert (sum(Decimal(r["BilledCost"]) for r in legacy_only)
+                    == sim.data.truth_total(0, first, TODAY + timedelta(days=1)) + Decimal("7.25")), step
 
+    def test_a_grouping_without_service_tier_is_named(self, tmp_path: Path) -> None:
+        """With `analytics_cost_group_by` lacking service_tier the export cannot tell Priority Tier charges
+        apart: it says so on stderr, after its summary line (and nothing with the default grouping)."""
+        app = watch_app(f"sqlite:///{tmp_path / 'n.db'}", tmp_path)
+        try:
+            e = env(app, tmp_path)
+            args = ["export", "--format", "focus", "--since", str(TODAY), "--until", str(TODAY)]
+            plain = CliRunner().invoke(cli, args, env=e)
+            narrow = CliRunner().invoke(cli, args, env={
+                **e, "COST_WORKER_ANALYTICS_COST_GROUP_BY": "model,workspace_id,api_key_id,cost_type,token_type"})
+        finally:
+            app.close()
+        assert plain.exit_code == narrow.exit_code == 0, (plain.output, narrow.output)
+        assert "service_tier" not in plain.stderr
+        summary, note = narrow.stderr.strip().splitlines()
+        assert summary.startswith("wrote 0 FOCUS 1.2 rows")
+        assert note.startswith("note: analytics_cost_group_by has no service_tier") and "source both" in note
 
     @pytest.mark.slow  # a year of data
     @pytest.mark.parametrize("backend", BACKENDS)
@@ -431,6 +474,13 @@ class TestPriorityTier:
             iid = connect_sim(app, sim)
             assert CliRunner().invoke(cli, ["integrations", "set-source", str(iid), "analytics"],
                                       env=env(app, tmp_path)).exit_code == 0
+            with app.engine.begin() as conn:  # a row outside the days the Analytics API answered: not its bill
+                conn.execute(insert(analytics_cost_rows).values(
+                    integration_id=iid, day=A_FIRST - timedelta(days=3), grouping="main", model="claude-stray",
+                    **dict.fromkeys(("workspace_id", "api_key_id", "actor_type", "actor_id", "context_window",
+                                     "inference_geo", "speed", "product", "other"), ""),
+                    service_tier="priority", cost_type="tokens", token_type="output_tokens",
+                    amount_usd=Decimal("1.50"), list_amount_usd=Decimal("2.00"), currency="USD"))
             records = self.export(app, tmp_path, first, TODAY)
         got: dict[tuple[str, str | None], list[Any]] = defaultdict(lambda: [Decimal(0), Decimal(0), 0, 0, 0, 0])
         for r in records:

@@ -44,7 +44,7 @@ PARQUET_MISSING = ("--format focus-parquet needs pyarrow, an optional extra: pip
 def export_command(ctx: click.Context, fmt: str, since: date, until: date, integration_id: int | None,
                    out: Path | None) -> None:
     """The synced bill as a FinOps FOCUS 1.2 CSV file: one row per UTC day and charge."""
-    from worker.export.focus import months
+    from worker.export.focus import months, priority_grouping_note
     from worker.storage import repo
 
     if until < since:
@@ -74,6 +74,9 @@ def export_command(ctx: click.Context, fmt: str, since: date, until: date, integ
     kind = "Parquet" if parquet else ""
     click.echo(f"wrote {rows} FOCUS 1.2 {kind + ' ' if kind else ''}rows ({days} days {since}..{until}, BilledCost "
                f"total {format(total, 'f')} USD) to {where}", err=True)
+    note = priority_grouping_note(app.settings.analytics_cost_group_by)
+    if note:
+        click.echo(note, err=True)
 
 
 def _write(engine: Engine, stream: IO[str], since: date, until: date,

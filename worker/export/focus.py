@@ -145,8 +145,9 @@ def months(since: date, until: date) -> Iterator[tuple[date, date]]:
 
 
 def focus_rows(conn: Connection, first: date, end: date, integration_id: int | None = None) -> Iterator[Record]:
-    """The FOCUS records of the UTC days `[first, end)`, in (day, integration, workspace, model, cost type,
-    token type, tier, window, geo) order. One month's charges are held at a time."""
+    """The FOCUS records of the UTC days `[first, end)`, by day and integration: the legacy rows in (workspace,
+    model, cost type, token type, tier, window, geo) order, then the Analytics API's in the same order. One
+    month's charges are held at a time."""
     accounts = {iid: Account(org_id, org_name) for iid, org_id, org_name in repo.integration_accounts(conn)}
     for piece in months(first, end - timedelta(days=1)):
         yield from _month(conn, *piece, integration_id, accounts)
@@ -238,37 +239,49 @@ class _Charge:
     extra: str = ""
 
 
+def priority_grouping_note(group_by: Sequence[str]) -> str | None:
+    """What the export says when the configured analytics cost grouping (`analytics_cost_group_by`) cannot
+    give Priority Tier charges their rows."""
+    if "service_tier" in group_by:
+        return None
+    return ("note: analytics_cost_group_by has no service_tier, so Priority Tier charges cannot be told apart: "
+            "the file leaves them out for integrations with source both")
+
+
 def _analytics_charges(conn: Connection, first: date, end: date, accounts: dict[int, Account],
                        bills: _Bills) -> Iterator[tuple[tuple[date, int, int], Record]]:
     """The charges of `[first, end)` the Analytics API bills and the legacy rows do not, from its cost rows
     (grouping 'main') summed exactly over API keys and actors per (day, workspace, model, cost type, token
     type, tier, window, geo), on the days it is the integration's bill of record:
     - with source `analytics`, every charge (the legacy report is not read there);
-    - with source `both`, the Priority Tier ones, which the legacy cost report leaves out; a day whose legacy
-      rows carry a priority tier themselves is left to them (never billed twice)."""
+    - with source `both`, the Priority Tier ones, which the legacy cost report leaves out; a (day, model,
+      tier) whose legacy rows carry that priority tier themselves is left to them (never billed twice).
+    Without `service_tier` in the configured grouping Priority Tier charges cannot be told apart: with
+    source `both` they are then missing (`priority_grouping_note` says so)."""
     covered = bills.covered
     if not covered:
         return
     c, u, legacy = analytics_cost_rows.c, analytics_usage_rows.c, cost_rows.c
-    billed_by_legacy = {(iid, day) for iid, day in conn.execute(
-        select(legacy.integration_id, legacy.day).distinct()
+    billed_by_legacy = {(iid, day, model, tier) for iid, day, model, tier in conn.execute(
+        select(legacy.integration_id, legacy.day, legacy.model, legacy.service_tier).distinct()
         .where(legacy.day >= first, legacy.day < end, legacy.service_tier.in_(PRIORITY_TIERS),
                legacy.integration_id.in_(list(covered))))}
     grain = (c.day, c.integration_id, c.workspace_id, c.model, c.cost_type, c.token_type, c.service_tier,
-             c.context_window, c.inference_geo)
-    sums: dict[tuple[Any, ...], list[Any]] = {}
+             c.context_window, c.inference_geo, c.currency)
+    sums: dict[tuple[Any, ...], list[Decimal]] = {}
     add = EXACT.add
-    for row in conn.execute(select(*grain, c.amount_usd, c.list_amount_usd, c.currency).where(
+    for row in conn.execute(select(*grain, c.amount_usd, c.list_amount_usd).where(
             c.day >= first, c.day < end, c.grouping == analytics.MAIN, c.integration_id.in_(list(covered)))):
-        key = tuple(row[:9])
-        day, iid, tier = key[0], key[1], key[6]
+        key = tuple(row[:10])
+        day, iid, model, tier = key[0], key[1], key[3], key[6]
         if not covered[iid].covers(day):
             continue
-        if not bills.analytics_alone(iid, day) and (tier not in PRIORITY_TIERS or (iid, day) in billed_by_legacy):
+        if not bills.analytics_alone(iid, day) and (
+                tier not in PRIORITY_TIERS or (iid, day, model, tier) in billed_by_legacy):
             continue
         acc = sums.get(key)
         if acc is None:
-            sums[key] = [row.amount_usd, row.list_amount_usd, row.currency]
+            sums[key] = [row.amount_usd, row.list_amount_usd]
         else:
             acc[0], acc[1] = add(acc[0], row.amount_usd), add(acc[1], row.list_amount_usd)
     if not sums:
@@ -291,8 +304,8 @@ def _analytics_charges(conn: Connection, first: date, end: date, accounts: dict[
         if key[4] == "web_search":
             search_charges[key[:4]] += 1
     for key in sorted(sums):
-        day, iid, workspace, model, cost_type, token_type, tier, window, geo = key
-        amount, listed, currency = sums[key]
+        day, iid, workspace, model, cost_type, token_type, tier, window, geo, currency = key
+        amount, listed = sums[key]
         kind = token_type or cost_type
         description = ("Priority Tier " if tier in PRIORITY_TIERS else "") + METERS.get(kind, kind)
         charge = _Charge(day, iid, workspace, model, cost_type, token_type, tier, window, geo, amount, currency,

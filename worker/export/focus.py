@@ -77,6 +77,7 @@ TOKEN_COLUMNS = {
     "cache_creation.ephemeral_5m_input_tokens": "cache_creation_5m_input_tokens",
     "cache_creation.ephemeral_1h_input_tokens": "cache_creation_1h_input_tokens",
 }
+_TOKEN_COLUMN_NAMES = sorted(set(TOKEN_COLUMNS.values()))  # the usage tables' token columns, summed in this order
 METERS = {
     "uncached_input_tokens": "Input Tokens",
     "output_tokens": "Output Tokens",
@@ -121,7 +122,7 @@ def _quantities(conn: Connection, since: date, until: date, integration_id: int 
     where = [u.day >= since, u.day < until]
     if integration_id is not None:
         where.append(u.integration_id == integration_id)
-    token_cols = sorted(set(TOKEN_COLUMNS.values()))
+    token_cols = _TOKEN_COLUMN_NAMES
     grain = (u.integration_id, u.day, u.workspace_id, u.model, u.service_tier, u.context_window)
     tokens: dict[tuple[Any, ...], dict[str, int]] = {}
     searches_by_model: dict[tuple[Any, ...], int] = defaultdict(int)
@@ -149,8 +150,9 @@ def focus_rows(conn: Connection, first: date, end: date, integration_id: int | N
     model, cost type, token type, tier, window, geo) order, then the Analytics API's in the same order. One
     month's charges are held at a time."""
     accounts = {iid: Account(org_id, org_name) for iid, org_id, org_name in repo.integration_accounts(conn)}
+    bills = _bills(conn, integration_id)
     for piece in months(first, end - timedelta(days=1)):
-        yield from _month(conn, *piece, integration_id, accounts)
+        yield from _month(conn, *piece, integration_id, accounts, bills)
 
 
 @dataclass(frozen=True)
@@ -174,8 +176,7 @@ def _bills(conn: Connection, integration_id: int | None) -> _Bills:
 
 
 def _month(conn: Connection, first: date, end: date, integration_id: int | None,
-           accounts: dict[int, Account]) -> Iterator[Record]:
-    bills = _bills(conn, integration_id)
+           accounts: dict[int, Account], bills: _Bills) -> Iterator[Record]:
     # Both come sorted by (day, integration, 0 for legacy | 1 for the Analytics API): merged, each day and
     # integration's Analytics API rows follow its legacy rows and the file stays in day order.
     for _, record in heapq.merge(_legacy_month(conn, first, end, integration_id, accounts, bills),
@@ -194,7 +195,7 @@ def _legacy_month(conn: Connection, first: date, end: date, integration_id: int 
     charges = [r for r in conn.execute(select(*order, c.amount_usd, c.currency).where(*where).order_by(*order))
                if not bills.analytics_alone(r.integration_id, r.day)]
     tokens, searches_by_model, searches = _quantities(conn, first, end, integration_id)
-    listed = list_costs(charges, _analytics_grains(conn, first, end, integration_id))
+    listed = list_costs(charges, _analytics_grains(conn, first, end, bills.covered))
     # A quantity is attributed to a charge only when the charge is alone on its usage grain (one geo, one
     # description): the usage report cannot split one grain's tokens between two cost rows.
     per_grain: dict[tuple[Any, ...], int] = defaultdict(int)
@@ -288,7 +289,7 @@ def _analytics_charges(conn: Connection, first: date, end: date, accounts: dict[
         return
     # The Analytics API's counts, per (day, integration, workspace, model, tier, window, geo): tokens of that
     # grain; web-search requests per (day, integration, workspace, model), for a search charge alone there.
-    token_cols = sorted(set(TOKEN_COLUMNS.values()))
+    token_cols = _TOKEN_COLUMN_NAMES
     usage_grain = (u.day, u.integration_id, u.workspace_id, u.model, u.service_tier, u.context_window,
                    u.inference_geo)
     tokens: dict[tuple[Any, ...], dict[str, int]] = {}
@@ -330,12 +331,10 @@ def _grain(iid: int, day: date, cost_type: str, token_type: str, tier: str, mode
 
 
 def _analytics_grains(conn: Connection, first: date, end: date,
-                      integration_id: int | None) -> dict[ListGrain, tuple[Decimal, Decimal]]:
+                      covered: dict[int, analytics.Coverage]) -> dict[ListGrain, tuple[Decimal, Decimal]]:
     """The Analytics API's (amount, list amount) per grain over `[first, end)`, on the days it is the bill of
-    record of (worker.storage.analytics.coverage), summed exactly over keys, actors and workspaces."""
-    covered = analytics.coverage(conn)
-    if integration_id is not None:
-        covered = {i: c for i, c in covered.items() if i == integration_id}
+    record of (`covered`: worker.storage.analytics.coverage, of the exported integrations), summed exactly
+    over keys, actors and workspaces."""
     out: dict[ListGrain, tuple[Decimal, Decimal]] = {}
     if not covered:
         return out
